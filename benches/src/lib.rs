@@ -1,0 +1,1 @@
+//! Benchmarks of kache side by side with kube-runtime; the benches live in `benches/`.

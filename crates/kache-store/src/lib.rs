@@ -1,0 +1,1 @@
+//! A shared, always-consistent in-memory cache of Kubernetes objects.

@@ -1,0 +1,1 @@
+//! End-to-end and fault tests for kache; the tests live in `tests/`.
