@@ -1,12 +1,52 @@
 //! A Kubernetes list/watch event stream.
 //!
-//! [`watcher`] lists and then watches a kind of object, and yields [`Event`]s that describe the
+//! [`watcher`] lists and then watches a kind of object and yields [`Event`]s that describe the
 //! full set of matching objects over time: an initial sync (`Init`, `InitApply`*, `InitDone`),
 //! then live `Apply` and `Delete`. It resumes dropped watches from the last seen
-//! resourceVersion, relists on `410 Gone`, and reports every error as a stream item while it
-//! keeps going.
-#![cfg_attr(docsrs, feature(doc_cfg))]
+//! resourceVersion, relists on `410 Gone`, reports every error as a stream item and keeps
+//! going. It is the event source of `kache-store`, and works alone for code that only needs
+//! to react to changes.
+//!
+//! ```
+//! use futures::{StreamExt, executor::block_on, stream};
+//! use kache_watch::{Event, WatchStreamExt};
+//!
+//! // Any stream of events works with the adapters; a real one comes from `watcher(api, config)`.
+//! let events = stream::iter([
+//!     Ok::<_, kache_watch::Error>(Event::Init),
+//!     Ok(Event::InitApply("a")),
+//!     Ok(Event::InitDone),
+//!     Ok(Event::Apply("b")),
+//!     Ok(Event::Delete("a")),
+//! ]);
+//! let touched: Vec<_> = block_on(events.touched_objects().map(Result::unwrap).collect());
+//! assert_eq!(touched, ["a", "b", "a"]);
+//! ```
+//!
+//! # Initial list strategies
+//! [`InitialListStrategy::Auto`] (the default) asks for a streaming list (Kubernetes 1.27+) and,
+//! if the server refuses it, uses paged LIST + WATCH from then on. Either way the stream speaks
+//! the same protocol.
+//!
+//! # Errors
+//! Every [`Error`] is yielded as an item and the stream continues: a LIST failure restarts the
+//! list (with a new `Init`), a WATCH failure resumes from the last resourceVersion, a `410 Gone`
+//! relists. Use [`WatchStreamExt::default_backoff`] so that persistent errors are retried at a
+//! gentle pace.
 
+mod backoff;
+mod config;
+mod error;
 mod event;
+mod ext;
+mod watcher;
 
+pub use backoff::{Backoff, StreamBackoff};
+pub use config::{Config, InitialListStrategy};
+pub use error::{Error, Result};
 pub use event::Event;
+pub use ext::WatchStreamExt;
+pub use watcher::{metadata_watcher, watch_object, watcher};
+
+/// Re-exported so users can name `PartialObjectMeta` without a direct kube dependency.
+pub use kube_client::core::PartialObjectMeta;

@@ -1,0 +1,75 @@
+use kube_client::core::Status;
+
+/// What went wrong while listing or watching.
+///
+/// Every error is reported as an item of the [`watcher`](crate::watcher) stream, which keeps
+/// going afterwards: none of these ends the stream. Pair the stream with a backoff
+/// ([`WatchStreamExt::default_backoff`](crate::WatchStreamExt::default_backoff)) so that a
+/// persistent error (a missing permission, a server that is down) does not become a busy loop.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A LIST request (one page of the initial list) failed; the list restarts from `Init`.
+    #[error("failed to list objects: {0}")]
+    InitialListFailed(#[source] kube_client::Error),
+
+    /// A WATCH request could not be started; it is retried from the same resourceVersion.
+    #[error("failed to start watching objects: {0}")]
+    WatchStartFailed(#[source] kube_client::Error),
+
+    /// The server sent an ERROR event on the watch. A `410 Gone` makes the watcher relist.
+    #[error("error event from the api server: {} ({}): {}", .0.code, .0.reason, .0.message)]
+    WatchError(Box<Status>),
+
+    /// The watch connection failed or sent something that could not be decoded.
+    #[error("watch stream failed: {0}")]
+    WatchFailed(#[source] kube_client::Error),
+
+    /// A LIST response carried neither a resourceVersion nor a continue token, so the watcher
+    /// cannot know where to watch from; it relists.
+    #[error("list response has no metadata.resourceVersion and no continue token (does the resource support watch?)")]
+    NoResourceVersion,
+
+    /// An object from the server lacks a field the cache needs; the object was skipped.
+    #[error("skipped an object with no {field} (in {event} event)")]
+    InvalidObject {
+        /// The missing field, such as `metadata.name`.
+        field: &'static str,
+        /// The kind of event that carried the object.
+        event: &'static str,
+    },
+
+    /// A streaming list did not send its closing bookmark in time; the watcher falls back to
+    /// a paged list.
+    #[error("streaming list sent no initial-events-end bookmark within {0:?}")]
+    InitialEventsTimeout(std::time::Duration),
+}
+
+impl Error {
+    /// The HTTP status code behind this error, where the server gave one.
+    ///
+    /// ```
+    /// use kache_watch::Error;
+    /// assert_eq!(Error::NoResourceVersion.status_code(), None);
+    /// ```
+    #[must_use]
+    pub fn status_code(&self) -> Option<u16> {
+        match self {
+            Self::InitialListFailed(e) | Self::WatchStartFailed(e) | Self::WatchFailed(e) => match e {
+                kube_client::Error::Api(status) => Some(status.code),
+                _ => None,
+            },
+            Self::WatchError(status) => Some(status.code),
+            Self::NoResourceVersion | Self::InvalidObject { .. } | Self::InitialEventsTimeout(_) => None,
+        }
+    }
+
+    /// Whether the server refused for lack of permission (`403 Forbidden`). Retrying will not
+    /// help until the permissions change.
+    #[must_use]
+    pub fn is_forbidden(&self) -> bool {
+        self.status_code() == Some(403)
+    }
+}
+
+/// A `Result` whose error defaults to the watcher's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

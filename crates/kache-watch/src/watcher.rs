@@ -1,0 +1,473 @@
+use std::{collections::VecDeque, fmt::Debug, future::Future};
+
+use futures::{Stream, StreamExt, stream::BoxStream};
+use kube_client::{
+    Api, Resource, ResourceExt,
+    api::{ListParams, WatchEvent, WatchParams},
+    core::{ObjectList, PartialObjectMeta},
+};
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+use tracing::{debug, info, trace, warn};
+
+use crate::{Config, Error, Event, InitialListStrategy, Result};
+
+/// The annotation on the bookmark that closes a streaming list's initial events.
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
+/// Lists and then watches the objects that `api` and `config` select.
+///
+/// The stream opens with an initial sync (`Init`, one `InitApply` per object, `InitDone`) and
+/// then yields `Apply` and `Delete` as objects change. It never ends by itself:
+/// - a watch that times out or drops is resumed from the last seen resourceVersion (bookmarks
+///   advance it), without a relist;
+/// - a `410 Gone` (an ERROR event on the watch, or an expired continue token on a LIST page)
+///   starts over with `Init` and a full relist;
+/// - every error is yielded as an `Err` item and the stream goes on, so pair it with
+///   [`default_backoff`](crate::WatchStreamExt::default_backoff) to avoid a busy loop on a
+///   persistent error.
+///
+/// Objects missing `metadata.name` are skipped with an [`Error::InvalidObject`] item; a watch
+/// event missing `metadata.resourceVersion` also makes the watcher relist, since the resume
+/// point can no longer be trusted.
+///
+/// ```no_run
+/// use futures::TryStreamExt;
+/// use k8s_openapi::api::core::v1::ConfigMap;
+/// use kache_watch::{watcher, Config, Event, WatchStreamExt};
+/// use kube_client::{Api, Client};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let api: Api<ConfigMap> = Api::default_namespaced(Client::try_default().await?);
+/// let mut events = std::pin::pin!(watcher(api, Config::default().labels("app=web")).default_backoff());
+/// while let Some(event) = events.try_next().await? {
+///     match event {
+///         Event::Apply(cm) => println!("changed {:?}", cm.metadata.name),
+///         Event::Delete(cm) => println!("deleted {:?}", cm.metadata.name),
+///         Event::Init | Event::InitApply(_) | Event::InitDone => {}
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub fn watcher<K>(api: Api<K>, config: Config) -> impl Stream<Item = Result<Event<K>>> + Send
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    run(FullObject(api), config)
+}
+
+/// Like [`watcher`], but fetches only each object's metadata (`PartialObjectMeta`).
+///
+/// A cache of metadata is much smaller than one of full objects: use it when a controller
+/// needs names, labels, owners or resourceVersions but not specs.
+pub fn metadata_watcher<K>(
+    api: Api<K>,
+    config: Config,
+) -> impl Stream<Item = Result<Event<PartialObjectMeta<K>>>> + Send
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    run(MetaOnly(api), config)
+}
+
+/// Watches one object by name: yields `Some(object)` when it is listed, created or changed,
+/// and `None` when it is deleted or absent from a (re)list.
+///
+/// ```no_run
+/// use futures::TryStreamExt;
+/// use k8s_openapi::api::core::v1::ConfigMap;
+/// use kache_watch::watch_object;
+/// use kube_client::{Api, Client};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let api: Api<ConfigMap> = Api::default_namespaced(Client::try_default().await?);
+/// let mut stream = std::pin::pin!(watch_object(api, "settings"));
+/// while let Some(cm) = stream.try_next().await? {
+///     println!("settings now: {:?}", cm.and_then(|cm| cm.data));
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub fn watch_object<K>(api: Api<K>, name: &str) -> impl Stream<Item = Result<Option<K>>> + Send
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let config = Config::default().fields(&format!("metadata.name={name}"));
+    // `seen` says whether the current list has listed the object, so that a list without it
+    // reports `None` (deleted while the watch was down).
+    watcher(api, config).scan(false, |seen, event| {
+        let item = match event {
+            Err(err) => Some(Err(err)),
+            Ok(Event::Init) => {
+                *seen = false;
+                None
+            }
+            Ok(Event::InitApply(obj)) => {
+                *seen = true;
+                Some(Ok(Some(obj)))
+            }
+            Ok(Event::InitDone) => (!*seen).then_some(Ok(None)),
+            Ok(Event::Apply(obj)) => Some(Ok(Some(obj))),
+            Ok(Event::Delete(_)) => Some(Ok(None)),
+        };
+        futures::future::ready(Some(item))
+    })
+    .filter_map(futures::future::ready)
+}
+
+type WatchStream<K> = BoxStream<'static, kube_client::Result<WatchEvent<K>>>;
+
+/// Where the watcher stands between two items.
+enum State<K> {
+    /// Nothing listed yet, or a relist is due.
+    Empty,
+    /// Paging through a LIST; `Init` has been sent and `objects` are waiting to be sent.
+    Listing {
+        continue_token: Option<String>,
+        resource_version: Option<String>,
+        objects: VecDeque<K>,
+    },
+    /// A streaming list is sending its initial events; `Init` has been sent.
+    StreamingList {
+        stream: WatchStream<K>,
+        deadline: Instant,
+    },
+    /// The initial sync is done; a watch from `resource_version` is to be started.
+    Listed { resource_version: String },
+    /// Watching from `resource_version`, the last point seen.
+    Watching {
+        resource_version: String,
+        stream: WatchStream<K>,
+    },
+}
+
+/// What the server accepted, learned while running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Streaming {
+    Untried,
+    Supported,
+    Refused,
+}
+
+struct Watcher<A: ApiMode> {
+    api: A,
+    config: Config,
+    streaming: Streaming,
+    /// Use a paged list for the next initial sync whatever the strategy (set after a
+    /// streaming list that never finished).
+    list_next: bool,
+}
+
+fn run<A>(api: A, config: Config) -> impl Stream<Item = Result<Event<A::Value>>> + Send
+where
+    A: ApiMode + 'static,
+{
+    let watcher = Watcher {
+        api,
+        config,
+        streaming: Streaming::Untried,
+        list_next: false,
+    };
+    futures::stream::unfold((watcher, State::Empty), |(mut watcher, state)| async move {
+        let (item, state) = watcher.step(state).await;
+        Some((item, (watcher, state)))
+    })
+}
+
+impl<A: ApiMode> Watcher<A> {
+    /// Advances until there is an item to yield.
+    async fn step(&mut self, mut state: State<A::Value>) -> (Result<Event<A::Value>>, State<A::Value>) {
+        loop {
+            match self.step_once(state).await {
+                (Some(item), next) => return (item, next),
+                (None, next) => state = next,
+            }
+        }
+    }
+
+    fn wants_streaming(&self) -> bool {
+        if self.list_next {
+            return false;
+        }
+        match self.config.initial_list_strategy {
+            InitialListStrategy::ListWatch => false,
+            InitialListStrategy::StreamingList => true,
+            InitialListStrategy::Auto => self.streaming != Streaming::Refused,
+        }
+    }
+
+    #[allow(clippy::too_many_lines)] // one arm per state reads better than arms split apart
+    async fn step_once(&mut self, state: State<A::Value>) -> (Option<Result<Event<A::Value>>>, State<A::Value>) {
+        match state {
+            State::Empty if self.wants_streaming() => {
+                let params = self.config.watch_params(true);
+                match self.api.watch(&params, "").await {
+                    Ok(stream) => {
+                        debug!("streaming list started");
+                        let deadline = Instant::now() + self.config.initial_events_timeout;
+                        (Some(Ok(Event::Init)), State::StreamingList { stream, deadline })
+                    }
+                    Err(err) if self.config.initial_list_strategy == InitialListStrategy::Auto && refuses_streaming(&err) => {
+                        info!(error = %err, "server refused a streaming list; using paged lists from now on");
+                        self.streaming = Streaming::Refused;
+                        (None, State::Empty)
+                    }
+                    Err(err) => (Some(Err(log_error(Error::WatchStartFailed(err)))), State::Empty),
+                }
+            }
+            State::Empty => match self.list_page(None).await {
+                Ok(state) => {
+                    debug!("list started");
+                    self.list_next = false;
+                    (Some(Ok(Event::Init)), state)
+                }
+                Err(err) => (Some(Err(err)), State::Empty),
+            },
+            State::Listing {
+                continue_token,
+                resource_version,
+                mut objects,
+            } => {
+                if let Some(obj) = objects.pop_front() {
+                    let item = match check_name(&obj, "InitApply") {
+                        Ok(()) => Ok(Event::InitApply(obj)),
+                        Err(err) => Err(err),
+                    };
+                    return (Some(item), State::Listing { continue_token, resource_version, objects });
+                }
+                match (continue_token, resource_version) {
+                    (None, Some(resource_version)) => {
+                        debug!(%resource_version, "list complete");
+                        (Some(Ok(Event::InitDone)), State::Listed { resource_version })
+                    }
+                    (Some(token), _) => match self.list_page(Some(token)).await {
+                        Ok(state) => (None, state),
+                        Err(err) => {
+                            // An expired continue token (410) or any failed page: the pages
+                            // already sent cannot be completed, so start the list over.
+                            (Some(Err(err)), State::Empty)
+                        }
+                    },
+                    (None, None) => (Some(Err(log_error(Error::NoResourceVersion))), State::Empty),
+                }
+            }
+            State::StreamingList { mut stream, deadline } => {
+                let next = tokio::time::timeout_at(deadline, stream.next()).await;
+                let Ok(next) = next else {
+                    let err = Error::InitialEventsTimeout(self.config.initial_events_timeout);
+                    warn!(error = %err, "falling back to a paged list");
+                    if self.config.initial_list_strategy == InitialListStrategy::Auto {
+                        self.streaming = Streaming::Refused;
+                    }
+                    // The paged list that follows opens with a fresh `Init`, which drops
+                    // whatever the broken streaming attempt sent.
+                    self.list_next = true;
+                    return (Some(Err(err)), State::Empty);
+                };
+                match next {
+                    Some(Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj))) => {
+                        let item = check_name(&obj, "InitApply").map(|()| Event::InitApply(obj));
+                        (Some(item), State::StreamingList { stream, deadline })
+                    }
+                    Some(Ok(WatchEvent::Deleted(obj))) => {
+                        // The API says this cannot happen during initial events; if it does,
+                        // pass it on: a store removes it from the list it is building.
+                        warn!(name = ?obj.meta().name, "deleted event during a streaming list's initial events");
+                        let item = check_name(&obj, "Delete").map(|()| Event::Delete(obj));
+                        (Some(item), State::StreamingList { stream, deadline })
+                    }
+                    Some(Ok(WatchEvent::Bookmark(bookmark))) => {
+                        if bookmark.metadata.annotations.contains_key(INITIAL_EVENTS_END) {
+                            self.streaming = Streaming::Supported;
+                            let resource_version = bookmark.metadata.resource_version;
+                            debug!(%resource_version, "streaming list complete");
+                            (Some(Ok(Event::InitDone)), State::Watching { resource_version, stream })
+                        } else {
+                            (None, State::StreamingList { stream, deadline })
+                        }
+                    }
+                    Some(Ok(WatchEvent::Error(status))) => {
+                        (Some(Err(log_error(Error::WatchError(status)))), State::Empty)
+                    }
+                    Some(Err(err)) => (Some(Err(log_error(Error::WatchFailed(err)))), State::Empty),
+                    None => {
+                        debug!("streaming list ended before its initial-events-end bookmark; relisting");
+                        (None, State::Empty)
+                    }
+                }
+            }
+            State::Listed { resource_version } => {
+                let params = self.config.watch_params(false);
+                match self.api.watch(&params, &resource_version).await {
+                    Ok(stream) => {
+                        trace!(%resource_version, "watch started");
+                        (None, State::Watching { resource_version, stream })
+                    }
+                    Err(err) if is_gone(&err) => (Some(Err(log_error(Error::WatchStartFailed(err)))), State::Empty),
+                    Err(err) => (Some(Err(log_error(Error::WatchStartFailed(err)))), State::Listed { resource_version }),
+                }
+            }
+            State::Watching { resource_version, mut stream } => {
+                let Ok(next) = tokio::time::timeout(self.config.idle_timeout(), stream.next()).await else {
+                    debug!(%resource_version, "watch connection silent too long; resuming");
+                    return (None, State::Listed { resource_version });
+                };
+                match next {
+                    Some(Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj))) => {
+                        watched(obj, "Apply", Event::Apply, &resource_version, stream)
+                    }
+                    Some(Ok(WatchEvent::Deleted(obj))) => watched(obj, "Delete", Event::Delete, &resource_version, stream),
+                    Some(Ok(WatchEvent::Bookmark(bookmark))) => {
+                        trace!(resource_version = %bookmark.metadata.resource_version, "bookmark");
+                        let resource_version = bookmark.metadata.resource_version;
+                        (None, State::Watching { resource_version, stream })
+                    }
+                    Some(Ok(WatchEvent::Error(status))) => {
+                        let next = if status.code == 410 {
+                            debug!("watch expired (410 Gone); relisting");
+                            State::Empty
+                        } else {
+                            State::Listed { resource_version }
+                        };
+                        (Some(Err(log_error(Error::WatchError(status)))), next)
+                    }
+                    // An event that could not be read may have been a change: resume from the
+                    // last good resourceVersion so the server sends it again.
+                    Some(Err(err)) => (Some(Err(log_error(Error::WatchFailed(err)))), State::Listed { resource_version }),
+                    None => {
+                        trace!(%resource_version, "watch ended; resuming");
+                        (None, State::Listed { resource_version })
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fetches one LIST page and returns the state that sends it.
+    async fn list_page(&self, continue_token: Option<String>) -> Result<State<A::Value>> {
+        let params = self.config.list_params(continue_token);
+        let list = self
+            .api
+            .list(&params)
+            .await
+            .map_err(|err| log_error(Error::InitialListFailed(err)))?;
+        let continue_token = list.metadata.continue_.filter(|s| !s.is_empty());
+        let resource_version = list.metadata.resource_version.filter(|s| !s.is_empty());
+        trace!(items = list.items.len(), more = continue_token.is_some(), "list page");
+        Ok(State::Listing {
+            continue_token,
+            resource_version,
+            objects: list.items.into(),
+        })
+    }
+}
+
+/// Builds the item and next state for an object from a live watch.
+fn watched<K: Resource>(
+    obj: K,
+    event: &'static str,
+    make: fn(K) -> Event<K>,
+    last_resource_version: &str,
+    stream: WatchStream<K>,
+) -> (Option<Result<Event<K>>>, State<K>) {
+    if let Err(err) = check_name(&obj, event) {
+        return (Some(Err(err)), State::Empty);
+    }
+    if let Some(resource_version) = obj.resource_version().filter(|rv| !rv.is_empty()) {
+        return (Some(Ok(make(obj))), State::Watching { resource_version, stream });
+    }
+    let err = Error::InvalidObject {
+        field: "metadata.resourceVersion",
+        event,
+    };
+    warn!(error = %err, last_resource_version, "relisting, since the resume point is uncertain");
+    (Some(Err(err)), State::Empty)
+}
+
+fn check_name<K: Resource>(obj: &K, event: &'static str) -> Result<()> {
+    if obj.meta().name.as_deref().is_some_and(|n| !n.is_empty()) {
+        Ok(())
+    } else {
+        let err = Error::InvalidObject {
+            field: "metadata.name",
+            event,
+        };
+        warn!(error = %err, "skipping object");
+        Err(err)
+    }
+}
+
+fn status_code(err: &kube_client::Error) -> Option<u16> {
+    match err {
+        kube_client::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+fn is_gone(err: &kube_client::Error) -> bool {
+    status_code(err) == Some(410)
+}
+
+/// A server that predates streaming lists answers `422 Invalid` (1.20:
+/// "resourceVersionMatch is forbidden for watch") or `400 Bad Request`.
+fn refuses_streaming(err: &kube_client::Error) -> bool {
+    matches!(status_code(err), Some(400 | 422))
+}
+
+/// Logs an error at a level that matches how much a person should care, and returns it.
+fn log_error(err: Error) -> Error {
+    match err.status_code() {
+        Some(403) => warn!(error = %err, "permission denied; check the RBAC rules for this watch"),
+        Some(410) => debug!(error = %err, "resource version expired"),
+        _ => debug!(error = %err, "watcher error"),
+    }
+    err
+}
+
+/// Lists and watches either whole objects or only their metadata.
+trait ApiMode: Send + Sync {
+    type Value: Resource + Clone + Debug + Send + 'static;
+
+    fn list(&self, params: &ListParams) -> impl Future<Output = kube_client::Result<ObjectList<Self::Value>>> + Send;
+
+    fn watch(
+        &self,
+        params: &WatchParams,
+        version: &str,
+    ) -> impl Future<Output = kube_client::Result<WatchStream<Self::Value>>> + Send;
+}
+
+struct FullObject<K>(Api<K>);
+
+impl<K> ApiMode for FullObject<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    type Value = K;
+
+    async fn list(&self, params: &ListParams) -> kube_client::Result<ObjectList<K>> {
+        self.0.list(params).await
+    }
+
+    async fn watch(&self, params: &WatchParams, version: &str) -> kube_client::Result<WatchStream<K>> {
+        self.0.watch(params, version).await.map(StreamExt::boxed)
+    }
+}
+
+struct MetaOnly<K>(Api<K>);
+
+impl<K> ApiMode for MetaOnly<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    type Value = PartialObjectMeta<K>;
+
+    async fn list(&self, params: &ListParams) -> kube_client::Result<ObjectList<Self::Value>> {
+        self.0.list_metadata(params).await
+    }
+
+    async fn watch(&self, params: &WatchParams, version: &str) -> kube_client::Result<WatchStream<Self::Value>> {
+        self.0.watch_metadata(params, version).await.map(StreamExt::boxed)
+    }
+}
