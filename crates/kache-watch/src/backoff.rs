@@ -150,7 +150,10 @@ impl<S: TryStream> Stream for StreamBackoff<S> {
         let item = ready!(this.stream.try_poll_next(cx));
         if let Some(Err(_)) = &item {
             let now = Instant::now();
-            if this.last_error.is_some_and(|last| now.duration_since(last) >= this.backoff.reset_after) {
+            if this
+                .last_error
+                .is_some_and(|last| now.duration_since(last) >= this.backoff.reset_after)
+            {
                 this.backoff.reset();
             }
             *this.last_error = Some(now);
@@ -161,8 +164,6 @@ impl<S: TryStream> Stream for StreamBackoff<S> {
         Poll::Ready(item)
     }
 }
-
-
 
 #[cfg(test)]
 mod tests {
@@ -186,7 +187,10 @@ mod tests {
         let mut b = Backoff::default().jitter(0.5).factor(1.0);
         for _ in 0..1000 {
             let d = b.next_delay();
-            assert!(d >= Duration::from_millis(400) && d <= Duration::from_millis(1200), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(400) && d <= Duration::from_millis(1200),
+                "{d:?}"
+            );
         }
     }
 

@@ -26,7 +26,9 @@ pub enum Error {
 
     /// A LIST response carried neither a resourceVersion nor a continue token, so the watcher
     /// cannot know where to watch from; it relists.
-    #[error("list response has no metadata.resourceVersion and no continue token (does the resource support watch?)")]
+    #[error(
+        "list response has no metadata.resourceVersion and no continue token (does the resource support watch?)"
+    )]
     NoResourceVersion,
 
     /// An object from the server lacks a field the cache needs; the object was skipped.
@@ -54,12 +56,16 @@ impl Error {
     #[must_use]
     pub fn status_code(&self) -> Option<u16> {
         match self {
-            Self::InitialListFailed(e) | Self::WatchStartFailed(e) | Self::WatchFailed(e) => match e {
-                kube_client::Error::Api(status) => Some(status.code),
-                _ => None,
-            },
+            Self::InitialListFailed(e) | Self::WatchStartFailed(e) | Self::WatchFailed(e) => {
+                match e {
+                    kube_client::Error::Api(status) => Some(status.code),
+                    _ => None,
+                }
+            }
             Self::WatchError(status) => Some(status.code),
-            Self::NoResourceVersion | Self::InvalidObject { .. } | Self::InitialEventsTimeout(_) => None,
+            Self::NoResourceVersion
+            | Self::InvalidObject { .. }
+            | Self::InitialEventsTimeout(_) => None,
         }
     }
 

@@ -101,7 +101,10 @@ impl<K> Event<K> {
     ///
     /// Kept for drop-in migration from kube-runtime, whose old `Event::Restarted(Vec<K>)`
     /// carried many objects; prefer matching on the event.
-    #[deprecated(since = "0.1.0", note = "match on the event instead; use `applied_objects()` on a stream")]
+    #[deprecated(
+        since = "0.1.0",
+        note = "match on the event instead; use `applied_objects()` on a stream"
+    )]
     pub fn into_iter_applied(self) -> impl Iterator<Item = K> {
         match self {
             Self::Apply(obj) | Self::InitApply(obj) => Some(obj),
@@ -113,7 +116,10 @@ impl<K> Event<K> {
     /// The objects this event touches: the one in `Apply`, `InitApply` or `Delete`.
     ///
     /// Kept for drop-in migration from kube-runtime; prefer matching on the event.
-    #[deprecated(since = "0.1.0", note = "match on the event instead; use `touched_objects()` on a stream")]
+    #[deprecated(
+        since = "0.1.0",
+        note = "match on the event instead; use `touched_objects()` on a stream"
+    )]
     pub fn into_iter_touched(self) -> impl Iterator<Item = K> {
         self.into_object().into_iter()
     }
@@ -152,9 +158,15 @@ mod tests {
     #[allow(deprecated)] // the deprecated helpers are what is under test
     fn deprecated_iterators_match_kube_runtime() {
         assert_eq!(Event::Apply(1).into_iter_applied().collect::<Vec<_>>(), [1]);
-        assert_eq!(Event::InitApply(1).into_iter_applied().collect::<Vec<_>>(), [1]);
+        assert_eq!(
+            Event::InitApply(1).into_iter_applied().collect::<Vec<_>>(),
+            [1]
+        );
         assert!(Event::Delete(1).into_iter_applied().next().is_none());
-        assert_eq!(Event::Delete(1).into_iter_touched().collect::<Vec<_>>(), [1]);
+        assert_eq!(
+            Event::Delete(1).into_iter_touched().collect::<Vec<_>>(),
+            [1]
+        );
         assert!(Event::<u32>::InitDone.into_iter_touched().next().is_none());
     }
 }

@@ -87,7 +87,12 @@ mod tests {
 
     #[test]
     fn modify_changes_every_object() {
-        let out: Vec<_> = block_on(events().modify(|n| *n *= 10).try_filter_map(|e| async move { Ok(e.into_object()) }).collect());
+        let out: Vec<_> = block_on(
+            events()
+                .modify(|n| *n *= 10)
+                .try_filter_map(|e| async move { Ok(e.into_object()) })
+                .collect(),
+        );
         assert_eq!(out, [Ok(10), Err("boom"), Ok(20), Ok(10)]);
     }
 }

@@ -96,24 +96,25 @@ where
     let config = Config::default().fields(&format!("metadata.name={name}"));
     // `seen` says whether the current list has listed the object, so that a list without it
     // reports `None` (deleted while the watch was down).
-    watcher(api, config).scan(false, |seen, event| {
-        let item = match event {
-            Err(err) => Some(Err(err)),
-            Ok(Event::Init) => {
-                *seen = false;
-                None
-            }
-            Ok(Event::InitApply(obj)) => {
-                *seen = true;
-                Some(Ok(Some(obj)))
-            }
-            Ok(Event::InitDone) => (!*seen).then_some(Ok(None)),
-            Ok(Event::Apply(obj)) => Some(Ok(Some(obj))),
-            Ok(Event::Delete(_)) => Some(Ok(None)),
-        };
-        futures::future::ready(Some(item))
-    })
-    .filter_map(futures::future::ready)
+    watcher(api, config)
+        .scan(false, |seen, event| {
+            let item = match event {
+                Err(err) => Some(Err(err)),
+                Ok(Event::Init) => {
+                    *seen = false;
+                    None
+                }
+                Ok(Event::InitApply(obj)) => {
+                    *seen = true;
+                    Some(Ok(Some(obj)))
+                }
+                Ok(Event::InitDone) => (!*seen).then_some(Ok(None)),
+                Ok(Event::Apply(obj)) => Some(Ok(Some(obj))),
+                Ok(Event::Delete(_)) => Some(Ok(None)),
+            };
+            futures::future::ready(Some(item))
+        })
+        .filter_map(futures::future::ready)
 }
 
 type WatchStream<K> = BoxStream<'static, kube_client::Result<WatchEvent<K>>>;
@@ -177,7 +178,10 @@ where
 
 impl<A: ApiMode> Watcher<A> {
     /// Advances until there is an item to yield.
-    async fn step(&mut self, mut state: State<A::Value>) -> (Result<Event<A::Value>>, State<A::Value>) {
+    async fn step(
+        &mut self,
+        mut state: State<A::Value>,
+    ) -> (Result<Event<A::Value>>, State<A::Value>) {
         loop {
             match self.step_once(state).await {
                 (Some(item), next) => return (item, next),
@@ -198,7 +202,10 @@ impl<A: ApiMode> Watcher<A> {
     }
 
     #[allow(clippy::too_many_lines)] // one arm per state reads better than arms split apart
-    async fn step_once(&mut self, state: State<A::Value>) -> (Option<Result<Event<A::Value>>>, State<A::Value>) {
+    async fn step_once(
+        &mut self,
+        state: State<A::Value>,
+    ) -> (Option<Result<Event<A::Value>>>, State<A::Value>) {
         match state {
             State::Empty if self.wants_streaming() => {
                 let params = self.config.watch_params(true);
@@ -206,14 +213,23 @@ impl<A: ApiMode> Watcher<A> {
                     Ok(stream) => {
                         debug!("streaming list started");
                         let deadline = Instant::now() + self.config.initial_events_timeout;
-                        (Some(Ok(Event::Init)), State::StreamingList { stream, deadline })
+                        (
+                            Some(Ok(Event::Init)),
+                            State::StreamingList { stream, deadline },
+                        )
                     }
-                    Err(err) if self.config.initial_list_strategy == InitialListStrategy::Auto && refuses_streaming(&err) => {
+                    Err(err)
+                        if self.config.initial_list_strategy == InitialListStrategy::Auto
+                            && refuses_streaming(&err) =>
+                    {
                         info!(error = %err, "server refused a streaming list; using paged lists from now on");
                         self.streaming = Streaming::Refused;
                         (None, State::Empty)
                     }
-                    Err(err) => (Some(Err(log_error(Error::WatchStartFailed(err)))), State::Empty),
+                    Err(err) => (
+                        Some(Err(log_error(Error::WatchStartFailed(err)))),
+                        State::Empty,
+                    ),
                 }
             }
             State::Empty => match self.list_page(None).await {
@@ -234,12 +250,22 @@ impl<A: ApiMode> Watcher<A> {
                         Ok(()) => Ok(Event::InitApply(obj)),
                         Err(err) => Err(err),
                     };
-                    return (Some(item), State::Listing { continue_token, resource_version, objects });
+                    return (
+                        Some(item),
+                        State::Listing {
+                            continue_token,
+                            resource_version,
+                            objects,
+                        },
+                    );
                 }
                 match (continue_token, resource_version) {
                     (None, Some(resource_version)) => {
                         debug!(%resource_version, "list complete");
-                        (Some(Ok(Event::InitDone)), State::Listed { resource_version })
+                        (
+                            Some(Ok(Event::InitDone)),
+                            State::Listed { resource_version },
+                        )
                     }
                     (Some(token), _) => match self.list_page(Some(token)).await {
                         Ok(state) => (None, state),
@@ -252,7 +278,10 @@ impl<A: ApiMode> Watcher<A> {
                     (None, None) => (Some(Err(log_error(Error::NoResourceVersion))), State::Empty),
                 }
             }
-            State::StreamingList { mut stream, deadline } => {
+            State::StreamingList {
+                mut stream,
+                deadline,
+            } => {
                 let next = tokio::time::timeout_at(deadline, stream.next()).await;
                 let Ok(next) = next else {
                     let err = Error::InitialEventsTimeout(self.config.initial_events_timeout);
@@ -278,21 +307,34 @@ impl<A: ApiMode> Watcher<A> {
                         (Some(item), State::StreamingList { stream, deadline })
                     }
                     Some(Ok(WatchEvent::Bookmark(bookmark))) => {
-                        if bookmark.metadata.annotations.contains_key(INITIAL_EVENTS_END) {
+                        if bookmark
+                            .metadata
+                            .annotations
+                            .contains_key(INITIAL_EVENTS_END)
+                        {
                             self.streaming = Streaming::Supported;
                             let resource_version = bookmark.metadata.resource_version;
                             debug!(%resource_version, "streaming list complete");
-                            (Some(Ok(Event::InitDone)), State::Watching { resource_version, stream })
+                            (
+                                Some(Ok(Event::InitDone)),
+                                State::Watching {
+                                    resource_version,
+                                    stream,
+                                },
+                            )
                         } else {
                             (None, State::StreamingList { stream, deadline })
                         }
                     }
-                    Some(Ok(WatchEvent::Error(status))) => {
-                        (Some(Err(log_error(Error::WatchError(status)))), State::Empty)
-                    }
+                    Some(Ok(WatchEvent::Error(status))) => (
+                        Some(Err(log_error(Error::WatchError(status)))),
+                        State::Empty,
+                    ),
                     Some(Err(err)) => (Some(Err(log_error(Error::WatchFailed(err)))), State::Empty),
                     None => {
-                        debug!("streaming list ended before its initial-events-end bookmark; relisting");
+                        debug!(
+                            "streaming list ended before its initial-events-end bookmark; relisting"
+                        );
                         (None, State::Empty)
                     }
                 }
@@ -302,14 +344,31 @@ impl<A: ApiMode> Watcher<A> {
                 match self.api.watch(&params, &resource_version).await {
                     Ok(stream) => {
                         trace!(%resource_version, "watch started");
-                        (None, State::Watching { resource_version, stream })
+                        (
+                            None,
+                            State::Watching {
+                                resource_version,
+                                stream,
+                            },
+                        )
                     }
-                    Err(err) if is_gone(&err) => (Some(Err(log_error(Error::WatchStartFailed(err)))), State::Empty),
-                    Err(err) => (Some(Err(log_error(Error::WatchStartFailed(err)))), State::Listed { resource_version }),
+                    Err(err) if is_gone(&err) => (
+                        Some(Err(log_error(Error::WatchStartFailed(err)))),
+                        State::Empty,
+                    ),
+                    Err(err) => (
+                        Some(Err(log_error(Error::WatchStartFailed(err)))),
+                        State::Listed { resource_version },
+                    ),
                 }
             }
-            State::Watching { resource_version, mut stream } => {
-                let Ok(next) = tokio::time::timeout(self.config.idle_timeout(), stream.next()).await else {
+            State::Watching {
+                resource_version,
+                mut stream,
+            } => {
+                let Ok(next) =
+                    tokio::time::timeout(self.config.idle_timeout(), stream.next()).await
+                else {
                     debug!(%resource_version, "watch connection silent too long; resuming");
                     return (None, State::Listed { resource_version });
                 };
@@ -317,11 +376,19 @@ impl<A: ApiMode> Watcher<A> {
                     Some(Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj))) => {
                         watched(obj, "Apply", Event::Apply, &resource_version, stream)
                     }
-                    Some(Ok(WatchEvent::Deleted(obj))) => watched(obj, "Delete", Event::Delete, &resource_version, stream),
+                    Some(Ok(WatchEvent::Deleted(obj))) => {
+                        watched(obj, "Delete", Event::Delete, &resource_version, stream)
+                    }
                     Some(Ok(WatchEvent::Bookmark(bookmark))) => {
                         trace!(resource_version = %bookmark.metadata.resource_version, "bookmark");
                         let resource_version = bookmark.metadata.resource_version;
-                        (None, State::Watching { resource_version, stream })
+                        (
+                            None,
+                            State::Watching {
+                                resource_version,
+                                stream,
+                            },
+                        )
                     }
                     Some(Ok(WatchEvent::Error(status))) => {
                         let next = if status.code == 410 {
@@ -334,7 +401,10 @@ impl<A: ApiMode> Watcher<A> {
                     }
                     // An event that could not be read may have been a change: resume from the
                     // last good resourceVersion so the server sends it again.
-                    Some(Err(err)) => (Some(Err(log_error(Error::WatchFailed(err)))), State::Listed { resource_version }),
+                    Some(Err(err)) => (
+                        Some(Err(log_error(Error::WatchFailed(err)))),
+                        State::Listed { resource_version },
+                    ),
                     None => {
                         trace!(%resource_version, "watch ended; resuming");
                         (None, State::Listed { resource_version })
@@ -354,7 +424,11 @@ impl<A: ApiMode> Watcher<A> {
             .map_err(|err| log_error(Error::InitialListFailed(err)))?;
         let continue_token = list.metadata.continue_.filter(|s| !s.is_empty());
         let resource_version = list.metadata.resource_version.filter(|s| !s.is_empty());
-        trace!(items = list.items.len(), more = continue_token.is_some(), "list page");
+        trace!(
+            items = list.items.len(),
+            more = continue_token.is_some(),
+            "list page"
+        );
         Ok(State::Listing {
             continue_token,
             resource_version,
@@ -375,7 +449,13 @@ fn watched<K: Resource>(
         return (Some(Err(err)), State::Empty);
     }
     if let Some(resource_version) = obj.resource_version().filter(|rv| !rv.is_empty()) {
-        return (Some(Ok(make(obj))), State::Watching { resource_version, stream });
+        return (
+            Some(Ok(make(obj))),
+            State::Watching {
+                resource_version,
+                stream,
+            },
+        );
     }
     let err = Error::InvalidObject {
         field: "metadata.resourceVersion",
@@ -429,7 +509,10 @@ fn log_error(err: Error) -> Error {
 trait ApiMode: Send + Sync {
     type Value: Resource + Clone + Debug + Send + 'static;
 
-    fn list(&self, params: &ListParams) -> impl Future<Output = kube_client::Result<ObjectList<Self::Value>>> + Send;
+    fn list(
+        &self,
+        params: &ListParams,
+    ) -> impl Future<Output = kube_client::Result<ObjectList<Self::Value>>> + Send;
 
     fn watch(
         &self,
@@ -450,7 +533,11 @@ where
         self.0.list(params).await
     }
 
-    async fn watch(&self, params: &WatchParams, version: &str) -> kube_client::Result<WatchStream<K>> {
+    async fn watch(
+        &self,
+        params: &WatchParams,
+        version: &str,
+    ) -> kube_client::Result<WatchStream<K>> {
         self.0.watch(params, version).await.map(StreamExt::boxed)
     }
 }
@@ -467,7 +554,14 @@ where
         self.0.list_metadata(params).await
     }
 
-    async fn watch(&self, params: &WatchParams, version: &str) -> kube_client::Result<WatchStream<Self::Value>> {
-        self.0.watch_metadata(params, version).await.map(StreamExt::boxed)
+    async fn watch(
+        &self,
+        params: &WatchParams,
+        version: &str,
+    ) -> kube_client::Result<WatchStream<Self::Value>> {
+        self.0
+            .watch_metadata(params, version)
+            .await
+            .map(StreamExt::boxed)
     }
 }
