@@ -1,0 +1,54 @@
+# kache's recipes; `.ci/run` runs `scripts/test-all.sh`, which runs `just ci`.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes.
+default:
+    @just --list
+
+# Everything CI checks: formatting, lints, unit, doc, end-to-end and fault tests, docs.
+ci: fmt-check lint test e2e doc
+
+# Format the code.
+fmt:
+    cargo fmt --all
+
+# Check formatting.
+fmt-check:
+    cargo fmt --all -- --check
+
+# Clippy on every target, warnings as errors.
+lint:
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Unit, property and doc tests (no cluster needed).
+test:
+    cargo test -p kache-watch -p kache-store
+
+# End-to-end and fault tests against a real local control plane (provisioned on first use).
+e2e: control-plane
+    KUBEBUILDER_ASSETS="$(bash scripts/provision-control-plane.sh)" cargo test -p kache-testenv -p kache-tests
+
+# Build the docs with warnings as errors.
+doc:
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+# Provision etcd and kube-apiserver v1.20.2 (built once from Debian's source, then cached).
+control-plane:
+    bash scripts/provision-control-plane.sh
+
+# The live demo against a local control plane (or KACHE_USE_EXISTING_CLUSTER=1 with KUBECONFIG).
+demo: control-plane
+    cargo run --release -p kache-examples --example demo
+
+# In-process benchmarks, kache side by side with kube-runtime.
+bench:
+    cargo bench -p kache-benches
+
+# End-to-end initial-sync benchmark against the local control plane.
+bench-e2e: control-plane
+    cargo run --release -p kache-benches --bin e2e-sync
+
+# The soak test: minutes of churn with slow subscribers, then a convergence check.
+soak: control-plane
+    cargo test --release -p kache-tests --test soak -- --ignored --nocapture
