@@ -1,0 +1,222 @@
+//! Secondary indexes: the built-in namespace index and user index functions.
+//!
+//! An index maps a value to the set of keys of the objects that carry it. Keys, not `Arc<K>`s,
+//! are stored, so an `Apply` that leaves an object's index values alone touches no index.
+
+use std::borrow::Borrow;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use ahash::RandomState;
+
+use crate::key::ObjectKey;
+
+/// The objects of one store generation, by key.
+pub(crate) type ObjectMap<K> = HashMap<ObjectKey, Arc<K>, RandomState>;
+
+/// A user index function: the values under which an object is indexed.
+///
+/// `Arc` so a relist can hand the same functions to the generation it builds off to the side.
+pub(crate) type IndexFn<K> = Arc<dyn Fn(&K) -> Vec<String> + Send + Sync>;
+
+/// The keys of the objects that carry a value.
+pub(crate) type KeySet = HashSet<ObjectKey, RandomState>;
+
+/// Value to keys, for one index.
+pub(crate) struct Postings<V> {
+    map: HashMap<V, KeySet, RandomState>,
+}
+
+impl<V> Default for Postings<V> {
+    fn default() -> Self {
+        Self {
+            map: HashMap::default(),
+        }
+    }
+}
+
+impl<V: Hash + Eq + Borrow<str>> Postings<V> {
+    fn insert(&mut self, value: V, key: &ObjectKey) {
+        self.map.entry(value).or_default().insert(key.clone());
+    }
+
+    fn remove(&mut self, value: &str, key: &ObjectKey) {
+        if let Some(keys) = self.map.get_mut(value) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.map.remove(value);
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, value: &str) -> Option<&KeySet> {
+        self.map.get(value)
+    }
+}
+
+/// The index functions registered on a writer, in registration order.
+pub(crate) struct IndexFns<K> {
+    fns: Vec<(String, IndexFn<K>)>,
+}
+
+impl<K> Default for IndexFns<K> {
+    fn default() -> Self {
+        Self { fns: Vec::new() }
+    }
+}
+
+impl<K> fmt::Debug for IndexFns<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.fns.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
+/// How one object's index values change, computed before the write lock is taken.
+pub(crate) struct IndexChange {
+    index: usize,
+    removed: Vec<String>,
+    added: Vec<String>,
+}
+
+impl<K> IndexFns<K> {
+    /// Registers `f` under `name`, replacing (in place) an index of the same name.
+    /// Returns the position of the index.
+    pub(crate) fn set(&mut self, name: String, f: IndexFn<K>) -> usize {
+        if let Some(pos) = self.fns.iter().position(|(n, _)| *n == name) {
+            self.fns[pos].1 = f;
+            pos
+        } else {
+            self.fns.push((name, f));
+            self.fns.len() - 1
+        }
+    }
+
+    /// The index value changes for an object going from `old` to `new` (either may be absent).
+    pub(crate) fn plan(&self, old: Option<&K>, new: Option<&K>) -> Vec<IndexChange> {
+        let mut changes = Vec::new();
+        for (index, (_, f)) in self.fns.iter().enumerate() {
+            let old_values = old.map(|o| f(o)).unwrap_or_default();
+            let new_values = new.map(|n| f(n)).unwrap_or_default();
+            let removed: Vec<String> = old_values
+                .iter()
+                .filter(|v| !new_values.contains(v))
+                .cloned()
+                .collect();
+            let added: Vec<String> = new_values
+                .into_iter()
+                .filter(|v| !old_values.contains(v))
+                .collect();
+            if !removed.is_empty() || !added.is_empty() {
+                changes.push(IndexChange {
+                    index,
+                    removed,
+                    added,
+                });
+            }
+        }
+        changes
+    }
+
+    /// The postings of one index over `objects`.
+    pub(crate) fn build_one(&self, index: usize, objects: &ObjectMap<K>) -> Postings<String> {
+        let mut postings = Postings::default();
+        if let Some((_, f)) = self.fns.get(index) {
+            for (key, obj) in objects {
+                for value in f(obj) {
+                    postings.insert(value, key);
+                }
+            }
+        }
+        postings
+    }
+
+    /// All indexes over `objects`: used to build a relist generation off to the side.
+    pub(crate) fn build(&self, objects: &ObjectMap<K>) -> Indexes {
+        let mut indexes = Indexes::default();
+        for key in objects.keys() {
+            indexes.insert_namespace(key);
+        }
+        indexes.custom = self
+            .fns
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| (name.clone(), self.build_one(i, objects)))
+            .collect();
+        indexes
+    }
+}
+
+/// The indexes of one store generation; swapped together with its objects.
+#[derive(Default)]
+pub(crate) struct Indexes {
+    by_namespace: Postings<Arc<str>>,
+    /// Same order as the writer's `IndexFns`; few enough that a linear name search wins.
+    custom: Vec<(String, Postings<String>)>,
+}
+
+impl Indexes {
+    /// Records a new key in the namespace index (a key never changes namespace).
+    pub(crate) fn insert_namespace(&mut self, key: &ObjectKey) {
+        if let Some(ns) = key.namespace_arc() {
+            self.by_namespace.insert(Arc::clone(ns), key);
+        }
+    }
+
+    /// Forgets a removed key in the namespace index.
+    pub(crate) fn remove_namespace(&mut self, key: &ObjectKey) {
+        if let Some(ns) = key.namespace() {
+            self.by_namespace.remove(ns, key);
+        }
+    }
+
+    /// Applies changes computed by [`IndexFns::plan`] for `key`.
+    pub(crate) fn apply(&mut self, key: &ObjectKey, changes: Vec<IndexChange>) {
+        for change in changes {
+            let Some((_, postings)) = self.custom.get_mut(change.index) else {
+                continue;
+            };
+            for value in &change.removed {
+                postings.remove(value, key);
+            }
+            for value in change.added {
+                postings.insert(value, key);
+            }
+        }
+    }
+
+    /// Installs (or replaces) the postings of the index at `index`.
+    /// Returns the replaced postings, so the caller can drop them outside the lock.
+    pub(crate) fn set(
+        &mut self,
+        index: usize,
+        name: String,
+        postings: Postings<String>,
+    ) -> Option<Postings<String>> {
+        if let Some(slot) = self.custom.get_mut(index) {
+            Some(std::mem::replace(slot, (name, postings)).1)
+        } else {
+            self.custom.push((name, postings));
+            None
+        }
+    }
+
+    pub(crate) fn namespace(&self, namespace: &str) -> Option<&KeySet> {
+        self.by_namespace.get(namespace)
+    }
+
+    /// The postings of the index named `name`, if registered.
+    pub(crate) fn custom(&self, name: &str) -> Option<&Postings<String>> {
+        self.custom
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, postings)| postings)
+    }
+
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        self.custom.iter().map(|(n, _)| n.as_str())
+    }
+}

@@ -1,0 +1,79 @@
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use futures::Stream;
+use kache_watch::Event;
+use kube_client::Resource;
+use pin_project_lite::pin_project;
+
+use crate::writer::Writer;
+
+pin_project! {
+    /// A stream that applies every event of an inner stream to a [`Writer`] and passes it on
+    /// with its object shared with the store. Errors pass through untouched.
+    ///
+    /// Created by [`reflector`] or [`ReflectExt::reflect`].
+    #[must_use = "streams do nothing unless polled"]
+    pub struct Reflect<St, K> {
+        #[pin]
+        stream: St,
+        writer: Writer<K>,
+    }
+}
+
+impl<St, K> fmt::Debug for Reflect<St, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reflect")
+            .field("writer", &self.writer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St, K, E> Stream for Reflect<St, K>
+where
+    St: Stream<Item = Result<Event<K>, E>>,
+    K: Resource + Send + Sync + 'static,
+{
+    type Item = Result<Event<Arc<K>>, E>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.project();
+        // Backpressure subscribers must have room for the previous event before the next one
+        // is applied.
+        ready!(this.writer.poll_flush(cx));
+        let item = ready!(this.stream.poll_next(cx));
+        Poll::Ready(item.map(|item| item.map(|event| this.writer.apply_buffered(event))))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.stream.size_hint()
+    }
+}
+
+/// Applies every event of `stream` to `writer`, yielding the events with their objects shared
+/// with the store.
+///
+/// The stream must be polled for the store to stay current. See [`Reflect`].
+pub fn reflector<K, St, E>(writer: Writer<K>, stream: St) -> Reflect<St, K>
+where
+    St: Stream<Item = Result<Event<K>, E>>,
+    K: Resource + Send + Sync + 'static,
+{
+    Reflect { stream, writer }
+}
+
+/// Extension for event streams: [`reflect`](ReflectExt::reflect) them into a store.
+pub trait ReflectExt: Stream {
+    /// Applies every event of this stream to `writer`; see [`reflector`].
+    fn reflect<K, E>(self, writer: Writer<K>) -> Reflect<Self, K>
+    where
+        Self: Stream<Item = Result<Event<K>, E>> + Sized,
+        K: Resource + Send + Sync + 'static,
+    {
+        reflector(writer, self)
+    }
+}
+
+impl<St: Stream + ?Sized> ReflectExt for St {}
