@@ -41,6 +41,17 @@ if [ -x "$ASSETS/kube-apiserver" ] && [ -x "$ASSETS/etcd" ]; then
 fi
 
 mkdir -p "$ASSETS"
+# One provisioning run at a time: test binaries started together all find the cache empty.
+exec 9>"$CACHE_ROOT/.provision.lock"
+if command -v flock >/dev/null 2>&1 && ! flock -n 9; then
+    log "waiting for another provisioning run to finish"
+    flock 9
+    if [ -x "$ASSETS/kube-apiserver" ] && [ -x "$ASSETS/etcd" ]; then
+        log "cached control plane v$K8S_VERSION in $ASSETS"
+        echo "$ASSETS"
+        exit 0
+    fi
+fi
 apt_install etcd-server etcd-client openssl ca-certificates
 ln -sf "$(command -v etcd)" "$ASSETS/etcd"
 ln -sf "$(command -v etcdctl)" "$ASSETS/etcdctl"

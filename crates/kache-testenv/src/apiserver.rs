@@ -1,0 +1,80 @@
+//! kube-apiserver: its flags and its readiness.
+
+use std::path::Path;
+use std::time::Duration;
+
+use kube_client::core::Request;
+use kube_client::core::params::GetParams;
+use kube_client::{Client, Config};
+use tracing::instrument::WithSubscriber;
+
+/// Where kube-apiserver's inputs are and which ports it talks on.
+#[derive(Debug)]
+pub(crate) struct Flags<'a> {
+    pub(crate) dir: &'a Path,
+    pub(crate) port: u16,
+    pub(crate) etcd_endpoint: String,
+    pub(crate) watch_cache: bool,
+    pub(crate) extra: &'a [String],
+}
+
+impl Flags<'_> {
+    pub(crate) fn args(&self) -> Vec<String> {
+        let dir = self.dir;
+        let sa_key = dir.join("service-account.key");
+        let mut args = vec![
+            format!("--etcd-servers={}", self.etcd_endpoint),
+            "--bind-address=127.0.0.1".to_owned(),
+            "--advertise-address=127.0.0.1".to_owned(),
+            format!("--secure-port={}", self.port),
+            // Serving over TLS only; the plain-HTTP port would skip authentication.
+            "--insecure-port=0".to_owned(),
+            format!("--cert-dir={}", dir.join("certs").display()),
+            format!("--token-auth-file={}", dir.join("tokens.csv").display()),
+            // RBAC so that a user without bindings is really refused; system:masters passes.
+            "--authorization-mode=RBAC".to_owned(),
+            "--service-account-issuer=https://kubernetes.default.svc".to_owned(),
+            format!("--service-account-key-file={}", sa_key.display()),
+            format!("--service-account-signing-key-file={}", sa_key.display()),
+            "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
+            "--allow-privileged=true".to_owned(),
+            // There is no controller manager to create ServiceAccounts, so pods could not be
+            // admitted with this plugin on (envtest does the same).
+            "--disable-admission-plugins=ServiceAccount".to_owned(),
+        ];
+        if !self.watch_cache {
+            args.push("--watch-cache=false".to_owned());
+        }
+        args.extend(self.extra.iter().cloned());
+        args
+    }
+}
+
+/// The path of the kube-apiserver log inside a working folder.
+pub(crate) fn log_path(dir: &Path) -> std::path::PathBuf {
+    dir.join("kube-apiserver.log")
+}
+
+/// Whether `/readyz` says `ok` and the `default` namespace exists, so that the very first
+/// request of a test (say, a create in `default`) succeeds.
+pub(crate) async fn is_ready(config: &Config) -> bool {
+    let Ok(client) = Client::try_from(config.clone()) else {
+        return false;
+    };
+    let probe = async {
+        let readyz = Request::new("").get("readyz", &GetParams::default()).ok()?;
+        if client.request_text(readyz).await.ok()?.trim() != "ok" {
+            return None;
+        }
+        let default_ns = Request::new("/api/v1/namespaces")
+            .get("default", &GetParams::default())
+            .ok()?;
+        client.request_text(default_ns).await.ok()
+    };
+    // kube-client logs every failed request at ERROR; failures are expected while polling.
+    let probe = probe.with_subscriber(tracing::subscriber::NoSubscriber::default());
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), probe).await,
+        Ok(Some(_))
+    )
+}

@@ -1,0 +1,550 @@
+//! The test environment: a local control plane, or an existing cluster.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube_client::config::{KubeConfigOptions, Kubeconfig};
+use kube_client::core::params::PostParams;
+use kube_client::core::{DynamicObject, Request};
+use kube_client::{Client, Config};
+use tokio::sync::{Mutex, OnceCell};
+
+use crate::apiserver;
+use crate::assets::Assets;
+use crate::error::{Error, Result};
+use crate::etcd::{self, Etcd};
+use crate::process::{Janitor, Supervised, log_tail};
+use crate::workdir::{self, ADMIN_CONTEXT, UNPRIVILEGED_CONTEXT, UNPRIVILEGED_USER};
+
+/// Lines of a log quoted in a [`Error::NotReady`].
+const LOG_TAIL_LINES: usize = 30;
+
+/// A Kubernetes API server for tests: etcd and kube-apiserver started on loopback, or an
+/// existing cluster when `KACHE_USE_EXISTING_CLUSTER=1`.
+///
+/// Dropping a locally started environment stops both processes and removes its working
+/// folder. See the [crate docs](crate) for where the binaries come from.
+#[derive(Debug)]
+pub struct TestEnv {
+    admin: Config,
+    unprivileged: Config,
+    kubeconfig: PathBuf,
+    server_url: String,
+    /// `None` for an existing cluster.
+    local: Option<Local>,
+}
+
+/// Options for starting a [`TestEnv`]; get one from [`TestEnv::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `start` is awaited"]
+pub struct Builder {
+    watch_cache: bool,
+    apiserver_args: Vec<String>,
+    ready_timeout: Duration,
+    use_existing_cluster: Option<bool>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            watch_cache: true,
+            apiserver_args: Vec::new(),
+            ready_timeout: Duration::from_secs(60),
+            use_existing_cluster: None,
+        }
+    }
+}
+
+impl Builder {
+    /// Whether kube-apiserver serves lists and watches from its watch cache (the default, as
+    /// in production). With `false` every request goes to etcd, so after
+    /// [`TestEnv::compact_etcd`] an old resourceVersion reliably gets `410 Gone`.
+    pub fn watch_cache(mut self, enabled: bool) -> Self {
+        self.watch_cache = enabled;
+        self
+    }
+
+    /// Adds a kube-apiserver flag such as `--default-watch-cache-size=0`; later flags win.
+    pub fn apiserver_arg(mut self, arg: impl Into<String>) -> Self {
+        self.apiserver_args.push(arg.into());
+        self
+    }
+
+    /// How long etcd and kube-apiserver each get to become ready (default 60 s), at start
+    /// and after every restart.
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Uses the cluster of `KUBECONFIG` (or `~/.kube/config`) instead of starting one,
+    /// overriding the `KACHE_USE_EXISTING_CLUSTER` environment variable.
+    pub fn use_existing_cluster(mut self, existing: bool) -> Self {
+        self.use_existing_cluster = Some(existing);
+        self
+    }
+
+    /// Starts the control plane and waits until it serves requests (or connects to the
+    /// existing cluster).
+    ///
+    /// # Errors
+    ///
+    /// Any [`Error`] of a start stage: binaries, provisioning, setup, spawn, readiness,
+    /// kubeconfig, client.
+    pub async fn start(self) -> Result<TestEnv> {
+        let existing = self.use_existing_cluster.unwrap_or_else(|| {
+            std::env::var("KACHE_USE_EXISTING_CLUSTER")
+                .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "True"))
+        });
+        if existing {
+            TestEnv::existing().await
+        } else {
+            TestEnv::start_local(self).await
+        }
+    }
+}
+
+/// The processes and files of a control plane this crate started.
+#[derive(Debug)]
+struct Local {
+    dir: PathBuf,
+    assets: Assets,
+    etcd: Etcd,
+    apiserver_args: Vec<String>,
+    ready_timeout: Duration,
+    /// A tokio mutex: stop/start await while holding it, and it is not tied to a runtime.
+    processes: Mutex<Processes>,
+    /// Declared last so it drops last: the folder goes once the processes are stopped.
+    _janitor: Janitor,
+}
+
+/// Fields drop in order: kube-apiserver stops before the etcd it talks to.
+#[derive(Debug, Default)]
+struct Processes {
+    apiserver: Option<Supervised>,
+    etcd: Option<Supervised>,
+}
+
+static SHARED: OnceCell<Result<TestEnv, Arc<Error>>> = OnceCell::const_new();
+
+impl TestEnv {
+    /// Starts a control plane with the default options; see [`Builder`] for the others.
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::start`].
+    pub async fn start() -> Result<Self> {
+        Self::builder().start().await
+    }
+
+    /// Options for starting a control plane.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// One control plane for the whole test process, started by the first caller.
+    ///
+    /// Tests that share it should keep to their own namespace (see
+    /// [`create_namespace`](Self::create_namespace)) and leave the fault tools alone. It is
+    /// never dropped; its processes end and its folder is removed when the process exits.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shared`] holding the error of the one start attempt, for every caller.
+    pub async fn shared() -> Result<&'static Self> {
+        // No runtime-bound state lives in a TestEnv (std child processes, client configs
+        // only), so it may be started on whichever test's runtime comes first.
+        let result = SHARED
+            .get_or_init(|| async { Self::start().await.map_err(Arc::new) })
+            .await;
+        result.as_ref().map_err(|e| Error::Shared {
+            source: Arc::clone(e),
+        })
+    }
+
+    /// A client acting as an administrator (group `system:masters`).
+    ///
+    /// Each call builds a new client: a client's connection pool belongs to the runtime it
+    /// was first used on, and each `#[tokio::test]` has its own.
+    ///
+    /// # Panics
+    ///
+    /// Never in practice: the same configuration already built a client at start.
+    #[must_use]
+    pub fn client(&self) -> Client {
+        Client::try_from(self.admin.clone()).expect("this configuration built a client at start")
+    }
+
+    /// A client acting as `kache-unprivileged`, a user with no RBAC bindings, for tests of
+    /// permission errors: anything beyond discovery gets `403 Forbidden`.
+    ///
+    /// On an existing cluster this impersonates that user (group `system:authenticated`),
+    /// which needs the kubeconfig's user to be allowed to impersonate.
+    ///
+    /// # Panics
+    ///
+    /// Never in practice: the same configuration already built a client at start.
+    #[must_use]
+    pub fn client_unprivileged(&self) -> Client {
+        Client::try_from(self.unprivileged.clone())
+            .expect("this configuration built a client at start")
+    }
+
+    /// The admin client configuration, for building clients with other settings.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.admin
+    }
+
+    /// The kubeconfig file: generated in the working folder (admin context current, plus a
+    /// `kache-unprivileged` context), or the existing cluster's (the first of `KUBECONFIG`).
+    #[must_use]
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The API server's URL, such as `https://127.0.0.1:40123`.
+    #[must_use]
+    pub fn server_url(&self) -> &str {
+        &self.server_url
+    }
+
+    /// Whether this environment talks to an existing cluster rather than its own processes.
+    #[must_use]
+    pub fn is_existing_cluster(&self) -> bool {
+        self.local.is_none()
+    }
+
+    /// The working folder (data, certificates, kubeconfig, logs), or `None` on an existing
+    /// cluster.
+    #[must_use]
+    pub fn work_dir(&self) -> Option<&Path> {
+        self.local.as_ref().map(|l| l.dir.as_path())
+    }
+
+    /// Creates a namespace named `<prefix>-<random suffix>` and returns its name, so tests
+    /// sharing a control plane do not see each other's objects.
+    ///
+    /// There is no controller manager, so a deleted namespace stays `Terminating`; there is
+    /// no need to delete them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Api`] if the server refuses it (for example a prefix that is not a DNS label).
+    pub async fn create_namespace(&self, prefix: &str) -> Result<String> {
+        let api_error = |source| Error::Api {
+            context: format!("create namespace {prefix}-*"),
+            source,
+        };
+        let body = format!(
+            r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"generateName":"{prefix}-"}}}}"#
+        );
+        let request = Request::new("/api/v1/namespaces")
+            .create(&PostParams::default(), body.into_bytes())
+            .map_err(|e| api_error(kube_client::Error::BuildRequest(e)))?;
+        let created: DynamicObject = self.client().request(request).await.map_err(api_error)?;
+        let name = created.metadata.name.unwrap_or_default();
+        tracing::debug!(namespace = %name, "created namespace");
+        Ok(name)
+    }
+
+    /// Stops kube-apiserver (etcd keeps running); clients get connection errors until
+    /// [`start_apiserver`](Self::start_apiserver).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] on an existing cluster.
+    pub async fn stop_apiserver(&self) -> Result<()> {
+        let local = self.require_local("stop_apiserver")?;
+        let stopped = local.processes.lock().await.apiserver.take();
+        if let Some(apiserver) = stopped {
+            tracing::info!("stopping kube-apiserver");
+            apiserver.stop().await;
+        }
+        Ok(())
+    }
+
+    /// Starts kube-apiserver again on the same port with the same flags, tokens and data, and
+    /// waits until it is ready; existing clients reconnect. Does nothing if it is running.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] on an existing cluster; [`Error::Spawn`] or [`Error::NotReady`].
+    pub async fn start_apiserver(&self) -> Result<()> {
+        let local = self.require_local("start_apiserver")?;
+        let mut processes = local.processes.lock().await;
+        if processes
+            .apiserver
+            .as_mut()
+            .is_some_and(|p| !p.has_exited())
+        {
+            return Ok(());
+        }
+        processes.apiserver = Some(local.spawn_apiserver()?);
+        drop(processes);
+        local.wait_apiserver(&self.admin).await
+    }
+
+    /// Stops and starts kube-apiserver (see [`start_apiserver`](Self::start_apiserver)):
+    /// every watch is cut, no data is lost.
+    ///
+    /// # Errors
+    ///
+    /// As [`start_apiserver`](Self::start_apiserver).
+    pub async fn restart_apiserver(&self) -> Result<()> {
+        self.stop_apiserver().await?;
+        self.start_apiserver().await
+    }
+
+    /// Restarts etcd on the same port and data folder, then waits until etcd and
+    /// kube-apiserver are both ready again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] on an existing cluster; [`Error::Spawn`] or [`Error::NotReady`].
+    pub async fn restart_etcd(&self) -> Result<()> {
+        let local = self.require_local("restart_etcd")?;
+        let mut processes = local.processes.lock().await;
+        if let Some(etcd) = processes.etcd.take() {
+            tracing::info!("stopping etcd");
+            etcd.stop().await;
+        }
+        processes.etcd = Some(local.spawn_etcd()?);
+        drop(processes);
+        local.wait_etcd().await?;
+        local.wait_apiserver(&self.admin).await
+    }
+
+    /// The current etcd revision, the number resourceVersions are made of.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] on an existing cluster; [`Error::Etcdctl`].
+    pub async fn etcd_revision(&self) -> Result<i64> {
+        self.require_local("etcd_revision")?.etcd.revision().await
+    }
+
+    /// Compacts etcd at its current revision and returns that revision: every older
+    /// resourceVersion is gone. With [`Builder::watch_cache`]`(false)`, a WATCH from an older
+    /// resourceVersion then gets an `ERROR` event with `410 Gone`, and a LIST with an older
+    /// `continue` token gets HTTP 410.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] on an existing cluster; [`Error::Etcdctl`].
+    pub async fn compact_etcd(&self) -> Result<i64> {
+        let revision = self.require_local("compact_etcd")?.etcd.compact().await?;
+        tracing::info!(revision, "compacted etcd");
+        Ok(revision)
+    }
+
+    /// The last `lines` lines of kube-apiserver's log, for failure messages.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] on an existing cluster.
+    pub fn apiserver_log_tail(&self, lines: usize) -> Result<String> {
+        let local = self.require_local("apiserver_log_tail")?;
+        Ok(log_tail(&apiserver::log_path(&local.dir), lines))
+    }
+
+    /// The last `lines` lines of etcd's log.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] on an existing cluster.
+    pub fn etcd_log_tail(&self, lines: usize) -> Result<String> {
+        let local = self.require_local("etcd_log_tail")?;
+        Ok(log_tail(&etcd::log_path(&local.dir), lines))
+    }
+
+    fn require_local(&self, operation: &'static str) -> Result<&Local> {
+        self.local.as_ref().ok_or(Error::Unsupported { operation })
+    }
+
+    async fn existing() -> Result<Self> {
+        let kubeconfig = existing_kubeconfig_path();
+        let admin = Config::from_kubeconfig(&KubeConfigOptions::default())
+            .await
+            .map_err(|source| Error::Kubeconfig {
+                path: kubeconfig.clone(),
+                source,
+            })?;
+        let mut unprivileged = admin.clone();
+        unprivileged.auth_info.impersonate = Some(UNPRIVILEGED_USER.to_owned());
+        unprivileged.auth_info.impersonate_groups = Some(vec!["system:authenticated".to_owned()]);
+        Client::try_from(admin.clone()).map_err(|source| Error::Client { source })?;
+        let server_url = admin
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_owned();
+        tracing::info!(server = %server_url, "using an existing cluster");
+        Ok(Self {
+            admin,
+            unprivileged,
+            kubeconfig,
+            server_url,
+            local: None,
+        })
+    }
+
+    async fn start_local(options: Builder) -> Result<Self> {
+        let started = Instant::now();
+        let assets = Assets::locate().await?;
+        tracing::debug!(?assets, "control plane binaries");
+        let dir = workdir::create_dir()?;
+        // From here on the janitor (and then `Local`'s drop) removes the folder on failure.
+        let janitor = Janitor::spawn(&dir).map_err(|source| Error::Setup {
+            step: "spawn the clean-up watchdog".to_owned(),
+            source: Some(source),
+        })?;
+        let [client_port, peer_port, apiserver_port] = workdir::free_ports()?;
+        let admin_token = workdir::random_token()?;
+        let unprivileged_token = workdir::random_token()?;
+        workdir::write_token_file(&dir.join("tokens.csv"), &admin_token, &unprivileged_token)?;
+        workdir::write_service_account_key(&dir.join("service-account.key")).await?;
+        let server_url = format!("https://127.0.0.1:{apiserver_port}");
+        let kubeconfig = dir.join("kubeconfig");
+        workdir::write_kubeconfig(&kubeconfig, &server_url, &admin_token, &unprivileged_token)?;
+        let admin = load_context(&kubeconfig, ADMIN_CONTEXT).await?;
+        let unprivileged = load_context(&kubeconfig, UNPRIVILEGED_CONTEXT).await?;
+        Client::try_from(admin.clone()).map_err(|source| Error::Client { source })?;
+
+        let etcd = Etcd {
+            data_dir: dir.join("etcd"),
+            client_port,
+            peer_port,
+            etcdctl: assets.etcdctl.clone(),
+        };
+        let apiserver_args = apiserver::Flags {
+            dir: &dir,
+            port: apiserver_port,
+            etcd_endpoint: etcd.endpoint(),
+            watch_cache: options.watch_cache,
+            extra: &options.apiserver_args,
+        }
+        .args();
+        let local = Local {
+            dir,
+            assets,
+            etcd,
+            apiserver_args,
+            ready_timeout: options.ready_timeout,
+            processes: Mutex::new(Processes::default()),
+            _janitor: janitor,
+        };
+        tracing::info!(dir = %local.dir.display(), server = %server_url, "starting etcd and kube-apiserver");
+        local.processes.lock().await.etcd = Some(local.spawn_etcd()?);
+        local.wait_etcd().await?;
+        local.processes.lock().await.apiserver = Some(local.spawn_apiserver()?);
+        local.wait_apiserver(&admin).await?;
+        tracing::info!(elapsed = ?started.elapsed(), server = %server_url, "control plane ready");
+        Ok(Self {
+            admin,
+            unprivileged,
+            kubeconfig,
+            server_url,
+            local: Some(local),
+        })
+    }
+}
+
+impl Local {
+    fn spawn_etcd(&self) -> Result<Supervised> {
+        Supervised::spawn(
+            "etcd",
+            &self.assets.etcd,
+            &self.etcd.args(),
+            &etcd::log_path(&self.dir),
+        )
+        .map_err(|source| Error::Spawn {
+            component: "etcd",
+            source,
+        })
+    }
+
+    fn spawn_apiserver(&self) -> Result<Supervised> {
+        tracing::debug!(args = ?self.apiserver_args, "kube-apiserver flags");
+        Supervised::spawn(
+            "kube-apiserver",
+            &self.assets.kube_apiserver,
+            &self.apiserver_args,
+            &apiserver::log_path(&self.dir),
+        )
+        .map_err(|source| Error::Spawn {
+            component: "kube-apiserver",
+            source,
+        })
+    }
+
+    async fn wait_etcd(&self) -> Result<()> {
+        let deadline = Instant::now() + self.ready_timeout;
+        while !self.etcd.is_healthy().await {
+            if Instant::now() >= deadline || self.exited(|p| &mut p.etcd).await {
+                return Err(Error::NotReady {
+                    component: "etcd",
+                    timeout: self.ready_timeout,
+                    log_tail: log_tail(&etcd::log_path(&self.dir), LOG_TAIL_LINES),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::debug!("etcd is healthy");
+        Ok(())
+    }
+
+    async fn wait_apiserver(&self, config: &Config) -> Result<()> {
+        let deadline = Instant::now() + self.ready_timeout;
+        while !apiserver::is_ready(config).await {
+            if Instant::now() >= deadline || self.exited(|p| &mut p.apiserver).await {
+                return Err(Error::NotReady {
+                    component: "kube-apiserver",
+                    timeout: self.ready_timeout,
+                    log_tail: log_tail(&apiserver::log_path(&self.dir), LOG_TAIL_LINES),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracing::debug!("kube-apiserver is ready");
+        Ok(())
+    }
+
+    /// Whether the process picked by `which` has exited (or was never started).
+    async fn exited(&self, which: impl FnOnce(&mut Processes) -> &mut Option<Supervised>) -> bool {
+        which(&mut *self.processes.lock().await)
+            .as_mut()
+            .is_none_or(Supervised::has_exited)
+    }
+}
+
+async fn load_context(path: &Path, context: &str) -> Result<Config> {
+    let kubeconfig_error = |source| Error::Kubeconfig {
+        path: path.to_owned(),
+        source,
+    };
+    let kubeconfig = Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
+    let options = KubeConfigOptions {
+        context: Some(context.to_owned()),
+        ..KubeConfigOptions::default()
+    };
+    Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .map_err(kubeconfig_error)
+}
+
+/// The first file of `KUBECONFIG`, else `~/.kube/config`, as kube-client reads them.
+fn existing_kubeconfig_path() -> PathBuf {
+    std::env::var_os("KUBECONFIG")
+        .and_then(|v| std::env::split_paths(&v).find(|p| !p.as_os_str().is_empty()))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".kube").join("config")))
+        .unwrap_or_default()
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        tracing::info!(dir = %self.dir.display(), "stopping the control plane");
+        // `Processes` then the janitor drop after this: each server stops, then the folder goes.
+    }
+}
