@@ -220,3 +220,19 @@ impl Indexes {
         self.custom.iter().map(|(n, _)| n.as_str())
     }
 }
+
+#[cfg(test)]
+impl Indexes {
+    /// Index entries whose key is not in `objects`: always zero unless an update leaked.
+    pub(crate) fn stale_entries<K>(&self, objects: &ObjectMap<K>) -> usize {
+        let namespaced = self.by_namespace.map.values().flatten();
+        let custom = self
+            .custom
+            .iter()
+            .flat_map(|(_, p)| p.map.values().flatten());
+        namespaced
+            .chain(custom)
+            .filter(|key| !objects.contains_key(*key))
+            .count()
+    }
+}

@@ -1,0 +1,215 @@
+//! Model-based property test: random event sequences applied to the store and to a plain
+//! `BTreeMap` model must leave the same visible state, lengths and index lookups.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::{Event, Store, Writer};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube_client::api::ObjectMeta;
+use proptest::prelude::*;
+
+const NAMESPACES: [Option<&str>; 3] = [None, Some("a"), Some("b")];
+const NAMES: [&str; 4] = ["n0", "n1", "n2", "n3"];
+const LABELS: [&str; 3] = ["x", "y", "z"];
+
+type Key = (Option<String>, String);
+
+/// What the model remembers of an object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Obj {
+    key: Key,
+    rv: u64,
+    label: String,
+}
+
+impl Obj {
+    fn to_cm(&self) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                namespace: self.key.0.clone(),
+                name: Some(self.key.1.clone()),
+                uid: Some(format!("{:?}", self.key)),
+                resource_version: Some(self.rv.to_string()),
+                labels: Some(BTreeMap::from([("tier".to_owned(), self.label.clone())])),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        }
+    }
+
+    fn from_cm(cm: &ConfigMap) -> Self {
+        Self {
+            key: (
+                cm.metadata.namespace.clone(),
+                cm.metadata.name.clone().unwrap(),
+            ),
+            rv: cm
+                .metadata
+                .resource_version
+                .as_ref()
+                .unwrap()
+                .parse()
+                .unwrap(),
+            label: cm.metadata.labels.as_ref().unwrap()["tier"].clone(),
+        }
+    }
+}
+
+fn tier(cm: &ConfigMap) -> Vec<String> {
+    cm.metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| *k == "tier")
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Apply(usize, usize, usize),
+    Delete(usize, usize),
+    Init,
+    /// `unchanged`: resend the visible object as-is (same uid and resourceVersion).
+    InitApply(usize, usize, usize, bool),
+    InitDone,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let ns = 0..NAMESPACES.len();
+    let name = 0..NAMES.len();
+    let label = 0..LABELS.len();
+    prop_oneof![
+        4 => (ns.clone(), name.clone(), label.clone()).prop_map(|(n, m, l)| Op::Apply(n, m, l)),
+        2 => (ns.clone(), name.clone()).prop_map(|(n, m)| Op::Delete(n, m)),
+        1 => Just(Op::Init),
+        4 => (ns, name, label, any::<bool>()).prop_map(|(n, m, l, u)| Op::InitApply(n, m, l, u)),
+        1 => Just(Op::InitDone),
+    ]
+}
+
+#[derive(Default)]
+struct Model {
+    visible: BTreeMap<Key, Obj>,
+    relist: Option<BTreeMap<Key, Obj>>,
+    ready: bool,
+    rv: u64,
+}
+
+impl Model {
+    /// Turns an op into the event to send, updating the model.
+    fn step(&mut self, op: &Op) -> Event<ConfigMap> {
+        self.rv += 1;
+        let make = |n: usize, m: usize, l: usize, rv: u64| Obj {
+            key: (NAMESPACES[n].map(str::to_owned), NAMES[m].to_owned()),
+            rv,
+            label: LABELS[l].to_owned(),
+        };
+        match *op {
+            Op::Apply(n, m, l) => {
+                let obj = make(n, m, l, self.rv);
+                self.visible.insert(obj.key.clone(), obj.clone());
+                Event::Apply(obj.to_cm())
+            }
+            Op::Delete(n, m) => {
+                let obj = make(n, m, 0, self.rv);
+                self.visible.remove(&obj.key);
+                Event::Delete(obj.to_cm())
+            }
+            Op::Init => {
+                self.relist = Some(BTreeMap::new());
+                Event::Init
+            }
+            Op::InitApply(n, m, l, unchanged) => {
+                let mut obj = make(n, m, l, self.rv);
+                if unchanged && let Some(current) = self.visible.get(&obj.key) {
+                    obj = current.clone();
+                }
+                self.relist
+                    .get_or_insert_default()
+                    .insert(obj.key.clone(), obj.clone());
+                Event::InitApply(obj.to_cm())
+            }
+            Op::InitDone => {
+                if let Some(relist) = self.relist.take() {
+                    self.visible = relist;
+                }
+                self.ready = true;
+                Event::InitDone
+            }
+        }
+    }
+
+    fn get(&self, ns: Option<&str>, name: &str) -> Option<&Obj> {
+        self.visible
+            .get(&(ns.map(str::to_owned), name.to_owned()))
+            .or_else(|| {
+                ns?;
+                self.visible.get(&(None, name.to_owned()))
+            })
+    }
+}
+
+fn set(objs: &[std::sync::Arc<ConfigMap>]) -> BTreeSet<Obj> {
+    objs.iter().map(|cm| Obj::from_cm(cm)).collect()
+}
+
+fn check(store: &Store<ConfigMap>, model: &Model) -> Result<(), TestCaseError> {
+    {
+        let state = store.shared.state.read();
+        prop_assert_eq!(
+            state.indexes.stale_entries(&state.objects),
+            0,
+            "stale index entries"
+        );
+    }
+    let expected: BTreeSet<Obj> = model.visible.values().cloned().collect();
+    prop_assert_eq!(set(&store.state()), expected.clone());
+    prop_assert_eq!(store.len(), model.visible.len());
+    prop_assert_eq!(store.is_empty(), model.visible.is_empty());
+    prop_assert_eq!(store.is_ready(), model.ready);
+    for ns in NAMESPACES.iter().flatten() {
+        let want: BTreeSet<Obj> = expected
+            .iter()
+            .filter(|o| o.key.0.as_deref() == Some(*ns))
+            .cloned()
+            .collect();
+        prop_assert_eq!(set(&store.by_namespace(ns)), want, "namespace {}", ns);
+    }
+    for label in LABELS {
+        let want: BTreeSet<Obj> = expected
+            .iter()
+            .filter(|o| o.label == label)
+            .cloned()
+            .collect();
+        prop_assert_eq!(
+            set(&store.by_index("tier", label).unwrap()),
+            want,
+            "tier {}",
+            label
+        );
+    }
+    for ns in NAMESPACES {
+        for name in NAMES {
+            let got = store.get(ns, name).map(|cm| Obj::from_cm(&cm));
+            prop_assert_eq!(got.as_ref(), model.get(ns, name), "get {:?}/{}", ns, name);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn store_matches_model_after_every_event(ops in proptest::collection::vec(op(), 0..80)) {
+        let mut writer = Writer::<ConfigMap>::new().with_index("tier", tier);
+        let store = writer.as_reader();
+        let mut model = Model::default();
+        for op in &ops {
+            let event = model.step(op);
+            writer.apply(event);
+            check(&store, &model)?;
+        }
+    }
+}
