@@ -1,0 +1,57 @@
+//! Shared set-up for kache's examples: each starts a local control plane (or uses an existing
+//! cluster with `KACHE_USE_EXISTING_CLUSTER=1` and `KUBECONFIG`), does its work, and exits.
+//!
+//! Run one with `cargo run -p kache-examples --example <name>`.
+
+use std::{future::Future, time::Duration};
+
+use kache_testenv::TestEnv;
+
+/// A boxed error, enough for examples.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Logs to stderr; `RUST_LOG` sets the filter (default `info` for kache, `warn` otherwise).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "warn,kache_testenv=info,kube_client::client::tls=error".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Starts a control plane and a fresh namespace for an example.
+///
+/// # Errors
+/// When the control plane cannot start or the namespace cannot be created.
+pub async fn start(prefix: &str) -> Result<(TestEnv, String), BoxError> {
+    init_tracing();
+    eprintln!(
+        "starting a local control plane (the first run builds kube-apiserver: a few minutes)..."
+    );
+    let env = TestEnv::start().await?;
+    let namespace = env.create_namespace(prefix).await?;
+    eprintln!(
+        "control plane at {}, namespace {namespace}",
+        env.server_url()
+    );
+    Ok((env, namespace))
+}
+
+/// Polls `check` every 20 ms until it holds, for at most 30 s.
+///
+/// # Errors
+/// When 30 s pass first.
+pub async fn wait_for<F, Fut>(what: &str, mut check: F) -> Result<(), BoxError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .map_err(|_| format!("timed out waiting for {what}").into())
+}
