@@ -5,6 +5,7 @@ mod index;
 mod key;
 mod reflect;
 mod store;
+mod subscriber;
 mod writer;
 
 pub use error::{Error, Result};
@@ -12,6 +13,7 @@ pub use kache_watch::Event;
 pub use key::ObjectKey;
 pub use reflect::{Reflect, ReflectExt, reflector};
 pub use store::Store;
+pub use subscriber::{DEFAULT_BUFFER, Delivery, Subscriber, SubscriberHandle};
 pub use writer::{Writer, store};
 
 #[cfg(test)]

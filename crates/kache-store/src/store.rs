@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use crate::error::{Error, Result};
 use crate::index::{Indexes, KeySet, ObjectMap};
 use crate::key::{KeyRef, KeyView, ObjectKey};
+use crate::subscriber::{Delivery, Hub, Subscriber};
 
 /// One generation of the store, with the bookkeeping that must change atomically with it.
 pub(crate) struct State<K> {
@@ -39,6 +40,7 @@ pub(crate) struct Shared<K> {
     /// Flips to `true` once; closed when the writer is dropped, which is how
     /// `wait_until_ready` learns that readiness will never come.
     pub(crate) ready: watch::Receiver<bool>,
+    pub(crate) hub: Hub<K>,
 }
 
 /// A read handle to the cache of objects of kind `K`.
@@ -196,6 +198,19 @@ impl<K> Store<K> {
                 name: index.to_owned(),
             }),
         }
+    }
+
+    /// A new [`Subscriber`] with the default [`Delivery::Resync`] policy: a stream of this
+    /// store's state and then its changes. Any clone of the store can subscribe, at any time.
+    #[must_use]
+    pub fn subscribe(&self) -> Subscriber<K> {
+        self.subscribe_with(Delivery::Resync)
+    }
+
+    /// A new [`Subscriber`] with the given delivery policy.
+    #[must_use]
+    pub fn subscribe_with(&self, delivery: Delivery) -> Subscriber<K> {
+        Subscriber::new(Arc::clone(&self.shared), delivery)
     }
 
     /// The names of the registered indexes, in registration order.

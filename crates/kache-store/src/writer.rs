@@ -9,6 +9,7 @@ use tracing::{debug, trace, warn};
 use crate::index::{IndexFns, ObjectMap};
 use crate::key::ObjectKey;
 use crate::store::{Shared, State, Store};
+use crate::subscriber::{self, DEFAULT_BUFFER, Delivery, Msg, Publisher, Subscriber};
 
 /// Creates a store: a [`Store`] to read from and the [`Writer`] that fills it.
 ///
@@ -37,6 +38,7 @@ pub struct Writer<K> {
     relist: Option<Relist<K>>,
     fns: IndexFns<K>,
     transform: Option<Transform<K>>,
+    pub(crate) publisher: Publisher<K>,
 }
 
 /// A user function applied to each object before it is stored.
@@ -69,6 +71,7 @@ impl<K> fmt::Debug for Writer<K> {
             .field("relisting", &self.relist.as_ref().map(|r| r.objects.len()))
             .field("indexes", &self.fns)
             .field("transform", &self.transform.is_some())
+            .field("publisher", &self.publisher)
             .finish_non_exhaustive()
     }
 }
@@ -90,16 +93,42 @@ where
     #[must_use]
     pub fn new() -> Self {
         let (ready_tx, ready_rx) = watch::channel(false);
+        let (hub, publisher) = subscriber::channels(DEFAULT_BUFFER);
         Self {
             shared: Arc::new(Shared {
                 state: parking_lot::RwLock::new(State::default()),
                 ready: ready_rx,
+                hub,
             }),
             ready_tx,
             relist: None,
             fns: IndexFns::default(),
             transform: None,
+            publisher,
         }
+    }
+
+    /// Sets how many changes a subscriber may fall behind (default [`DEFAULT_BUFFER`],
+    /// at least 1). One bounded buffer is shared by the [`Delivery::Resync`] subscribers and
+    /// one by the [`Delivery::Backpressure`] subscribers; a relist counts as one change.
+    #[must_use]
+    pub fn with_buffer(mut self, capacity: usize) -> Self {
+        self.publisher.set_capacity(capacity);
+        self
+    }
+
+    /// A new [`Subscriber`] with the default [`Delivery::Resync`] policy; same as
+    /// [`Store::subscribe`].
+    #[must_use]
+    pub fn subscribe(&self) -> Subscriber<K> {
+        self.as_reader().subscribe()
+    }
+
+    /// A new [`Subscriber`] with the given delivery policy; same as
+    /// [`Store::subscribe_with`].
+    #[must_use]
+    pub fn subscribe_with(&self, delivery: Delivery) -> Subscriber<K> {
+        self.as_reader().subscribe_with(delivery)
     }
 
     /// A read handle to this writer's store. Call it as often as needed, or clone the result.
@@ -169,8 +198,37 @@ where
     ///   and marks the store ready. An `InitDone` with no generation in progress changes no
     ///   object (it only marks the store ready): a duplicate `InitDone` must not empty the
     ///   store.
+    ///
+    /// Subscribers are sent the resulting change without waiting: a full
+    /// [`Delivery::Backpressure`] subscriber is resynced rather than waited for. Use
+    /// [`Writer::apply_async`] or [`reflect`](crate::ReflectExt::reflect) to wait for them.
     pub fn apply(&mut self, event: Event<K>) -> Event<Arc<K>> {
-        match event {
+        self.publisher.force_flush();
+        let applied = self.apply_buffered(event);
+        self.publisher.force_flush();
+        applied
+    }
+
+    /// Like [`Writer::apply`], but first waits until every [`Delivery::Backpressure`]
+    /// subscriber has room for the previous change, and then for this one.
+    ///
+    /// Cancel safe: if the future is dropped while waiting, the change stays queued and is
+    /// delivered before the next one (or forced out when the writer is dropped).
+    pub async fn apply_async(&mut self, event: Event<K>) -> Event<Arc<K>> {
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await;
+        let applied = self.apply_buffered(event);
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await;
+        applied
+    }
+
+    /// Waits until every backpressure subscriber has taken the last change.
+    pub(crate) fn poll_flush(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.publisher.poll_flush(&self.shared.hub.room, cx)
+    }
+
+    /// Applies `event`, queueing the change for backpressure subscribers; the caller flushes.
+    pub(crate) fn apply_buffered(&mut self, event: Event<K>) -> Event<Arc<K>> {
+        let applied = match event {
             Event::Apply(obj) => Event::Apply(self.apply_object(obj)),
             Event::Delete(obj) => Event::Delete(self.delete_object(obj)),
             Event::Init => {
@@ -189,7 +247,10 @@ where
                 self.finish_relist();
                 Event::InitDone
             }
-        }
+        };
+        // Try to deliver at once; whoever is full is waited for (or forced) by the caller.
+        let _ = self.poll_flush(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+        applied
     }
 
     fn prepare(&mut self, mut obj: K) -> (ObjectKey, K) {
@@ -207,7 +268,7 @@ where
         // a shared lock is enough to read the old object, since only this writer mutates.
         let old = self.shared.state.read().objects.get(&key).cloned();
         let changes = self.fns.plan(old.as_deref(), Some(&new));
-        {
+        let seq = {
             let mut state = self.shared.state.write();
             // Arc clone: the map and the returned event share the object.
             if state
@@ -222,8 +283,13 @@ where
             if resource_version.is_some() {
                 state.resource_version = resource_version;
             }
-        }
+            state.seq
+        };
         trace!(%key, replaced = old.is_some(), "apply");
+        if self.publisher.has_subscribers() {
+            self.publisher
+                .publish(Msg::one(seq, Event::Apply(Arc::clone(&new))));
+        }
         new
     }
 
@@ -235,7 +301,7 @@ where
             .as_deref()
             .map(|old| self.fns.plan(Some(old), None))
             .unwrap_or_default();
-        {
+        let seq = {
             let mut state = self.shared.state.write();
             if old.is_some() {
                 state.objects.remove(&key);
@@ -246,10 +312,16 @@ where
             if resource_version.is_some() {
                 state.resource_version = resource_version;
             }
+            state.seq
+        };
+        trace!(%key, known = old.is_some(), "delete");
+        let obj = Arc::new(obj);
+        if old.is_some() && self.publisher.has_subscribers() {
+            self.publisher
+                .publish(Msg::one(seq, Event::Delete(Arc::clone(&obj))));
         }
         // `old` is dropped here, outside the lock: it may be the last reference.
-        trace!(%key, known = old.is_some(), "delete");
-        Arc::new(obj)
+        obj
     }
 
     fn buffer_object(&mut self, obj: K) -> Arc<K> {
@@ -285,8 +357,20 @@ where
     fn finish_relist(&mut self) {
         let Some(relist) = self.relist.take() else {
             warn!("InitDone without a relist in progress; no object changes");
-            self.shared.state.write().ready = true;
+            let became_ready = {
+                let mut state = self.shared.state.write();
+                let became_ready = !state.ready;
+                state.ready = true;
+                state.seq += u64::from(became_ready);
+                became_ready.then_some(state.seq)
+            };
             self.ready_tx.send_replace(true);
+            if let Some(seq) = became_ready
+                && self.publisher.has_subscribers()
+            {
+                // Wakes subscribers waiting for the first sync.
+                self.publisher.publish(Msg::many(seq, Vec::new()));
+            }
             return;
         };
         let Relist {
@@ -296,22 +380,51 @@ where
         // Indexes for the new generation are built here, with no lock held.
         let mut indexes = self.fns.build(&objects);
         let len = objects.len();
-        {
+        let (seq, became_ready) = {
             let mut state = self.shared.state.write();
             // O(1) swaps: readers wait only for these pointer exchanges.
             std::mem::swap(&mut state.objects, &mut objects);
             std::mem::swap(&mut state.indexes, &mut indexes);
             state.seq += 1;
+            let became_ready = !state.ready;
             state.ready = true;
             if resource_version.is_some() {
                 state.resource_version = resource_version;
             }
+            (state.seq, became_ready)
+        };
+        self.ready_tx.send_replace(true);
+        let old_len = objects.len();
+        if self.publisher.has_subscribers() {
+            // Diffed after the swap, off the write lock: `objects` is now the old generation.
+            let changes = self.relist_changes(&objects);
+            debug!(len, old_len, changes = changes.len(), "relist done");
+            if !changes.is_empty() || became_ready {
+                self.publisher.publish(Msg::many(seq, changes));
+            }
+        } else {
+            debug!(len, old_len, "relist done");
         }
         // The previous generation is freed here, after the lock is released.
-        let old_len = objects.len();
         drop((objects, indexes));
-        self.ready_tx.send_replace(true);
-        debug!(len, old_len, "relist done");
+    }
+
+    /// What subscribers must hear about a relist: `Apply` for each new or changed object,
+    /// `Delete` for each object gone. Unchanged objects kept their `Arc`, so pointer equality
+    /// finds them.
+    fn relist_changes(&self, old: &ObjectMap<K>) -> Vec<Event<Arc<K>>> {
+        // A shared lock suffices: only this writer mutates.
+        let state = self.shared.state.read();
+        let new = &state.objects;
+        let applied = new
+            .iter()
+            .filter(|(key, obj)| old.get(*key).is_none_or(|prev| !Arc::ptr_eq(prev, obj)))
+            .map(|(_, obj)| Event::Apply(Arc::clone(obj)));
+        let deleted = old
+            .iter()
+            .filter(|(key, _)| !new.contains_key(*key))
+            .map(|(_, obj)| Event::Delete(Arc::clone(obj)));
+        applied.chain(deleted).collect()
     }
 }
 
@@ -333,18 +446,10 @@ fn is_later(seen: &str, candidate: &str) -> bool {
     }
 }
 
-impl<K> Writer<K>
-where
-    K: Resource + Send + Sync + 'static,
-{
-    /// Waits until every backpressure subscriber has room for the last applied event.
-    #[allow(clippy::unused_self)] // placeholder until subscribers land
-    pub(crate) fn poll_flush(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        std::task::Poll::Ready(())
-    }
-
-    /// Applies `event`, leaving any backpressure delivery for [`Writer::poll_flush`].
-    pub(crate) fn apply_buffered(&mut self, event: Event<K>) -> Event<Arc<K>> {
-        self.apply(event)
+impl<K> Drop for Writer<K> {
+    fn drop(&mut self) {
+        // A change still queued for backpressure subscribers is delivered (or forces a
+        // resync) before the channel closes, so no subscriber misses the final state.
+        self.publisher.force_flush();
     }
 }

@@ -12,18 +12,18 @@ const NAMESPACES: [Option<&str>; 3] = [None, Some("a"), Some("b")];
 const NAMES: [&str; 4] = ["n0", "n1", "n2", "n3"];
 const LABELS: [&str; 3] = ["x", "y", "z"];
 
-type Key = (Option<String>, String);
+pub(super) type Key = (Option<String>, String);
 
 /// What the model remembers of an object.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Obj {
-    key: Key,
-    rv: u64,
-    label: String,
+pub(super) struct Obj {
+    pub(super) key: Key,
+    pub(super) rv: u64,
+    pub(super) label: String,
 }
 
 impl Obj {
-    fn to_cm(&self) -> ConfigMap {
+    pub(super) fn to_cm(&self) -> ConfigMap {
         ConfigMap {
             metadata: ObjectMeta {
                 namespace: self.key.0.clone(),
@@ -37,7 +37,7 @@ impl Obj {
         }
     }
 
-    fn from_cm(cm: &ConfigMap) -> Self {
+    pub(super) fn from_cm(cm: &ConfigMap) -> Self {
         Self {
             key: (
                 cm.metadata.namespace.clone(),
@@ -55,7 +55,7 @@ impl Obj {
     }
 }
 
-fn tier(cm: &ConfigMap) -> Vec<String> {
+pub(super) fn tier(cm: &ConfigMap) -> Vec<String> {
     cm.metadata
         .labels
         .iter()
@@ -66,7 +66,7 @@ fn tier(cm: &ConfigMap) -> Vec<String> {
 }
 
 #[derive(Clone, Debug)]
-enum Op {
+pub(super) enum Op {
     Apply(usize, usize, usize),
     Delete(usize, usize),
     Init,
@@ -75,7 +75,7 @@ enum Op {
     InitDone,
 }
 
-fn op() -> impl Strategy<Value = Op> {
+pub(super) fn op() -> impl Strategy<Value = Op> {
     let ns = 0..NAMESPACES.len();
     let name = 0..NAMES.len();
     let label = 0..LABELS.len();
@@ -89,16 +89,16 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 #[derive(Default)]
-struct Model {
-    visible: BTreeMap<Key, Obj>,
+pub(super) struct Model {
+    pub(super) visible: BTreeMap<Key, Obj>,
     relist: Option<BTreeMap<Key, Obj>>,
-    ready: bool,
+    pub(super) ready: bool,
     rv: u64,
 }
 
 impl Model {
     /// Turns an op into the event to send, updating the model.
-    fn step(&mut self, op: &Op) -> Event<ConfigMap> {
+    pub(super) fn step(&mut self, op: &Op) -> Event<ConfigMap> {
         self.rv += 1;
         let make = |n: usize, m: usize, l: usize, rv: u64| Obj {
             key: (NAMESPACES[n].map(str::to_owned), NAMES[m].to_owned()),
