@@ -6,8 +6,8 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# Everything CI checks: formatting, lints, unit, doc, end-to-end and fault tests, docs.
-ci: fmt-check lint test e2e doc
+# Everything CI checks: formatting, lints, unit, doc, end-to-end and fault tests, examples, docs.
+ci: fmt-check lint test e2e examples doc
 
 # Format the code.
 fmt:
@@ -28,6 +28,11 @@ test:
 # End-to-end and fault tests against a real local control plane (provisioned on first use).
 e2e: control-plane
     KUBEBUILDER_ASSETS="$(bash scripts/provision-control-plane.sh)" cargo test -p kache-testenv -p kache-tests
+
+# Run every example (each against its own local control plane) to its end.
+examples: control-plane
+    cargo build -q -p kache-examples --examples
+    for f in examples/*.rs; do echo "== example $(basename "$f" .rs)"; cargo run -q -p kache-examples --example "$(basename "$f" .rs)"; done
 
 # Build the docs with warnings as errors.
 doc:
