@@ -1,4 +1,111 @@
-//! A shared, always-consistent in-memory cache of Kubernetes objects.
+//! A shared, always-consistent in-memory cache of Kubernetes objects, with change streams.
+//!
+//! A [`Writer`] applies the [`Event`]s of a list/watch stream (usually
+//! `kache_watch::watcher`, through [`reflect`](ReflectExt::reflect)); any number of cheap
+//! [`Store`] clones read the result, and any number of [`Subscriber`]s follow its changes.
+//!
+//! ```
+//! use futures::{StreamExt, stream};
+//! use k8s_openapi::api::core::v1::ConfigMap;
+//! use kache_store::{Event, ReflectExt, Writer};
+//! use kube_client::api::ObjectMeta;
+//!
+//! fn config_map(name: &str, app: &str) -> ConfigMap {
+//!     let mut cm = ConfigMap::default();
+//!     cm.metadata = ObjectMeta {
+//!         name: Some(name.into()),
+//!         namespace: Some("default".into()),
+//!         labels: Some([("app".to_owned(), app.to_owned())].into()),
+//!         ..ObjectMeta::default()
+//!     };
+//!     cm
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), kache_store::Error> {
+//! // An index on the `app` label, and a transform that drops what the cache does not need.
+//! let writer = Writer::<ConfigMap>::new()
+//!     .with_index("app", |cm: &ConfigMap| {
+//!         let labels = cm.metadata.labels.iter().flatten();
+//!         labels.filter(|(k, _)| *k == "app").map(|(_, v)| v.clone()).collect()
+//!     })
+//!     .with_transform(|cm| cm.metadata.managed_fields = None);
+//! let store = writer.as_reader();
+//! let changes = store.subscribe();
+//!
+//! // Events by hand; in an operator they come from `kache_watch::watcher`.
+//! let events = stream::iter([
+//!     Event::Init,
+//!     Event::InitApply(config_map("a", "web")),
+//!     Event::InitApply(config_map("b", "db")),
+//!     Event::InitDone,
+//!     Event::Delete(config_map("b", "db")),
+//! ])
+//! .map(Ok::<_, std::convert::Infallible>);
+//! let applied: Vec<_> = events.reflect(writer).collect().await;
+//! assert_eq!(applied.len(), 5);
+//!
+//! store.wait_until_ready().await?;
+//! assert!(store.get(Some("default"), "a").is_some());
+//! assert_eq!(store.by_index("app", "web")?.len(), 1);
+//! assert_eq!(store.by_namespace("default").len(), 1);
+//!
+//! // The subscriber is first polled now: it gets a snapshot of the current state, then
+//! // ends, because the writer (moved into the finished stream) is gone.
+//! let seen: Vec<_> = changes.map(|event| event.map(|cm| cm.metadata.name.clone())).collect().await;
+//! assert_eq!(seen, [Event::Init, Event::InitApply(Some("a".to_owned())), Event::InitDone]);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Consistency
+//!
+//! **Readers.** Every [`Store`] read (`get`, `state`, `find`, `len`, `by_namespace`,
+//! `by_index`) runs under a shared lock and sees one *generation* of the store: the state
+//! after some prefix of the events applied so far. A relist (`Init`, `InitApply`*,
+//! `InitDone`) is built off to the side, objects and indexes together, and made visible by
+//! one pointer swap at `InitDone`, so a read sees the whole previous list or the whole new
+//! one, never a mix; objects absent from the new list disappear at that instant. `Apply`
+//! and `Delete` between relists are visible as soon as [`Writer::apply`] returns. Two
+//! separate reads may see different generations. The old generation is freed after the
+//! swap, outside the lock, so readers wait only for the swap itself (and for single-key
+//! updates). Long reads (`state`, `find`) hold the shared lock while they copy `Arc`s, and
+//! the writer waits for them.
+//!
+//! **Staleness.** The store is as current as the events applied to it: it lags the API
+//! server by the watch latency, and may miss deletes while the watch is down until the next
+//! relist repairs it. Act on it as a cache; re-check with the API server when it matters.
+//!
+//! **Readiness** ([`Store::is_ready`], [`Store::wait_until_ready`]) turns on at the first
+//! `InitDone` and never turns off: during a later relist readers keep the previous
+//! generation. When `is_ready` returns `true`, the generation that made it ready is
+//! visible. [`Store::resource_version`] is documented on the method.
+//!
+//! **Subscribers** ([`Store::subscribe`]) speak the same [`Event`] protocol. A subscriber
+//! first receives a snapshot of one generation (`Init`, `InitApply` per object, `InitDone`),
+//! taken when it is first polled once the store is ready (a subscriber that joins earlier
+//! receives nothing until the first sync). Then it receives every later change in the order
+//! the store made it: `Apply` for an added or changed object, `Delete` for a removed one, and
+//! for a relist exactly the difference between the two generations (unchanged objects, same
+//! uid and resourceVersion, produce nothing). It never receives a relist's raw
+//! `Init`/`InitApply`. Applying the events it has received to a map gives a generation the
+//! store has had, and the current one once it has drained its stream. Its objects are the
+//! store's own `Arc`s.
+//!
+//! **Slow subscribers.** Changes wait for a subscriber in a bounded buffer
+//! ([`Writer::with_buffer`]). With [`Delivery::Resync`] (the default), a subscriber that falls
+//! a full buffer behind skips ahead: on its next poll it receives a fresh snapshot of the
+//! current generation, then live changes again ([`Subscriber::resyncs`] counts this). It loses
+//! no state, the writer never waits, and memory stays bounded. With
+//! [`Delivery::Backpressure`], the writer waits for it instead and every change is delivered
+//! in order, but only on the asynchronous paths ([`reflect`](ReflectExt::reflect),
+//! [`Writer::apply_async`]): the synchronous [`Writer::apply`] cannot wait, so it resyncs a
+//! full backpressure subscriber. [`SubscriberHandle::synced`] tells when a subscriber has
+//! consumed its first snapshot.
+//!
+//! **End.** When the [`Writer`] is dropped, each subscriber receives what was already
+//! buffered for it and then ends; a pending [`Store::wait_until_ready`] fails with
+//! [`Error::WriterDropped`]; stores keep serving the last generation.
 
 mod error;
 mod index;
