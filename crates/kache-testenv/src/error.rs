@@ -46,6 +46,16 @@ pub enum Error {
         source: Option<io::Error>,
     },
 
+    /// A [`Proxy`](crate::Proxy) could not start.
+    #[error("could not start the proxy: {step}")]
+    Proxy {
+        /// What failed, with its details.
+        step: String,
+        /// The I/O error behind it, if any.
+        #[source]
+        source: Option<io::Error>,
+    },
+
     /// A control plane process could not be started.
     #[error("could not start {component}")]
     Spawn {

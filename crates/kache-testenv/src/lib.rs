@@ -64,10 +64,12 @@ mod env;
 mod error;
 mod etcd;
 mod process;
+mod proxy;
 mod workdir;
 
 pub use env::{Builder, TestEnv};
 pub use error::{Error, Result};
+pub use proxy::Proxy;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,145 @@
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use kube_client::Client;
+use tokio::{net::TcpListener, task::JoinHandle};
+
+use crate::{Error, Result};
+
+/// A loopback TCP proxy in front of the API server that can cut every connection and refuse
+/// new ones, as a network partition would, while the server itself keeps running.
+///
+/// Clients made with [`Proxy::client`] reach the server through it; other clients (such as
+/// [`TestEnv::client`](crate::TestEnv::client)) keep working during a cut, so a test can
+/// change the world while a watcher is cut off from it.
+///
+/// ```no_run
+/// use kache_testenv::{Proxy, TestEnv};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let env = TestEnv::shared().await?;
+/// let proxy = Proxy::start(env.server_url()).await?;
+/// let cut_off = proxy.client(env.config())?; // give this one to the code under test
+/// proxy.cut(); // its connections drop, new ones are refused
+/// // ... change objects through env.client() ...
+/// proxy.restore(); // it reconnects and must catch up
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Proxy {
+    addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.abort_connections();
+    }
+}
+
+impl Proxy {
+    /// Starts a proxy on a free loopback port to the server at `server_url`
+    /// (`https://127.0.0.1:PORT`, as [`TestEnv::server_url`](crate::TestEnv::server_url)).
+    ///
+    /// # Errors
+    /// [`Error::Proxy`] if the URL is not `scheme://ip:port` or no port can be bound.
+    pub async fn start(server_url: &str) -> Result<Self> {
+        let target: SocketAddr = server_url
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|e| Error::Proxy {
+                step: format!("target {server_url} is not scheme://ip:port: {e}"),
+                source: None,
+            })?;
+        let io_error = |step: &str| {
+            let step = step.to_owned();
+            move |source| Error::Proxy {
+                step,
+                source: Some(source),
+            }
+        };
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(io_error("bind a loopback port"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(io_error("read its address"))?;
+        let open = Arc::new(AtomicBool::new(true));
+        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accept = tokio::spawn({
+            let open = open.clone();
+            let connections = connections.clone();
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    // SeqCst: a connection accepted after `cut` returns must see the cut.
+                    if !open.load(Ordering::SeqCst) {
+                        continue; // dropping the socket refuses the connection
+                    }
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    let mut connections =
+                        connections.lock().unwrap_or_else(PoisonError::into_inner);
+                    connections.retain(|c| !c.is_finished());
+                    connections.push(task);
+                }
+            }
+        });
+        Ok(Self {
+            addr,
+            open,
+            connections,
+            accept,
+        })
+    }
+
+    /// A client that reaches the server through this proxy, built from `config` (such as
+    /// [`TestEnv::config`](crate::TestEnv::config)).
+    ///
+    /// # Errors
+    /// [`Error::Client`] if kube-client cannot build it.
+    ///
+    /// # Panics
+    /// Never: a socket address always makes a valid URL.
+    pub fn client(&self, config: &kube_client::Config) -> Result<Client> {
+        let mut config = config.clone();
+        config.cluster_url = format!("https://{}", self.addr)
+            .parse()
+            .expect("a socket address makes a valid URL");
+        Client::try_from(config).map_err(|source| Error::Client { source })
+    }
+
+    /// Cuts every open connection and refuses new ones until [`restore`](Self::restore).
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.abort_connections();
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+
+    fn abort_connections(&self) {
+        let mut connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for connection in connections.drain(..) {
+            connection.abort();
+        }
+    }
+}
