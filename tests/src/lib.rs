@@ -10,16 +10,18 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
+use kache_store::{ReflectExt, Store, Subscriber, Writer};
+use kache_watch::{Backoff, Config, Event, WatchStreamExt, watcher};
 use kube_client::{
     Api, Client,
-    api::{DeleteParams, ListParams, ObjectMeta, PostParams},
+    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 
@@ -231,4 +233,406 @@ impl Proxy {
     pub fn restore(&self) {
         self.open.store(true, Ordering::SeqCst);
     }
+}
+
+/// `(namespace/name, resourceVersion)` of every object in `store`.
+#[must_use]
+pub fn stored_versions(store: &Store<ConfigMap>) -> BTreeMap<String, String> {
+    store
+        .state()
+        .iter()
+        .map(|cm| (key_of(cm), version_of(cm)))
+        .collect()
+}
+
+/// A subscriber's view of the store, rebuilt from the events it received as the protocol
+/// says: `Init` clears a buffer, `InitApply` fills it, `InitDone` swaps it in, `Apply`
+/// inserts, `Delete` removes. Cheap to clone; clones share the view.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    // `Arc<Mutex>`: the following task writes, the test reads.
+    inner: Arc<Mutex<ViewState>>,
+}
+
+#[derive(Debug, Default)]
+struct ViewState {
+    current: BTreeMap<String, String>,
+    building: Option<BTreeMap<String, String>>,
+    events: u64,
+    inits: u64,
+    deleted: Vec<String>,
+    ended: bool,
+}
+
+impl View {
+    /// Applies one received event to the view.
+    ///
+    /// # Panics
+    /// If a previous holder of the lock panicked.
+    pub fn apply(&self, event: &Event<Arc<ConfigMap>>) {
+        let mut view = self.inner.lock().unwrap();
+        view.events += 1;
+        match event {
+            Event::Init => {
+                view.inits += 1;
+                view.building = Some(BTreeMap::new());
+            }
+            Event::InitApply(cm) => {
+                view.building
+                    .get_or_insert_default()
+                    .insert(key_of(cm), version_of(cm));
+            }
+            Event::InitDone => {
+                if let Some(built) = view.building.take() {
+                    view.current = built;
+                }
+            }
+            Event::Apply(cm) => {
+                view.current.insert(key_of(cm), version_of(cm));
+            }
+            Event::Delete(cm) => {
+                view.current.remove(&key_of(cm));
+                view.deleted.push(key_of(cm));
+            }
+        }
+    }
+
+    /// `namespace/name` → resourceVersion, as the subscriber has been told.
+    ///
+    /// # Panics
+    /// If a previous holder of the lock panicked.
+    #[must_use]
+    pub fn versions(&self) -> BTreeMap<String, String> {
+        self.inner.lock().unwrap().current.clone()
+    }
+
+    /// Events received so far.
+    ///
+    /// # Panics
+    /// If a previous holder of the lock panicked.
+    #[must_use]
+    pub fn events(&self) -> u64 {
+        self.inner.lock().unwrap().events
+    }
+
+    /// `Init`s received so far: the first snapshot plus one per resync.
+    ///
+    /// # Panics
+    /// If a previous holder of the lock panicked.
+    #[must_use]
+    pub fn inits(&self) -> u64 {
+        self.inner.lock().unwrap().inits
+    }
+
+    /// Keys of the `Delete` events received so far, in order.
+    ///
+    /// # Panics
+    /// If a previous holder of the lock panicked.
+    #[must_use]
+    pub fn deleted(&self) -> Vec<String> {
+        self.inner.lock().unwrap().deleted.clone()
+    }
+
+    /// Whether the subscriber's stream has ended.
+    ///
+    /// # Panics
+    /// If a previous holder of the lock panicked.
+    #[must_use]
+    pub fn ended(&self) -> bool {
+        self.inner.lock().unwrap().ended
+    }
+}
+
+/// Follows `subscriber` on a background task, waiting `delay` after each event (zero for a
+/// fast subscriber), and returns its view.
+///
+/// # Panics
+/// On the task, if a reader of the view panicked while holding its lock.
+#[must_use]
+pub fn follow(mut subscriber: Subscriber<ConfigMap>, delay: Duration) -> View {
+    let view = View::default();
+    tokio::spawn({
+        let view = view.clone();
+        async move {
+            while let Some(event) = subscriber.next().await {
+                view.apply(&event);
+                if !delay.is_zero() {
+                    // A slow consumer, on purpose.
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            view.inner.lock().unwrap().ended = true;
+        }
+    });
+    view
+}
+
+/// What a watcher fed into a store did, counted by [`Reflector`].
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Events applied to the store.
+    pub events: AtomicU64,
+    /// `Init` events: the first list plus one per relist.
+    pub inits: AtomicU64,
+    /// Error items.
+    pub errors: AtomicU64,
+    /// Error items that were `403 Forbidden`.
+    pub forbidden: AtomicU64,
+    /// Error items that were `410 Gone`.
+    pub gone: AtomicU64,
+}
+
+impl Counters {
+    /// Reads one counter.
+    #[must_use]
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// `watcher(api, config).backoff(..).reflect(writer)` running on a background task, with
+/// counters; the task stops when this is dropped.
+#[derive(Debug)]
+pub struct Reflector {
+    /// What the watcher has done so far.
+    pub counters: Arc<Counters>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Reflector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Reflector {
+    /// Starts the watcher with a quick backoff (100 ms to 1 s): faults in tests are short.
+    #[must_use]
+    pub fn start(api: Api<ConfigMap>, config: Config, writer: Writer<ConfigMap>) -> Self {
+        let backoff = Backoff::default()
+            .initial(Duration::from_millis(100))
+            .max(Duration::from_secs(1));
+        let counters = Arc::new(Counters::default());
+        let mut events = Box::pin(watcher(api, config).backoff(backoff).reflect(writer));
+        let task = tokio::spawn({
+            let counters = counters.clone();
+            async move {
+                while let Some(item) = events.next().await {
+                    match item {
+                        Ok(event) => {
+                            counters.events.fetch_add(1, Ordering::Relaxed);
+                            if matches!(event, Event::Init) {
+                                counters.inits.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(err) => {
+                            counters.errors.fetch_add(1, Ordering::Relaxed);
+                            if err.is_forbidden() {
+                                counters.forbidden.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if err.status_code() == Some(410) {
+                                counters.gone.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Self { counters, task }
+    }
+}
+
+/// How far one map of `namespace/name` → resourceVersion is from the expected one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mismatch {
+    /// Expected keys that are absent.
+    pub missing: Vec<String>,
+    /// Keys present that should not be.
+    pub extra: Vec<String>,
+    /// Keys present with another resourceVersion.
+    pub stale: Vec<String>,
+}
+
+impl Mismatch {
+    /// Compares `actual` with `expected`.
+    #[must_use]
+    pub fn between(expected: &BTreeMap<String, String>, actual: &BTreeMap<String, String>) -> Self {
+        let mut mismatch = Self::default();
+        for (key, version) in expected {
+            match actual.get(key) {
+                None => mismatch.missing.push(key.clone()),
+                Some(v) if v != version => mismatch.stale.push(key.clone()),
+                Some(_) => {}
+            }
+        }
+        mismatch.extra = actual
+            .keys()
+            .filter(|key| !expected.contains_key(*key))
+            .cloned()
+            .collect();
+        mismatch
+    }
+
+    /// How many keys are wrong.
+    #[must_use]
+    pub fn count(&self) -> usize {
+        self.missing.len() + self.extra.len() + self.stale.len()
+    }
+}
+
+/// The result of [`converges`]: the store and every view equal a fresh LIST.
+#[derive(Clone, Copy, Debug)]
+pub struct Converged {
+    /// Objects in the LIST (and so in the store and every view).
+    pub objects: usize,
+    /// Keys that differed in the last comparison before convergence (summed over the store
+    /// and the views); diagnostic only.
+    pub last_mismatches: usize,
+}
+
+/// Waits, for at most [`BOUND`], until `store` and every view in `views` equal a fresh LIST
+/// from the server exactly (namespace/name → resourceVersion). LISTs that fail (a server
+/// still restarting) are retried.
+///
+/// # Panics
+/// When the bound passes; the message says what differed in the last comparison.
+pub async fn converges(
+    api: &Api<ConfigMap>,
+    store: &Store<ConfigMap>,
+    views: &[View],
+) -> Converged {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    let mut last = String::from("no successful LIST");
+    let mut last_mismatches = 0;
+    loop {
+        if let Ok(list) = api.list(&ListParams::default()).await {
+            let expected: BTreeMap<String, String> = list
+                .items
+                .iter()
+                .map(|cm| (key_of(cm), version_of(cm)))
+                .collect();
+            let mut wrong = vec![(
+                "store".to_owned(),
+                Mismatch::between(&expected, &stored_versions(store)),
+            )];
+            for (i, view) in views.iter().enumerate() {
+                wrong.push((
+                    format!("subscriber {i}"),
+                    Mismatch::between(&expected, &view.versions()),
+                ));
+            }
+            wrong.retain(|(_, mismatch)| mismatch.count() > 0);
+            if wrong.is_empty() {
+                return Converged {
+                    objects: expected.len(),
+                    last_mismatches,
+                };
+            }
+            last_mismatches = wrong.iter().map(|(_, m)| m.count()).sum();
+            last = format!("{} objects listed; {wrong:?}", expected.len());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no convergence within {BOUND:?}: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A small, seeded pseudo-random generator (xorshift64*), so churn is reproducible.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// A number in `0..n`.
+    ///
+    /// # Panics
+    /// If `n` is zero.
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        usize::try_from(x % u64::try_from(n).expect("usize fits u64")).expect("below n")
+    }
+}
+
+/// Retries `op` until it succeeds or fails with an API error (the server answered), with a
+/// short pause between attempts, for at most [`BOUND`]: transport errors are expected while a
+/// server restarts.
+async fn retry<T, F, Fut>(what: &str, mut op: F) -> Result<T, kube_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, kube_client::Error>>,
+{
+    within(what, async {
+        loop {
+            match op().await {
+                Ok(value) => return Ok(value),
+                Err(kube_client::Error::Api(status)) if status.code != 429 && status.code < 500 => {
+                    return Err(kube_client::Error::Api(status));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await
+}
+
+/// One churning writer: creates, updates (data changes) and deletes `ConfigMap`s named
+/// `w<worker>-<j>` for `j` in `0..names`, chosen at random, until `keep_going(ops done)` is
+/// false. Survives a server restart by retrying. Returns the number of writes made.
+///
+/// # Panics
+/// When the server refuses a write for another reason than a retry of a write that succeeded.
+pub async fn churn(
+    api: &Api<ConfigMap>,
+    worker: usize,
+    names: usize,
+    mut keep_going: impl FnMut(u64) -> bool,
+) -> u64 {
+    let mut rng = Rng::new(u64::try_from(worker).unwrap_or_default() + 1);
+    let mut exists = vec![false; names];
+    let mut ops = 0;
+    while keep_going(ops) {
+        let j = rng.below(names);
+        let name = format!("w{worker}-{j}");
+        let (dp, pp, post) = (
+            DeleteParams::default(),
+            PatchParams::default(),
+            PostParams::default(),
+        );
+        if exists[j] {
+            if rng.below(3) == 0 {
+                match retry("a delete", || api.delete(&name, &dp)).await {
+                    // 404: an earlier attempt went through before its answer was lost.
+                    Ok(_) => {}
+                    Err(kube_client::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => panic!("delete {name}: {e}"),
+                }
+                exists[j] = false;
+            } else {
+                let patch = Patch::Merge(serde_json::json!({"data": {"op": ops.to_string()}}));
+                retry("an update", || api.patch(&name, &pp, &patch))
+                    .await
+                    .unwrap_or_else(|e| panic!("update {name}: {e}"));
+            }
+        } else {
+            let cm = configmap(&name, &[("worker", &worker.to_string())]);
+            match retry("a create", || api.create(&post, &cm)).await {
+                Ok(_) => {}
+                Err(kube_client::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => panic!("create {name}: {e}"),
+            }
+            exists[j] = true;
+        }
+        ops += 1;
+    }
+    ops
 }
