@@ -10,10 +10,12 @@ use kache_testenv::TestEnv;
 /// A boxed error, enough for examples.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Logs to stderr; `RUST_LOG` sets the filter (default `info` for kache, `warn` otherwise).
+/// Logs to stderr; `RUST_LOG` sets the filter. By default: progress of the control plane,
+/// warnings from kache, and nothing from kube-client, whose failures kache's watcher already
+/// reports as error items.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "warn,kache_testenv=info,kube_client::client::tls=error".into());
+        .unwrap_or_else(|_| "warn,kache_testenv=info,kube_client=off".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

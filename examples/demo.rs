@@ -1,0 +1,353 @@
+//! kache's live demo: one watch, one store, three subscribers, real changes and a forced relist
+//! against a local control plane, with a compact live view. It ends by itself with a summary.
+//!
+//! `just demo`, or `cargo run --release -p kache-examples --example demo`. With
+//! `KACHE_USE_EXISTING_CLUSTER=1` it uses the cluster in `KUBECONFIG` (in a namespace of its own,
+//! deleted at the end) and skips the forced relist, which needs the local control plane.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kache_examples::{BoxError, init_tracing, wait_for};
+use kache_store::{ReflectExt, Store, Subscriber, Writer};
+use kache_testenv::{Proxy, TestEnv};
+use kache_watch::{Backoff, Config, Event, WatchStreamExt, watcher};
+use kube_client::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+const TEAMS: [&str; 3] = ["red", "green", "blue"];
+
+/// Counters a subscriber's task keeps for the live view.
+#[derive(Default)]
+struct Stats {
+    events: AtomicU64,
+    lag: AtomicU64,
+    resyncs: AtomicU64,
+    /// What the subscriber has reconstructed: `name` → resourceVersion.
+    view: Mutex<BTreeMap<String, String>>,
+}
+
+/// Consumes a subscriber, rebuilding the state it describes; `work` runs per event, and `pace`
+/// (if any) is how long each event takes to handle.
+fn follow(
+    mut sub: Subscriber<ConfigMap>,
+    stats: Arc<Stats>,
+    pace: Option<Duration>,
+    mut work: impl FnMut(&Event<Arc<ConfigMap>>) + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let mut building = BTreeMap::new();
+        while let Some(event) = sub.next().await {
+            if let Some(pace) = pace {
+                tokio::time::sleep(pace).await;
+            }
+            work(&event);
+            let mut view = stats.view.lock().unwrap();
+            match &event {
+                Event::Init => building.clear(),
+                Event::InitApply(cm) => {
+                    building.insert(cm.name_any(), cm.resource_version().unwrap_or_default());
+                }
+                Event::InitDone => *view = std::mem::take(&mut building),
+                Event::Apply(cm) => {
+                    view.insert(cm.name_any(), cm.resource_version().unwrap_or_default());
+                }
+                Event::Delete(cm) => {
+                    view.remove(&cm.name_any());
+                }
+            }
+            drop(view);
+            stats.events.fetch_add(1, Relaxed);
+            stats.lag.store(sub.lag(), Relaxed);
+            stats.resyncs.store(sub.resyncs(), Relaxed);
+        }
+    });
+}
+
+fn team_of(cm: &ConfigMap) -> Vec<String> {
+    cm.labels().get("team").cloned().into_iter().collect()
+}
+
+fn configmap(name: &str, team: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some([("team".to_owned(), team.to_owned())].into()),
+            ..ObjectMeta::default()
+        },
+        data: Some([("payload".to_owned(), "x".repeat(256))].into()),
+        ..ConfigMap::default()
+    }
+}
+
+/// Runs `count` requests, 32 at a time.
+async fn each(
+    count: usize,
+    request: impl Fn(usize) -> futures::future::BoxFuture<'static, Result<(), kube_client::Error>>,
+) -> Result<(), BoxError> {
+    let results: Vec<_> = futures::stream::iter(0..count)
+        .map(request)
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    results
+        .into_iter()
+        .collect::<Result<(), _>>()
+        .map_err(Into::into)
+}
+
+#[tokio::main]
+#[allow(clippy::too_many_lines)] // a demo reads best as one story, top to bottom
+async fn main() -> Result<(), BoxError> {
+    init_tracing();
+    let started = Instant::now();
+    eprintln!(
+        "starting a local control plane (the first run builds kube-apiserver: a few minutes)..."
+    );
+    // The watch cache off, so that compacting etcd makes old resourceVersions expire (410).
+    let env = TestEnv::builder().watch_cache(false).start().await?;
+    let existing = env.is_existing_cluster();
+    let ns = env.create_namespace("kache-demo").await?;
+    let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
+    println!(
+        "control plane ready at {} in {:.1}s; namespace {ns}",
+        env.server_url(),
+        started.elapsed().as_secs_f64()
+    );
+
+    // 1. A few hundred objects, before anything watches.
+    each(300, |i| {
+        let api = api.clone();
+        Box::pin(async move {
+            api.create(
+                &PostParams::default(),
+                &configmap(&format!("cm-{i}"), TEAMS[i % 3]),
+            )
+            .await
+            .map(drop)
+        })
+    })
+    .await?;
+    println!("created 300 ConfigMaps");
+
+    // 2. One watcher, through a proxy that can cut it off, feeding one store with an index.
+    let proxy = Proxy::start(env.server_url()).await?;
+    let watched: Api<ConfigMap> = Api::namespaced(
+        if existing {
+            env.client()
+        } else {
+            proxy.client(env.config())?
+        },
+        &ns,
+    );
+    let writer = Writer::new().with_index("team", team_of).with_buffer(64);
+    let store: Store<ConfigMap> = writer.as_reader();
+
+    // 3. Three subscribers: one audits every change, one answers "how big is this object's
+    //    team?" from the index on each change, and one is slow (10 ms per event).
+    let names = ["audit", "team-lookup", "slow"];
+    let stats: Vec<Arc<Stats>> = names.iter().map(|_| Arc::default()).collect();
+    follow(writer.subscribe(), stats[0].clone(), None, |_| {});
+    let lookup_store = store.clone();
+    follow(writer.subscribe(), stats[1].clone(), None, move |event| {
+        if let Event::Apply(cm) = event {
+            let team = team_of(cm).pop().unwrap_or_default();
+            let _size = lookup_store
+                .by_index("team", &team)
+                .map(|objects| objects.len());
+        }
+    });
+    follow(
+        writer.subscribe(),
+        stats[2].clone(),
+        Some(Duration::from_millis(10)),
+        |_| {},
+    );
+
+    let (events, relists) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let backoff = Backoff::default()
+        .initial(Duration::from_millis(200))
+        .max(Duration::from_secs(2));
+    let reflector = tokio::spawn({
+        let (events, relists) = (events.clone(), relists.clone());
+        watcher(watched, Config::default())
+            .backoff(backoff)
+            .reflect(writer)
+            .for_each(move |item| {
+                match item {
+                    Ok(Event::Init) => drop(relists.fetch_add(1, Relaxed)),
+                    Ok(_) => drop(events.fetch_add(1, Relaxed)),
+                    Err(err) => eprintln!("  watcher: {err}"),
+                }
+                async {}
+            })
+    });
+
+    // The live view: one line every half second.
+    let view = tokio::spawn({
+        let (store, stats, events, relists) = (
+            store.clone(),
+            stats.clone(),
+            events.clone(),
+            relists.clone(),
+        );
+        async move {
+            let (mut last, mut tick) = (0, tokio::time::interval(Duration::from_millis(500)));
+            println!(
+                "{:>6} {:>6} {:>6} {:>7} | {}",
+                "time",
+                "store",
+                "ev/s",
+                "relists",
+                names.map(|n| format!("{n:>11} lag/resyncs")).join(" ")
+            );
+            loop {
+                tick.tick().await;
+                let now = events.load(Relaxed);
+                let subs: Vec<String> = stats
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{:>23}",
+                            format!("{}/{}", s.lag.load(Relaxed), s.resyncs.load(Relaxed))
+                        )
+                    })
+                    .collect();
+                println!(
+                    "{:>5.1}s {:>6} {:>6} {:>7} | {}",
+                    started.elapsed().as_secs_f64(),
+                    store.len(),
+                    (now - last) * 2,
+                    relists.load(Relaxed),
+                    subs.join(" ")
+                );
+                last = now;
+            }
+        }
+    });
+
+    store.wait_until_ready().await?;
+    println!("store ready: {} objects", store.len());
+
+    // 4. Changes: update 200, add 100, delete 100.
+    each(200, |i| {
+        let api = api.clone();
+        let patch = Patch::Merge(json!({"data": {"round": "2"}}));
+        Box::pin(async move {
+            api.patch(&format!("cm-{i}"), &PatchParams::default(), &patch)
+                .await
+                .map(drop)
+        })
+    })
+    .await?;
+    each(100, |i| {
+        let api = api.clone();
+        Box::pin(async move {
+            api.create(
+                &PostParams::default(),
+                &configmap(&format!("new-{i}"), TEAMS[i % 3]),
+            )
+            .await
+            .map(drop)
+        })
+    })
+    .await?;
+    each(100, |i| {
+        let api = api.clone();
+        Box::pin(async move {
+            api.delete(&format!("cm-{}", 200 + i), &DeleteParams::default())
+                .await
+                .map(drop)
+        })
+    })
+    .await?;
+    println!("changed 200, created 100, deleted 100");
+
+    // 5. A forced relist: cut the watcher off, change things, compact etcd's history away.
+    if existing {
+        println!(
+            "(existing cluster: skipping the forced relist, which needs the local control plane)"
+        );
+    } else {
+        proxy.cut();
+        each(50, |i| {
+            let api = api.clone();
+            Box::pin(async move {
+                api.delete(&format!("cm-{i}"), &DeleteParams::default())
+                    .await
+                    .map(drop)
+            })
+        })
+        .await?;
+        let revision = env.compact_etcd().await?;
+        println!("cut the watcher off, deleted 50 objects, compacted etcd at revision {revision}");
+        proxy.restore();
+        wait_for("the relist", || async { relists.load(Relaxed) >= 2 }).await?;
+    }
+
+    // 6. Everyone converges on the server's state.
+    let server: BTreeMap<String, String> = api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|cm| (cm.name_any(), cm.resource_version().unwrap_or_default()))
+        .collect();
+    let store_view = || {
+        store
+            .state()
+            .iter()
+            .map(|cm| (cm.name_any(), cm.resource_version().unwrap_or_default()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    wait_for("the store and every subscriber to converge", || async {
+        store_view() == server && stats.iter().all(|s| *s.view.lock().unwrap() == server)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(600)).await; // one more line of the live view
+    view.abort();
+    reflector.abort();
+
+    println!("\nsummary after {:.1}s", started.elapsed().as_secs_f64());
+    println!("  server objects     {}", server.len());
+    println!(
+        "  store objects      {} (equal to the server: yes)",
+        store.len()
+    );
+    println!(
+        "  watcher events     {} in {} initial syncs",
+        events.load(Relaxed),
+        relists.load(Relaxed)
+    );
+    for (name, s) in names.iter().zip(&stats) {
+        println!(
+            "  {name:<12} {:>6} events, {} resyncs, view equal to the server: yes",
+            s.events.load(Relaxed),
+            s.resyncs.load(Relaxed)
+        );
+    }
+    for team in TEAMS {
+        println!(
+            "  team {team:<6} {} objects (index lookup)",
+            store.by_index("team", team)?.len()
+        );
+    }
+    if existing {
+        Api::<Namespace>::all(env.client())
+            .delete(&ns, &DeleteParams::default())
+            .await?;
+    }
+    println!("cleaning up");
+    Ok(())
+}
