@@ -4,6 +4,8 @@
 //! The tests themselves live in `tests/`; each runs against a real control plane from
 //! `kache-testenv`.
 
+pub mod scripted;
+
 use std::{
     collections::BTreeMap,
     future::Future,
