@@ -125,3 +125,8 @@ pub use writer::{Writer, store};
 
 #[cfg(test)]
 mod tests;
+
+/// The README's code, compiled and checked as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
