@@ -359,7 +359,6 @@ async fn interrupted_streaming_list_retry_keeps_no_object_from_the_broken_attemp
 }
 
 #[tokio::test]
-#[ignore = "bug: a Delete during a relist only touches the visible generation (kache-store writer.rs delete_object), so the object comes back at InitDone"]
 async fn delete_during_streaming_initial_events_keeps_the_object_out_of_the_store() {
     let mut run = Run::start(
         [Reply::Stream(

@@ -188,7 +188,8 @@ where
     /// The object is moved into an `Arc`, never deep-cloned:
     /// - `Apply` inserts or replaces the object and returns the stored `Arc`.
     /// - `Delete` removes the object (a delete of an unknown object changes nothing) and
-    ///   returns the event's own object, which carries its final state.
+    ///   returns the event's own object, which carries its final state. During a relist it
+    ///   also removes the object from the generation being built.
     /// - `Init` starts a new generation off to the side, discarding an unfinished one.
     /// - `InitApply` adds to that generation. An object with the same uid and resourceVersion
     ///   as the stored one keeps the stored `Arc` (the new copy is dropped at once) and is the
@@ -295,6 +296,11 @@ where
 
     fn delete_object(&mut self, obj: K) -> Arc<K> {
         let (key, obj) = self.prepare(obj);
+        // A delete during a relist (a streaming list may report one) also removes the object
+        // from the generation being built, or `InitDone` would bring it back.
+        if let Some(relist) = &mut self.relist {
+            relist.objects.remove(&key);
+        }
         let resource_version = obj.meta().resource_version.clone();
         let old = self.shared.state.read().objects.get(&key).cloned();
         let changes = old

@@ -18,6 +18,9 @@ pub enum Event<K> {
     /// A delete can be missed while the watch is down: the next `InitDone` repairs that, since
     /// an object absent from a complete list is gone. Do not use `Delete` alone to manage
     /// external state; use finalizers for that.
+    ///
+    /// A `Delete` may also arrive between `Init` and `InitDone` (a streaming list can report
+    /// one during its initial events): the object is then not part of the list being built.
     Delete(K),
     /// The stream (re)started an initial list.
     ///

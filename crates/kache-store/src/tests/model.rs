@@ -114,6 +114,11 @@ impl Model {
             Op::Delete(n, m) => {
                 let obj = make(n, m, 0, self.rv);
                 self.visible.remove(&obj.key);
+                // A delete also leaves the generation being built (a streaming list may
+                // report one during its initial events).
+                if let Some(relist) = &mut self.relist {
+                    relist.remove(&obj.key);
+                }
                 Event::Delete(obj.to_cm())
             }
             Op::Init => {

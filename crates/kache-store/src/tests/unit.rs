@@ -95,6 +95,22 @@ fn delete_removes_object_and_unknown_delete_is_harmless() {
 }
 
 #[test]
+fn delete_during_relist_keeps_the_object_out_of_the_new_generation() {
+    let (store, mut writer) = store();
+    writer.apply(Event::Init);
+    writer.apply(Event::InitApply(cm(Some("ns"), "a", 1)));
+    writer.apply(Event::InitApply(cm(Some("ns"), "b", 2)));
+    writer.apply(Event::Delete(cm(Some("ns"), "a", 3)));
+    writer.apply(Event::InitDone);
+    assert!(
+        store.get(Some("ns"), "a").is_none(),
+        "a deleted object must not come back"
+    );
+    assert!(store.get(Some("ns"), "b").is_some());
+    assert_eq!(store.len(), 1);
+}
+
+#[test]
 fn relist_drops_objects_missing_from_new_list() {
     let (store, mut writer) = store();
     relist(
@@ -326,7 +342,9 @@ fn object_without_name_does_not_panic() {
     writer.apply(Event::InitApply(ConfigMap::default()));
     writer.apply(Event::Delete(ConfigMap::default()));
     writer.apply(Event::InitDone);
-    assert_eq!(store.len(), 1);
+    // The nameless object is keyed by the empty name; the delete removed it from the live map
+    // and from the relist, so the new generation is empty.
+    assert_eq!(store.len(), 0);
 }
 
 #[tokio::test]
