@@ -1,0 +1,401 @@
+//! Fuzzing the event-application path against a model, through `reflect` and subscribers.
+//!
+//! kache-store's own model test applies events with the synchronous `Writer::apply`. This one
+//! drives the asynchronous path users run: a source stream (events, including malformed-ish
+//! sequences such as `InitApply` without `Init`, `Delete` of an unknown object, a duplicate
+//! `InitDone`, an `Init` that never finishes, and error items) polled through
+//! [`reflect`](kache_store::ReflectExt::reflect), interleaved at random with subscribers that
+//! join late, are polled a little or drained, are dropped, and use both delivery modes.
+//! Checked after every step: the store equals the model; the event `reflect` yields carries
+//! the store's own `Arc`; a drained subscriber with no lag has rebuilt exactly the store; a
+//! backpressure subscriber is never resynced. At the end the writer is dropped and every
+//! subscriber must end with exactly the final store.
+//!
+//! `KACHE_FUZZ_CASES` sets the number of cases (default 256, under a second).
+
+use std::{
+    collections::BTreeMap,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll, Waker},
+};
+
+use futures::Stream;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kache_store::{Delivery, Event, ReflectExt, Store, Subscriber, Writer};
+use kache_tests::{View, stored_versions};
+use kube_client::api::ObjectMeta;
+use proptest::prelude::*;
+
+const NAMES: [&str; 5] = ["n0", "n1", "n2", "n3", "n4"];
+const MAX_SUBSCRIBERS: usize = 4;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Apply(usize),
+    Delete(usize),
+    Init,
+    /// `unchanged`: resend the visible object as-is (same uid and resourceVersion).
+    InitApply(usize, bool),
+    InitDone,
+    Error,
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    /// Offer an op to the source (unless one is still waiting) and poll `reflect` once.
+    Feed(Op),
+    /// Poll subscriber `.0` up to `.1` times.
+    Poll(usize, usize),
+    /// Poll subscriber `.0` until it has nothing more.
+    Drain(usize),
+    /// A new subscriber; `true` for backpressure delivery.
+    Subscribe(bool),
+    /// Drop subscriber `.0`.
+    Unsubscribe(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let name = 0..NAMES.len();
+    prop_oneof![
+        4 => name.clone().prop_map(Op::Apply),
+        2 => name.clone().prop_map(Op::Delete),
+        1 => Just(Op::Init),
+        4 => (name, any::<bool>()).prop_map(|(n, u)| Op::InitApply(n, u)),
+        1 => Just(Op::InitDone),
+        1 => Just(Op::Error),
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let sub = 0..MAX_SUBSCRIBERS;
+    prop_oneof![
+        6 => op().prop_map(Step::Feed),
+        2 => (sub.clone(), 1..6usize).prop_map(|(s, n)| Step::Poll(s, n)),
+        1 => sub.clone().prop_map(Step::Drain),
+        1 => any::<bool>().prop_map(Step::Subscribe),
+        1 => sub.prop_map(Step::Unsubscribe),
+    ]
+}
+
+fn cm(name: &str, rv: u64) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some("ns".to_owned()),
+            uid: Some(format!("uid-{name}")),
+            resource_version: Some(rv.to_string()),
+            ..ObjectMeta::default()
+        },
+        ..ConfigMap::default()
+    }
+}
+
+/// The store as documented, on plain maps of `ns/name` → resourceVersion.
+#[derive(Debug, Default)]
+struct Model {
+    visible: BTreeMap<String, String>,
+    relist: Option<BTreeMap<String, String>>,
+    ready: bool,
+    rv: u64,
+}
+
+impl Model {
+    fn event(&mut self, op: &Op) -> Result<Event<ConfigMap>, String> {
+        self.rv += 1;
+        let key = |n: usize| format!("ns/{}", NAMES[n]);
+        Ok(match *op {
+            Op::Apply(n) => {
+                self.visible.insert(key(n), self.rv.to_string());
+                Event::Apply(cm(NAMES[n], self.rv))
+            }
+            Op::Delete(n) => {
+                self.visible.remove(&key(n));
+                Event::Delete(cm(NAMES[n], self.rv))
+            }
+            Op::Init => {
+                self.relist = Some(BTreeMap::new());
+                Event::Init
+            }
+            Op::InitApply(n, unchanged) => {
+                let rv = match self.visible.get(&key(n)) {
+                    Some(rv) if unchanged => rv.parse().unwrap(),
+                    _ => self.rv,
+                };
+                self.relist
+                    .get_or_insert_default()
+                    .insert(key(n), rv.to_string());
+                Event::InitApply(cm(NAMES[n], rv))
+            }
+            Op::InitDone => {
+                if let Some(relist) = self.relist.take() {
+                    self.visible = relist;
+                }
+                self.ready = true;
+                Event::InitDone
+            }
+            Op::Error => return Err(format!("error {}", self.rv)),
+        })
+    }
+}
+
+/// What the source stream hands out when `reflect` polls it.
+#[derive(Debug, Default)]
+struct Source {
+    model: Model,
+    next: Option<Op>,
+    closed: bool,
+}
+
+type Reflected = Pin<Box<dyn Stream<Item = Result<Event<Arc<ConfigMap>>, String>> + Send>>;
+
+struct Sub {
+    stream: Subscriber<ConfigMap>,
+    view: View,
+    ended: bool,
+}
+
+impl Sub {
+    /// Polls up to `n` times; `true` if it stopped because nothing was ready.
+    fn poll(&mut self, n: usize) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..n {
+            match Pin::new(&mut self.stream).poll_next(&mut cx) {
+                Poll::Ready(Some(event)) => self.view.apply(&event),
+                Poll::Ready(None) => {
+                    self.ended = true;
+                    return true;
+                }
+                Poll::Pending => return true,
+            }
+        }
+        false
+    }
+
+    fn drain(&mut self) {
+        while !self.poll(usize::MAX) {}
+    }
+}
+
+struct Harness {
+    // `Arc<Mutex>`: shared with the source stream inside `reflect`.
+    source: Arc<Mutex<Source>>,
+    reflected: Option<Reflected>,
+    store: Store<ConfigMap>,
+    subs: Vec<Option<Sub>>,
+}
+
+impl Harness {
+    fn new(buffer: usize) -> Self {
+        let source = Arc::new(Mutex::new(Source::default()));
+        let writer = Writer::<ConfigMap>::new().with_buffer(buffer);
+        let store = writer.as_reader();
+        let stream = futures::stream::poll_fn({
+            let source = source.clone();
+            move |_| {
+                let mut source = source.lock().unwrap();
+                match source.next.take() {
+                    Some(op) => Poll::Ready(Some(source.model.event(&op))),
+                    None if source.closed => Poll::Ready(None),
+                    None => Poll::Pending,
+                }
+            }
+        });
+        Self {
+            source,
+            reflected: Some(Box::pin(stream.reflect(writer))),
+            store,
+            subs: (0..MAX_SUBSCRIBERS).map(|_| None).collect(),
+        }
+    }
+
+    /// Polls `reflect` once and checks what it yields. `false` once it has ended.
+    fn pump(&mut self) -> Result<bool, TestCaseError> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let Some(reflected) = self.reflected.as_mut() else {
+            return Ok(false);
+        };
+        match reflected.as_mut().poll_next(&mut cx) {
+            Poll::Ready(Some(Ok(event))) => {
+                if let Event::Apply(obj) | Event::InitApply(obj) = &event {
+                    // An `Apply` is stored as is; an unchanged `InitApply` keeps the stored
+                    // `Arc`; either way what flows on is shared with the store.
+                    let name = obj.metadata.name.as_deref().unwrap();
+                    if let Some(stored) = self.store.get(Some("ns"), name) {
+                        let same = Arc::ptr_eq(&stored, obj);
+                        prop_assert!(!matches!(event, Event::Apply(_)) || same);
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+            Poll::Ready(None) => {
+                self.reflected = None;
+                return Ok(false);
+            }
+        }
+        self.check_store()?;
+        Ok(true)
+    }
+
+    fn check_store(&self) -> Result<(), TestCaseError> {
+        let source = self.source.lock().unwrap();
+        prop_assert_eq!(&stored_versions(&self.store), &source.model.visible);
+        prop_assert_eq!(self.store.is_ready(), source.model.ready);
+        Ok(())
+    }
+
+    fn feed(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        {
+            let mut source = self.source.lock().unwrap();
+            // A Delete during a relist is held back: the writer applies it to the visible
+            // generation only, so the object comes back at InitDone (a known bug, see the
+            // ignored test in bad_input.rs); the model here would not agree.
+            let held_back = matches!(op, Op::Delete(_)) && source.model.relist.is_some();
+            if source.next.is_none() && !held_back {
+                source.next = Some(op.clone());
+            }
+        }
+        self.pump().map(drop)
+    }
+
+    fn drain(&mut self, i: usize) -> Result<(), TestCaseError> {
+        let Some(sub) = self.subs[i].as_mut() else {
+            return Ok(());
+        };
+        sub.drain();
+        prop_assert!(!sub.ended, "a subscriber ends only with the writer");
+        let ready = self.source.lock().unwrap().model.ready;
+        if !ready {
+            prop_assert_eq!(sub.view.events(), 0, "nothing before the first sync");
+            return Ok(());
+        }
+        // A drained resync subscriber has every change; a backpressure one may lag by the one
+        // change the writer has yet to hand it. (`lag` itself is not checked here: it stays at
+        // 1 after a relist that changed nothing, see the ignored test below.)
+        if sub.stream.delivery() == Delivery::Resync || sub.stream.lag() == 0 {
+            prop_assert_eq!(sub.view.versions(), stored_versions(&self.store));
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, step: &Step) -> Result<(), TestCaseError> {
+        match step {
+            Step::Feed(op) => self.feed(op)?,
+            Step::Poll(i, n) => {
+                if let Some(sub) = self.subs[*i].as_mut() {
+                    sub.poll(*n);
+                    prop_assert!(!sub.ended);
+                }
+            }
+            Step::Drain(i) => self.drain(*i)?,
+            Step::Subscribe(backpressure) => {
+                if let Some(slot) = self.subs.iter_mut().find(|s| s.is_none()) {
+                    let delivery = if *backpressure {
+                        Delivery::Backpressure
+                    } else {
+                        Delivery::Resync
+                    };
+                    *slot = Some(Sub {
+                        stream: self.store.subscribe_with(delivery),
+                        view: View::default(),
+                        ended: false,
+                    });
+                }
+            }
+            Step::Unsubscribe(i) => self.subs[*i] = None,
+        }
+        for sub in self.subs.iter().flatten() {
+            if sub.stream.delivery() == Delivery::Backpressure {
+                prop_assert_eq!(sub.stream.resyncs(), 0, "reflect waits, never resyncs");
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the source, runs `reflect` to its end (letting backpressure subscribers make
+    /// room), drops the writer, and checks that every subscriber ends with the final store.
+    fn finish(mut self) -> Result<(), TestCaseError> {
+        {
+            let mut source = self.source.lock().unwrap();
+            source.next = None;
+            source.closed = true;
+        }
+        for _ in 0..10_000 {
+            if !self.pump()? {
+                break;
+            }
+            for sub in self.subs.iter_mut().flatten() {
+                sub.poll(usize::MAX);
+            }
+        }
+        prop_assert!(self.reflected.is_none(), "reflect ends with its source");
+        let ready = self.source.lock().unwrap().model.ready;
+        for sub in self.subs.iter_mut().flatten() {
+            sub.drain();
+            prop_assert!(sub.ended, "subscribers end with the writer");
+            if ready {
+                prop_assert_eq!(sub.view.versions(), stored_versions(&self.store));
+            } else {
+                prop_assert_eq!(sub.view.events(), 0);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn cases() -> u32 {
+    std::env::var("KACHE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn reflect_and_subscribers_agree_with_the_model_under_any_interleaving(
+        steps in proptest::collection::vec(step(), 0..160),
+        buffer in 1..6usize,
+        first in proptest::collection::vec(any::<bool>(), 0..3),
+    ) {
+        let mut harness = Harness::new(buffer);
+        // Some subscribers from the start, before the store is ready.
+        for backpressure in first {
+            harness.run(&Step::Subscribe(backpressure))?;
+        }
+        for step in &steps {
+            harness.run(step)?;
+        }
+        harness.finish()?;
+    }
+}
+
+#[test]
+#[ignore = "bug: a relist that changes nothing bumps the store's sequence number but sends no message (kache-store writer.rs finish_relist), so every caught-up subscriber reports lag 1"]
+fn lag_is_zero_after_a_relist_that_changed_nothing() {
+    let mut writer = Writer::<ConfigMap>::new();
+    let store = writer.as_reader();
+    let relist = |writer: &mut Writer<ConfigMap>| {
+        writer.apply(Event::Init);
+        writer.apply(Event::InitApply(cm("a", 1)));
+        writer.apply(Event::InitDone);
+    };
+    relist(&mut writer);
+    let mut sub = Sub {
+        stream: store.subscribe(),
+        view: View::default(),
+        ended: false,
+    };
+    sub.drain();
+    assert_eq!(sub.view.events(), 3, "the snapshot");
+    assert_eq!(sub.stream.lag(), 0);
+    relist(&mut writer);
+    sub.drain();
+    assert_eq!(sub.view.events(), 3, "an unchanged relist sends nothing");
+    assert_eq!(
+        sub.stream.lag(),
+        0,
+        "and leaves a caught-up subscriber caught up"
+    );
+}
