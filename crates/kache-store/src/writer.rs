@@ -386,18 +386,17 @@ where
         // Indexes for the new generation are built here, with no lock held.
         let mut indexes = self.fns.build(&objects);
         let len = objects.len();
-        let (seq, became_ready) = {
+        let seq = {
             let mut state = self.shared.state.write();
             // O(1) swaps: readers wait only for these pointer exchanges.
             std::mem::swap(&mut state.objects, &mut objects);
             std::mem::swap(&mut state.indexes, &mut indexes);
             state.seq += 1;
-            let became_ready = !state.ready;
             state.ready = true;
             if resource_version.is_some() {
                 state.resource_version = resource_version;
             }
-            (state.seq, became_ready)
+            state.seq
         };
         self.ready_tx.send_replace(true);
         let old_len = objects.len();
@@ -405,9 +404,9 @@ where
             // Diffed after the swap, off the write lock: `objects` is now the old generation.
             let changes = self.relist_changes(&objects);
             debug!(len, old_len, changes = changes.len(), "relist done");
-            if !changes.is_empty() || became_ready {
-                self.publisher.publish(Msg::many(seq, changes));
-            }
+            // Sent even when empty: the relist took a sequence number, and subscribers must see
+            // it to know they are caught up (an empty batch yields no event).
+            self.publisher.publish(Msg::many(seq, changes));
         } else {
             debug!(len, old_len, "relist done");
         }
