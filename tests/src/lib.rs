@@ -250,10 +250,22 @@ pub fn stored_versions(store: &Store<ConfigMap>) -> BTreeMap<String, String> {
 /// A subscriber's view of the store, rebuilt from the events it received as the protocol
 /// says: `Init` clears a buffer, `InitApply` fills it, `InitDone` swaps it in, `Apply`
 /// inserts, `Delete` removes. Cheap to clone; clones share the view.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct View {
     // `Arc<Mutex>`: the following task writes, the test reads.
     inner: Arc<Mutex<ViewState>>,
+}
+
+impl Default for View {
+    fn default() -> Self {
+        let state = ViewState {
+            keep_deleted: true,
+            ..ViewState::default()
+        };
+        Self {
+            inner: Arc::new(Mutex::new(state)),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -263,6 +275,9 @@ struct ViewState {
     events: u64,
     inits: u64,
     deleted: Vec<String>,
+    deletes: u64,
+    /// Whether to keep the keys of `Delete` events (not in soak runs: they would grow).
+    keep_deleted: bool,
     ended: bool,
 }
 
@@ -294,7 +309,10 @@ impl View {
             }
             Event::Delete(cm) => {
                 view.current.remove(&key_of(cm));
-                view.deleted.push(key_of(cm));
+                view.deletes += 1;
+                if view.keep_deleted {
+                    view.deleted.push(key_of(cm));
+                }
             }
         }
     }
@@ -326,13 +344,23 @@ impl View {
         self.inner.lock().unwrap().inits
     }
 
-    /// Keys of the `Delete` events received so far, in order.
+    /// Keys of the `Delete` events received so far, in order (empty for a view from
+    /// [`follow_without_history`]).
     ///
     /// # Panics
     /// If a previous holder of the lock panicked.
     #[must_use]
     pub fn deleted(&self) -> Vec<String> {
         self.inner.lock().unwrap().deleted.clone()
+    }
+
+    /// How many `Delete` events were received.
+    ///
+    /// # Panics
+    /// If a previous holder of the lock panicked.
+    #[must_use]
+    pub fn deletes(&self) -> u64 {
+        self.inner.lock().unwrap().deletes
     }
 
     /// Whether the subscriber's stream has ended.
@@ -351,8 +379,17 @@ impl View {
 /// # Panics
 /// On the task, if a reader of the view panicked while holding its lock.
 #[must_use]
-pub fn follow(mut subscriber: Subscriber<ConfigMap>, delay: Duration) -> View {
+pub fn follow(subscriber: Subscriber<ConfigMap>, delay: Duration) -> View {
+    spawn_follower(subscriber, delay, true)
+}
+
+fn spawn_follower(
+    mut subscriber: Subscriber<ConfigMap>,
+    delay: Duration,
+    keep_deleted: bool,
+) -> View {
     let view = View::default();
+    view.inner.lock().unwrap().keep_deleted = keep_deleted;
     tokio::spawn({
         let view = view.clone();
         async move {
@@ -367,6 +404,13 @@ pub fn follow(mut subscriber: Subscriber<ConfigMap>, delay: Duration) -> View {
         }
     });
     view
+}
+
+/// Like [`follow`], but the view keeps no list of deleted keys, so that its memory stays
+/// flat over a long run.
+#[must_use]
+pub fn follow_without_history(subscriber: Subscriber<ConfigMap>, delay: Duration) -> View {
+    spawn_follower(subscriber, delay, false)
 }
 
 /// What a watcher fed into a store did, counted by [`Reflector`].
