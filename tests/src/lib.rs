@@ -4,15 +4,15 @@
 //! The tests themselves live in `tests/`; each runs against a real control plane from
 //! `kache-testenv`.
 
-pub mod scripted;
+/// The scripted wire-format responder, for what a real server cannot be made to send.
+pub use kache_testenv::scripted;
 
 use std::{
     collections::BTreeMap,
     future::Future,
-    net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -22,10 +22,10 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kache_store::{ReflectExt, Store, Subscriber, Writer};
 use kache_watch::{Backoff, Config, Event, WatchStreamExt, watcher};
 use kube_client::{
-    Api, Client,
+    Api,
     api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
 };
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::task::JoinHandle;
 
 /// How long any single condition in a test may take before the test fails.
 pub const BOUND: Duration = Duration::from_secs(60);
@@ -148,94 +148,8 @@ pub fn version_of(cm: &ConfigMap) -> String {
     cm.metadata.resource_version.clone().unwrap_or_default()
 }
 
-/// A loopback TCP proxy in front of the API server that can cut every connection and refuse
-/// new ones, as a network partition would, while the server itself keeps running.
-#[derive(Debug)]
-pub struct Proxy {
-    addr: SocketAddr,
-    open: Arc<AtomicBool>,
-    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    accept: JoinHandle<()>,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        for connection in self.connections.lock().unwrap().drain(..) {
-            connection.abort();
-        }
-    }
-}
-
-impl Proxy {
-    /// Starts a proxy to the server at `server_url` (`https://127.0.0.1:PORT`).
-    ///
-    /// # Panics
-    /// When the URL has no loopback address or the port cannot be bound.
-    pub async fn start(server_url: &str) -> Self {
-        let target: SocketAddr = server_url
-            .trim_start_matches("https://")
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .parse()
-            .expect("server url is host:port");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("proxy addr");
-        let open = Arc::new(AtomicBool::new(true));
-        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let accept = tokio::spawn({
-            let open = open.clone();
-            let connections = connections.clone();
-            async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    if !open.load(Ordering::SeqCst) {
-                        continue; // dropping the socket refuses the connection
-                    }
-                    let task = tokio::spawn(async move {
-                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        }
-                    });
-                    connections.lock().unwrap().push(task);
-                }
-            }
-        });
-        Self {
-            addr,
-            open,
-            connections,
-            accept,
-        }
-    }
-
-    /// A client that reaches the server through this proxy, built from `config`.
-    ///
-    /// # Panics
-    /// When the client cannot be built.
-    #[must_use]
-    pub fn client(&self, config: &kube_client::Config) -> Client {
-        let mut config = config.clone();
-        config.cluster_url = format!("https://{}", self.addr).parse().expect("proxy url");
-        Client::try_from(config).expect("client through proxy")
-    }
-
-    /// Cuts every open connection and refuses new ones until [`restore`](Self::restore).
-    ///
-    /// # Panics
-    /// If a connection task panicked while holding the list of connections.
-    pub fn cut(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        for connection in self.connections.lock().unwrap().drain(..) {
-            connection.abort();
-        }
-    }
-
-    /// Accepts connections again.
-    pub fn restore(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
-}
+/// The partition tool: cuts a client off from the API server while the server keeps running.
+pub use kache_testenv::Proxy;
 
 /// `(namespace/name, resourceVersion)` of every object in `store`.
 #[must_use]

@@ -40,7 +40,7 @@ struct Watched {
 
 impl Watched {
     async fn start(env: &TestEnv, ns: &str, config: Config) -> Self {
-        let proxy = Proxy::start(env.server_url()).await;
+        let proxy = Proxy::start(env.server_url()).await.expect("proxy");
         let writer = Writer::new().with_buffer(64);
         let store = writer.as_reader();
         let views = vec![
@@ -51,7 +51,12 @@ impl Watched {
             ),
             follow(writer.subscribe(), Duration::from_millis(1)),
         ];
-        let api = Api::namespaced(proxy.client(env.config()), ns);
+        let api = Api::namespaced(
+            proxy
+                .client(env.config())
+                .expect("client through the proxy"),
+            ns,
+        );
         let reflector = Reflector::start(api, config, writer);
         within("the store to be ready", store.wait_until_ready())
             .await

@@ -90,7 +90,10 @@ async fn soak_churn_with_restarts_and_slow_subscribers_stays_flat_and_converges(
 
     // Ten subscribers: seven fast, one fast with backpressure, two slow (they fall behind
     // and are resynced).
-    let proxy = Proxy::start(env.server_url()).await;
+    let proxy = Proxy::start(env.server_url()).await.expect("proxy");
+    let cut_off = proxy
+        .client(env.config())
+        .expect("client through the proxy");
     let writer = Writer::new().with_buffer(256);
     let store = writer.as_reader();
     let mut subscribers = Vec::new();
@@ -107,11 +110,7 @@ async fn soak_churn_with_restarts_and_slow_subscribers_stays_flat_and_converges(
         subscribers.push(subscriber.handle());
         views.push(follow_without_history(subscriber, delay));
     }
-    let reflector = Reflector::start(
-        Api::namespaced(proxy.client(env.config()), &ns),
-        Config::default(),
-        writer,
-    );
+    let reflector = Reflector::start(Api::namespaced(cut_off, &ns), Config::default(), writer);
     within("the store to be ready", store.wait_until_ready())
         .await
         .unwrap();

@@ -104,10 +104,18 @@ async fn store_equals_a_fresh_list_after_a_forced_410_relist() {
     let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
     create_configmaps(&api, "cm", 200, &[]).await;
 
-    let proxy = Proxy::start(env.server_url()).await;
+    let proxy = Proxy::start(env.server_url()).await.expect("proxy");
     let writer = Writer::new();
     let store = writer.as_reader();
-    let task = spawn_reflector(Api::namespaced(proxy.client(env.config()), &ns), writer);
+    let task = spawn_reflector(
+        Api::namespaced(
+            proxy
+                .client(env.config())
+                .expect("client through the proxy"),
+            &ns,
+        ),
+        writer,
+    );
     within("the store to be ready", store.wait_until_ready())
         .await
         .unwrap();

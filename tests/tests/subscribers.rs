@@ -101,12 +101,17 @@ async fn three_subscribers_one_slow_converge_after_a_burst_and_a_forced_relist()
     ordered.follow(ordered_sub, None);
     slow.follow(slow_sub, Some(slow_gate.clone()));
 
-    let proxy = Proxy::start(env.server_url()).await;
+    let proxy = Proxy::start(env.server_url()).await.expect("proxy");
     let backoff = Backoff::default()
         .initial(Duration::from_millis(100))
         .max(Duration::from_secs(1));
     let events = watcher(
-        Api::namespaced(proxy.client(env.config()), &ns),
+        Api::namespaced(
+            proxy
+                .client(env.config())
+                .expect("client through the proxy"),
+            &ns,
+        ),
         Config::default(),
     )
     .backoff(backoff)

@@ -178,9 +178,14 @@ async fn watch_from_a_compacted_version_relists_without_objects_deleted_meanwhil
     let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
     create_configmaps(&api, "cm", 20, &[]).await;
 
-    let proxy = Proxy::start(env.server_url()).await;
+    let proxy = Proxy::start(env.server_url()).await.expect("proxy");
     let mut events = watch(
-        Api::namespaced(proxy.client(env.config()), &ns),
+        Api::namespaced(
+            proxy
+                .client(env.config())
+                .expect("client through the proxy"),
+            &ns,
+        ),
         Config::default(),
     );
     assert_eq!(initial_sync(&mut events).await, names("cm", 20));
@@ -267,9 +272,14 @@ async fn dropped_connection_resumes_without_relist_and_delivers_changes_made_mea
     let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
     create_configmaps(&api, "cm", 5, &[]).await;
 
-    let proxy = Proxy::start(env.server_url()).await;
+    let proxy = Proxy::start(env.server_url()).await.expect("proxy");
     let mut events = watch(
-        Api::namespaced(proxy.client(env.config()), &ns),
+        Api::namespaced(
+            proxy
+                .client(env.config())
+                .expect("client through the proxy"),
+            &ns,
+        ),
         Config::default(),
     );
     assert_eq!(initial_sync(&mut events).await, names("cm", 5));

@@ -65,6 +65,7 @@ mod error;
 mod etcd;
 mod process;
 mod proxy;
+pub mod scripted;
 mod workdir;
 
 pub use env::{Builder, TestEnv};

@@ -4,16 +4,14 @@
 //! streams, and exact fault timing. Behaviour a real server can show is tested against one in
 //! the workspace's `tests` crate.
 
-mod support;
-
 use std::{pin::Pin, time::Duration};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
+use kache_testenv::scripted::{End, Reply, Scripted, bookmark, cm, event, list, status};
 use kache_watch::{Config, Error, Event, InitialListStrategy, watcher};
 use kube_client::Api;
 use serde_json::json;
-use support::scripted::{End, Reply, Scripted, bookmark, cm, event, list, status};
 
 type Events = Pin<Box<dyn Stream<Item = Result<Event<ConfigMap>, Error>> + Send>>;
 

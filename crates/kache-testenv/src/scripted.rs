@@ -3,7 +3,22 @@
 //! For what a real v1.20 API server cannot show: streaming lists, malformed and truncated
 //! streams, precise fault timing. Each request gets the next scripted reply, in order; once the
 //! script is empty, requests get a watch stream that stays open and silent.
-#![allow(dead_code, unreachable_pub)] // shared by several test binaries, each using a part
+//!
+//! ```no_run
+//! use k8s_openapi::api::core::v1::ConfigMap;
+//! use kache_testenv::scripted::{End, Reply, Scripted, bookmark, cm, event, list};
+//! use kube_client::Api;
+//!
+//! # async fn run() {
+//! let server = Scripted::start([
+//!     list(vec![cm("a", "1")], Some("5"), None),
+//!     Reply::Stream(vec![event("ADDED", cm("b", "6")), bookmark("9", false)], End::Close),
+//! ])
+//! .await;
+//! let api: Api<ConfigMap> = Api::namespaced(server.client(), "ns");
+//! // ... run the code under test against `api`, then check `server.requests()` ...
+//! # }
+//! ```
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -41,21 +56,27 @@ pub enum End {
 /// A request the responder received.
 #[derive(Clone, Debug)]
 pub struct Request {
+    /// The request path.
     pub path: String,
+    /// The decoded query parameters.
     pub query: HashMap<String, String>,
 }
 
 impl Request {
+    /// Whether this is a WATCH (`watch=true`).
+    #[must_use]
     pub fn is_watch(&self) -> bool {
         self.query.get("watch").is_some_and(|v| v == "true")
     }
 
+    /// One query parameter.
+    #[must_use]
     pub fn param(&self, key: &str) -> Option<&str> {
         self.query.get(key).map(String::as_str)
     }
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Shared {
     script: Mutex<VecDeque<Reply>>,
     requests: Mutex<Vec<Request>>,
@@ -63,6 +84,7 @@ struct Shared {
 }
 
 /// The responder; it stops when dropped.
+#[derive(Debug)]
 pub struct Scripted {
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -76,6 +98,10 @@ impl Drop for Scripted {
 }
 
 impl Scripted {
+    /// Starts answering on a loopback port with `script`, one reply per request.
+    ///
+    /// # Panics
+    /// When no loopback port can be bound.
     pub async fn start(script: impl IntoIterator<Item = Reply>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -99,22 +125,37 @@ impl Scripted {
     }
 
     /// Adds replies to the end of the script.
+    ///
+    /// # Panics
+    /// If a holder of the lock panicked.
     pub fn push(&self, replies: impl IntoIterator<Item = Reply>) {
         self.shared.script.lock().unwrap().extend(replies);
     }
 
     /// A client for this responder.
+    ///
+    /// # Panics
+    /// Never in practice: the URL is well formed.
+    #[must_use]
     pub fn client(&self) -> kube_client::Client {
         let url = format!("http://{}", self.addr).parse().expect("url");
         let config = kube_client::Config::new(url);
         kube_client::Client::try_from(config).expect("client")
     }
 
+    /// The requests received so far.
+    ///
+    /// # Panics
+    /// If a holder of the lock panicked.
+    #[must_use]
     pub fn requests(&self) -> Vec<Request> {
         self.shared.requests.lock().unwrap().clone()
     }
 
     /// Waits (bounded) until at least `n` requests have arrived.
+    ///
+    /// # Panics
+    /// When they do not arrive within 10 s.
     pub async fn wait_for_requests(&self, n: usize) -> Vec<Request> {
         tokio::time::timeout(std::time::Duration::from_secs(10), async {
             loop {
@@ -219,6 +260,7 @@ fn decode(s: &str) -> String {
 }
 
 /// A `ConfigMap` in namespace `ns`.
+#[must_use]
 pub fn cm(name: &str, rv: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "ConfigMap",
@@ -228,6 +270,7 @@ pub fn cm(name: &str, rv: &str) -> Value {
 }
 
 /// A `ConfigMap` list page.
+#[must_use]
 pub fn list(items: Vec<Value>, rv: Option<&str>, continue_token: Option<&str>) -> Reply {
     let mut metadata = json!({});
     if let Some(rv) = rv {
@@ -243,12 +286,14 @@ pub fn list(items: Vec<Value>, rv: Option<&str>, continue_token: Option<&str>) -
 }
 
 /// One watch event line.
+#[must_use]
 #[allow(clippy::needless_pass_by_value)] // call sites read better passing a fresh value
 pub fn event(kind: &str, object: Value) -> String {
     json!({"type": kind, "object": object}).to_string()
 }
 
 /// A BOOKMARK line; `initial_end` adds the `k8s.io/initial-events-end` annotation.
+#[must_use]
 pub fn bookmark(rv: &str, initial_end: bool) -> String {
     let mut metadata = json!({"resourceVersion": rv});
     if initial_end {
@@ -261,6 +306,7 @@ pub fn bookmark(rv: &str, initial_end: bool) -> String {
 }
 
 /// A Status object, as in an error response or an ERROR event.
+#[must_use]
 pub fn status(code: u16, reason: &str, message: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
            "message": message, "reason": reason, "code": code})
