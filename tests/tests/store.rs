@@ -1,15 +1,15 @@
 //! The store fed by a real watcher (kache-testenv): readiness, live changes, indexes, and an
 //! exact match with the server after a forced `410 Gone` relist.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kache_store::{ReflectExt, Store, Writer};
+use kache_store::{ReflectExt, Writer};
 use kache_testenv::TestEnv;
 use kache_tests::{
-    Proxy, create_configmaps, delete_configmaps, eventually, init_tracing, key_of, listed_versions,
-    version_of, within,
+    Proxy, create_configmaps, delete_configmaps, eventually, init_tracing, listed_versions,
+    stored_versions, within,
 };
 use kache_watch::{Backoff, Config, WatchStreamExt, watcher};
 use kube_client::{
@@ -27,14 +27,6 @@ fn spawn_reflector(api: Api<ConfigMap>, writer: Writer<ConfigMap>) -> tokio::tas
         .backoff(backoff)
         .reflect(writer);
     tokio::spawn(events.for_each(|_| async {}))
-}
-
-fn stored_versions(store: &Store<ConfigMap>) -> BTreeMap<String, String> {
-    store
-        .state()
-        .iter()
-        .map(|cm| (key_of(cm), version_of(cm)))
-        .collect()
 }
 
 #[tokio::test]
