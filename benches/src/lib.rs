@@ -1,1 +1,17 @@
-//! Benchmarks of kache side by side with kube-runtime; the benches live in `benches/`.
+//! Shared pieces of the benchmarks that compare kache with kube-runtime's reflector store:
+//! realistic fixture objects, event builders for both libraries, and the small statistics and
+//! table helpers the table-printing benches use.
+//!
+//! The benches themselves live in `benches/` (`cargo bench -p kache-benches`), the end-to-end
+//! initial-sync comparison in the `e2e-sync` binary.
+
+mod fixtures;
+mod report;
+mod stats;
+
+pub use fixtures::{
+    APPS, Kind, NAMESPACES, app_of, config_map, config_map_managed, kache_events,
+    kube_runtime_events, namespace_of, pod, world,
+};
+pub use report::{criterion_dir, criterion_median};
+pub use stats::{Rng, Table, fmt_bytes, fmt_ns, percentile, ratio};

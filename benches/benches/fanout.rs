@@ -1,0 +1,237 @@
+//! Fan-out: the writer's cost per event with 1, 10 and 100 subscribers, each drained by its own
+//! task, kache side by side with kube-runtime's shared store (`store_shared` + `subscribe()`,
+//! behind `unstable-runtime-subscribe`).
+//!
+//! Each iteration: a store already synced with `OBJECTS` `ConfigMap`s, `S` subscribers spawned
+//! on a two-worker tokio runtime, then `OBJECTS` `Apply` events (owned, made beforehand) fed
+//! through each library's reflector stream on the same runtime. Timed: from the first event to
+//! the end of the writer's stream. Both libraries get the same buffer of 1024 changes.
+//!
+//! - `kache`: default subscribers (`Delivery::Resync`): the writer never waits; a subscriber
+//!   that falls a buffer behind is resynced from the store.
+//! - `kache-backpressure`: `Delivery::Backpressure`: the writer waits for the slowest
+//!   subscriber, as kube-runtime's does.
+//! - `kube-runtime`: its writer waits for the slowest subscriber; subscribers receive an
+//!   `ObjectRef` and look the object up in the store.
+//!
+//! After the runs, a table of medians and ratios is printed.
+
+use std::convert::Infallible;
+use std::future::ready;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kache_benches::{
+    Table, config_map, criterion_dir, criterion_median, fmt_ns, kache_events, kube_runtime_events,
+    ratio, world,
+};
+use kache_store::{Delivery, ReflectExt};
+use kube_runtime::{reflector, watcher};
+use tokio::runtime::Runtime;
+
+const OBJECTS: usize = 5_000;
+const SUBSCRIBERS: [usize; 3] = [1, 10, 100];
+const BUFFER: usize = 1024;
+/// Resyncs of kache subscribers, summed over the iterations of the current benchmark.
+static RESYNCS: AtomicU64 = AtomicU64::new(0);
+/// Iterations of the current benchmark.
+static ITERATIONS: AtomicU64 = AtomicU64::new(0);
+
+const FUNCTIONS: [&str; 3] = ["kache", "kache-backpressure", "kube-runtime"];
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// One iteration for kache: returns the writer's time.
+fn kache_once(
+    rt: &Runtime,
+    before: &[ConfigMap],
+    after: &[ConfigMap],
+    subscribers: usize,
+    delivery: Delivery,
+) -> Duration {
+    let (store, mut writer) = kache_store::store::<ConfigMap>();
+    writer = writer.with_buffer(BUFFER);
+    for event in kache_events(before.iter().cloned()) {
+        drop(writer.apply(event));
+    }
+    let events: Vec<_> = after
+        .iter()
+        .cloned()
+        .map(|cm| Ok::<_, Infallible>(kache_watch::Event::Apply(cm)))
+        .collect();
+    rt.block_on(async move {
+        let subscribers: Vec<_> = (0..subscribers)
+            .map(|_| store.subscribe_with(delivery))
+            .collect();
+        let handles: Vec<_> = subscribers
+            .iter()
+            .map(kache_store::Subscriber::handle)
+            .collect();
+        let drains: Vec<_> = subscribers
+            .into_iter()
+            .map(|subscriber| tokio::spawn(subscriber.for_each(|_| ready(()))))
+            .collect();
+        let timed = tokio::spawn(async move {
+            let start = Instant::now();
+            stream::iter(events)
+                .reflect(writer)
+                .for_each(|_| ready(()))
+                .await;
+            start.elapsed()
+        });
+        let elapsed = timed.await.expect("writer task");
+        // The writer is gone: every subscriber stream ends.
+        for drain in drains {
+            drain.await.expect("subscriber task");
+        }
+        let resyncs: u64 = handles
+            .iter()
+            .map(kache_store::SubscriberHandle::resyncs)
+            .sum();
+        RESYNCS.fetch_add(resyncs, Ordering::Relaxed);
+        elapsed
+    })
+}
+
+/// One iteration for kube-runtime: returns the writer's time.
+fn kube_once(
+    rt: &Runtime,
+    before: &[ConfigMap],
+    after: &[ConfigMap],
+    subscribers: usize,
+) -> Duration {
+    let (_store, mut writer) = reflector::store_shared::<ConfigMap>(BUFFER);
+    for event in kube_runtime_events(before.iter().cloned()) {
+        writer.apply_watcher_event(&event);
+    }
+    let events: Vec<_> = after
+        .iter()
+        .cloned()
+        .map(|cm| Ok::<_, watcher::Error>(watcher::Event::Apply(cm)))
+        .collect();
+    rt.block_on(async move {
+        let drains: Vec<_> = (0..subscribers)
+            .map(|_| {
+                let handle = writer.subscribe().expect("a shared store");
+                tokio::spawn(handle.for_each(|_| ready(())))
+            })
+            .collect();
+        let timed = tokio::spawn(async move {
+            let start = Instant::now();
+            reflector::reflector(writer, stream::iter(events))
+                .for_each(|_| ready(()))
+                .await;
+            start.elapsed()
+        });
+        let elapsed = timed.await.expect("writer task");
+        for drain in drains {
+            drain.await.expect("subscriber task");
+        }
+        elapsed
+    })
+}
+
+fn main() {
+    let out = criterion_dir();
+    let mut c = Criterion::default()
+        .output_directory(&out)
+        .configure_from_args();
+    let rt = runtime();
+    let before = world(OBJECTS, 1, config_map);
+    let after = world(OBJECTS, 1_000_000, config_map);
+
+    let mut resyncs = Vec::new();
+    let mut group = c.benchmark_group("fanout");
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+        .throughput(Throughput::Elements(OBJECTS as u64));
+    for s in SUBSCRIBERS {
+        for function in FUNCTIONS {
+            RESYNCS.store(0, Ordering::Relaxed);
+            ITERATIONS.store(0, Ordering::Relaxed);
+            group.bench_with_input(BenchmarkId::new(function, s), &s, |b, &s| {
+                b.iter_custom(|iters| {
+                    ITERATIONS.fetch_add(iters, Ordering::Relaxed);
+                    (0..iters)
+                        .map(|_| match function {
+                            "kache" => kache_once(&rt, &before, &after, s, Delivery::Resync),
+                            "kache-backpressure" => {
+                                kache_once(&rt, &before, &after, s, Delivery::Backpressure)
+                            }
+                            _ => kube_once(&rt, &before, &after, s),
+                        })
+                        .sum()
+                });
+            });
+            if function.starts_with("kache") {
+                #[allow(clippy::cast_precision_loss, reason = "small counts")]
+                let per_run = RESYNCS.load(Ordering::Relaxed) as f64
+                    / ITERATIONS.load(Ordering::Relaxed).max(1) as f64;
+                resyncs.push(format!(
+                    "{function}, {s} subscribers: {per_run:.1} subscriber resyncs per run"
+                ));
+            }
+        }
+    }
+    group.finish();
+    c.final_summary();
+
+    let per_event = |function: &str, s: usize| {
+        #[allow(clippy::cast_precision_loss, reason = "a small event count")]
+        criterion_median(&out, "fanout", function, s).map(|secs| secs / OBJECTS as f64)
+    };
+    let mut table = Table::new(&[
+        "subscribers",
+        "kache (resync)",
+        "kache (backpressure)",
+        "kube-runtime",
+        "kache / kube-runtime",
+        "kache backpressure / kube-runtime",
+    ]);
+    for s in SUBSCRIBERS {
+        let (Some(k), Some(kb), Some(kr)) = (
+            per_event("kache", s),
+            per_event("kache-backpressure", s),
+            per_event("kube-runtime", s),
+        ) else {
+            continue;
+        };
+        let cell = |secs: f64| format!("{} per event", fmt_ns(Duration::from_secs_f64(secs)));
+        table.row(vec![
+            s.to_string(),
+            cell(k),
+            cell(kb),
+            cell(kr),
+            ratio(k, kr),
+            ratio(kb, kr),
+        ]);
+    }
+    println!(
+        "\nfan-out: writer time per Apply event ({OBJECTS} events into a {OBJECTS}-object store, \
+         subscribers drained by tasks on 2 tokio workers, buffer {BUFFER}); criterion medians\n"
+    );
+    println!("{}", table.render());
+    for function in FUNCTIONS {
+        if let (Some(one), Some(hundred)) = (per_event(function, 1), per_event(function, 100)) {
+            println!(
+                "{function}: 100 subscribers cost the writer {:.2}x one subscriber",
+                hundred / one
+            );
+        }
+    }
+    for line in resyncs {
+        println!("{line}");
+    }
+}

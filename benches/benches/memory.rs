@@ -1,0 +1,253 @@
+//! Heap used by the store, kache side by side with kube-runtime's reflector store, on the same
+//! objects in the same run, measured with dhat's heap profiler. Prints Markdown tables.
+//!
+//! - Store bytes per object: the live heap after building a store from an initial sync, minus
+//!   the live heap before its events were made. The events are allocated before and consumed
+//!   by the build, so what remains is exactly what the store holds (objects, map, keys,
+//!   indexes), whether it kept the event's object (kache) or a deep clone (kube-runtime).
+//!   Allocations per object during the build are shown too.
+//! - Relist peak: a full store relists the same world from fresh copies made one at a time (as
+//!   a watcher decodes them); the live heap is read after every event and its peak is compared
+//!   with the heap of the store before the relist. Two worlds: every object unchanged (same uid
+//!   and resourceVersion) and every object changed.
+//!
+//! Run: `cargo bench -p kache-benches --bench memory`.
+
+use std::hint::black_box;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kache_benches::{
+    Kind, Table, config_map, config_map_managed, fmt_bytes, kache_events, kube_runtime_events, pod,
+    ratio, world,
+};
+use kube_client::Resource;
+use kube_runtime::{reflector, watcher};
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+fn live() -> u64 {
+    dhat::HeapStats::get().curr_bytes as u64
+}
+
+fn blocks() -> u64 {
+    dhat::HeapStats::get().total_blocks
+}
+
+struct Measured {
+    /// Live heap held by the store, bytes.
+    store: u64,
+    /// Allocations made while building it.
+    allocations: u64,
+    /// Highest live heap above the pre-relist baseline, during the relist.
+    relist_extra: u64,
+}
+
+/// One library under test.
+trait Side<K> {
+    type Writer;
+    type Event;
+    fn writer() -> (Box<dyn Fn() -> usize>, Self::Writer);
+    fn events(objects: Vec<K>) -> Vec<Self::Event>;
+    fn init() -> Self::Event;
+    fn init_apply(obj: K) -> Self::Event;
+    fn init_done() -> Self::Event;
+    fn apply(writer: &mut Self::Writer, event: Self::Event);
+}
+
+struct Kache;
+
+impl<K: Resource + Send + Sync + 'static> Side<K> for Kache {
+    type Writer = kache_store::Writer<K>;
+    type Event = kache_watch::Event<K>;
+    fn writer() -> (Box<dyn Fn() -> usize>, Self::Writer) {
+        let (store, writer) = kache_store::store::<K>();
+        (Box::new(move || store.len()), writer)
+    }
+    fn events(objects: Vec<K>) -> Vec<Self::Event> {
+        kache_events(objects)
+    }
+    fn init() -> Self::Event {
+        kache_watch::Event::Init
+    }
+    fn init_apply(obj: K) -> Self::Event {
+        kache_watch::Event::InitApply(obj)
+    }
+    fn init_done() -> Self::Event {
+        kache_watch::Event::InitDone
+    }
+    fn apply(writer: &mut Self::Writer, event: Self::Event) {
+        // The shared event flows on downstream; here it ends.
+        drop(black_box(writer.apply(event)));
+    }
+}
+
+struct KubeRuntime;
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Side<K> for KubeRuntime {
+    type Writer = reflector::store::Writer<K>;
+    type Event = watcher::Event<K>;
+    fn writer() -> (Box<dyn Fn() -> usize>, Self::Writer) {
+        let (store, writer) = reflector::store::<K>();
+        (Box::new(move || store.len()), writer)
+    }
+    fn events(objects: Vec<K>) -> Vec<Self::Event> {
+        kube_runtime_events(objects)
+    }
+    fn init() -> Self::Event {
+        watcher::Event::Init
+    }
+    fn init_apply(obj: K) -> Self::Event {
+        watcher::Event::InitApply(obj)
+    }
+    fn init_done() -> Self::Event {
+        watcher::Event::InitDone
+    }
+    fn apply(writer: &mut Self::Writer, event: Self::Event) {
+        // What its reflector does: apply by reference, pass the event on, drop it downstream.
+        writer.apply_watcher_event(&event);
+        drop(black_box(event));
+    }
+}
+
+fn measure<K: Clone, S: Side<K>>(n: usize, make: fn(usize, u64) -> K, changed: bool) -> Measured {
+    let objects = world(n, 1, make);
+
+    // The store alone: events are allocated first and consumed by the build.
+    let before = live();
+    let events = S::events(objects.clone());
+    let (len, mut writer) = S::writer();
+    let blocks_before = blocks();
+    for event in events {
+        S::apply(&mut writer, event);
+    }
+    let allocations = blocks() - blocks_before;
+    let store = live().saturating_sub(before);
+    assert_eq!(len(), n);
+
+    // A relist of the same world from fresh copies, made one at a time.
+    let baseline = live();
+    let mut peak = baseline;
+    let rv = if changed { 10_000_000 } else { 1 };
+    S::apply(&mut writer, S::init());
+    for i in 0..n {
+        S::apply(&mut writer, S::init_apply(make(i, rv + i as u64)));
+        peak = peak.max(live());
+    }
+    S::apply(&mut writer, S::init_done());
+    peak = peak.max(live());
+    assert_eq!(len(), n);
+    drop((writer, len, objects));
+    Measured {
+        store,
+        allocations,
+        relist_extra: peak - baseline,
+    }
+}
+
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "byte counts shown to one decimal"
+)]
+fn per(bytes: u64, n: usize) -> f64 {
+    bytes as f64 / n as f64
+}
+
+fn compare<K>(
+    sizes: &[usize],
+    kind: Kind,
+    make: fn(usize, u64) -> K,
+    store: &mut Table,
+    relist: &mut Table,
+) where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    for &n in sizes {
+        for changed in [false, true] {
+            let kache = measure::<K, Kache>(n, make, changed);
+            let kube = measure::<K, KubeRuntime>(n, make, changed);
+            if !changed {
+                store.row(vec![
+                    kind.label().to_owned(),
+                    n.to_string(),
+                    fmt_bytes(per(kache.store, n)),
+                    fmt_bytes(per(kube.store, n)),
+                    ratio(per(kache.store, n), per(kube.store, n)),
+                    format!(
+                        "{:.1} / {:.1}",
+                        per(kache.allocations, n),
+                        per(kube.allocations, n)
+                    ),
+                ]);
+            }
+            #[allow(
+                clippy::cast_precision_loss,
+                reason = "byte counts shown to two decimals"
+            )]
+            let peak = |m: &Measured| (m.store + m.relist_extra) as f64 / m.store as f64;
+            relist.row(vec![
+                kind.label().to_owned(),
+                n.to_string(),
+                if changed {
+                    "all changed"
+                } else {
+                    "all unchanged"
+                }
+                .to_owned(),
+                format!(
+                    "{} (+{})",
+                    fmt_bytes(per(kache.store, 1) + per(kache.relist_extra, 1)),
+                    fmt_bytes(per(kache.relist_extra, 1))
+                ),
+                format!(
+                    "{} (+{})",
+                    fmt_bytes(per(kube.store, 1) + per(kube.relist_extra, 1)),
+                    fmt_bytes(per(kube.relist_extra, 1))
+                ),
+                format!("{:.2}x / {:.2}x", peak(&kache), peak(&kube)),
+                ratio(per(kache.relist_extra, 1), per(kube.relist_extra, 1)),
+            ]);
+        }
+    }
+}
+
+fn main() {
+    let _profiler = dhat::Profiler::builder().testing().build();
+    let sizes: Vec<usize> = std::env::var("KACHE_BENCH_MEMORY_SIZES").ok().map_or_else(
+        || vec![10_000],
+        |s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+    );
+
+    let mut store = Table::new(&[
+        "objects",
+        "count",
+        "kache bytes/object",
+        "kube-runtime bytes/object",
+        "ratio",
+        "allocations/object during build (kache / kube-runtime)",
+    ]);
+    let mut relist = Table::new(&[
+        "objects",
+        "count",
+        "relisted objects",
+        "kache peak (+ above store)",
+        "kube-runtime peak (+ above store)",
+        "peak / store (kache / kube-runtime)",
+        "extra ratio",
+    ]);
+    compare::<ConfigMap>(&sizes, Kind::ConfigMap, config_map, &mut store, &mut relist);
+    compare::<ConfigMap>(
+        &sizes,
+        Kind::ConfigMapManaged,
+        config_map_managed,
+        &mut store,
+        &mut relist,
+    );
+    compare::<Pod>(&sizes, Kind::Pod, pod, &mut store, &mut relist);
+
+    println!("\nmemory: kache vs kube-runtime 5.x, dhat heap profiler, same objects, same run\n");
+    println!("store heap per object (objects, map, keys, indexes; fixtures excluded)\n");
+    println!("{}", store.render());
+    println!("peak live heap during a relist of a full store (fresh copies made one at a time)\n");
+    println!("{}", relist.render());
+}

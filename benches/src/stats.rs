@@ -1,0 +1,134 @@
+//! Percentiles, formatting and plain-text tables for the benches that print their results.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// The `p`-th percentile (0.0 to 100.0) of `samples`, which are sorted in place.
+///
+/// # Panics
+///
+/// If `samples` is empty.
+#[must_use]
+pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort_unstable();
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "an index into a slice far smaller than 2^52"
+    )]
+    let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    samples[rank.min(samples.len() - 1)]
+}
+
+/// A duration in the most readable unit (ns, µs, ms, s).
+#[must_use]
+pub fn fmt_ns(d: Duration) -> String {
+    let ns = d.as_secs_f64() * 1e9;
+    if ns < 1e3 {
+        format!("{ns:.0} ns")
+    } else if ns < 1e6 {
+        format!("{:.1} µs", ns / 1e3)
+    } else if ns < 1e9 {
+        format!("{:.1} ms", ns / 1e6)
+    } else {
+        format!("{:.2} s", ns / 1e9)
+    }
+}
+
+/// A byte count in B, KiB or MiB.
+#[must_use]
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "a byte count shown to one decimal"
+)]
+pub fn fmt_bytes(bytes: f64) -> String {
+    if bytes.abs() < 1024.0 {
+        format!("{bytes:.0} B")
+    } else if bytes.abs() < 1024.0 * 1024.0 {
+        format!("{:.1} KiB", bytes / 1024.0)
+    } else {
+        format!("{:.1} MiB", bytes / (1024.0 * 1024.0))
+    }
+}
+
+/// `kache / kube-runtime` as `0.23x`.
+#[must_use]
+pub fn ratio(kache: f64, kube_runtime: f64) -> String {
+    if kube_runtime == 0.0 {
+        "n/a".to_owned()
+    } else {
+        format!("{:.2}x", kache / kube_runtime)
+    }
+}
+
+/// A plain-text table, printed as Markdown so it can be pasted into docs/benchmarks.md.
+#[derive(Debug)]
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column names.
+    #[must_use]
+    pub fn new(header: &[&str]) -> Self {
+        Self {
+            header: header.iter().map(|h| (*h).to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row (one cell per column).
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// The table as Markdown.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let line = |cells: &[String]| format!("| {} |", cells.join(" | "));
+        let _ = writeln!(out, "{}", line(&self.header));
+        let _ = writeln!(
+            out,
+            "|{}",
+            self.header.iter().map(|_| "---|").collect::<String>()
+        );
+        for row in &self.rows {
+            let _ = writeln!(out, "{}", line(row));
+        }
+        out
+    }
+}
+
+/// A xorshift generator: reproducible key orders without a dependency.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a non-zero seed.
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    /// A number in `0..n`.
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "the result is below n, a usize"
+    )]
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+
+    /// Shuffles `items` (Fisher-Yates).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.below(i + 1));
+        }
+    }
+}
