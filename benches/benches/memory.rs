@@ -10,10 +10,18 @@
 //!   a watcher decodes them); the live heap is read after every event and its peak is compared
 //!   with the heap of the store before the relist. Two worlds: every object unchanged (same uid
 //!   and resourceVersion) and every object changed.
+//! - A burst with a stalled subscriber: a store of 10,000 objects takes 100,000 `Apply`
+//!   events on 100 hot objects (fresh copies made one at a time), with no subscriber and with one subscriber
+//!   that stops polling after its initial snapshot. The peak live heap above the store shows what a stalled subscriber
+//!   can pin: at most one buffer of changes, whatever the burst's length. (kube-runtime's
+//!   subscribers apply backpressure, so with a stalled one its writer never gets through the
+//!   burst: there is nothing to compare.)
 //!
 //! Run: `cargo bench -p kache-benches --bench memory`.
 
 use std::hint::black_box;
+
+use futures::{FutureExt, StreamExt};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kache_benches::{
@@ -211,6 +219,38 @@ fn compare<K>(
     }
 }
 
+/// Peak and final live heap above the pre-burst store while `events` `Apply`s hit a store of
+/// `objects` objects, with `stalled` subscribers that stop polling after their snapshot.
+fn burst(objects: usize, events: usize, stalled: usize) -> (u64, u64) {
+    let mut writer = kache_store::Writer::<ConfigMap>::new();
+    for event in kache_events(world(objects, 1, config_map)) {
+        writer.apply(event);
+    }
+    // Each subscriber consumes its initial snapshot, then stalls: never polled again.
+    let subscribers: Vec<_> = (0..stalled)
+        .map(|_| {
+            let mut subscriber = writer.subscribe();
+            while let Some(Some(event)) = subscriber.next().now_or_never() {
+                if matches!(event, kache_watch::Event::InitDone) {
+                    break;
+                }
+            }
+            subscriber
+        })
+        .collect();
+    let base = live();
+    let mut peak = base;
+    for i in 0..events {
+        // 100 hot objects: each buffered change then pins a version the store has replaced.
+        let event = kache_watch::Event::Apply(config_map(i % 100, (objects + i) as u64));
+        drop(black_box(writer.apply(event)));
+        peak = peak.max(live());
+    }
+    let end = live();
+    drop(subscribers);
+    (peak - base, end.saturating_sub(base))
+}
+
 fn main() {
     let _profiler = dhat::Profiler::builder().testing().build();
     let sizes: Vec<usize> = std::env::var("KACHE_BENCH_MEMORY_SIZES").ok().map_or_else(
@@ -250,4 +290,30 @@ fn main() {
     println!("{}", store.render());
     println!("peak live heap during a relist of a full store (fresh copies made one at a time)\n");
     println!("{}", relist.render());
+
+    let (objects, events) = (10_000, 100_000);
+    let mut stalled = Table::new(&[
+        "store objects",
+        "burst events",
+        "subscribers",
+        "peak heap above the store",
+        "heap above the store after the burst",
+    ]);
+    for (label, count) in [
+        ("none", 0),
+        ("1 stalled after its snapshot (buffer 1024)", 1),
+    ] {
+        let (peak, end) = burst(objects, events, count);
+        stalled.row(vec![
+            objects.to_string(),
+            events.to_string(),
+            label.to_owned(),
+            fmt_bytes(per(peak, 1)),
+            fmt_bytes(per(end, 1)),
+        ]);
+    }
+    println!(
+        "kache: a {events}-event burst on 100 hot objects with a stalled subscriber (ConfigMap)\n"
+    );
+    println!("{}", stalled.render());
 }
