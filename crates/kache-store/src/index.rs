@@ -61,6 +61,13 @@ pub(crate) struct IndexFns<K> {
     fns: Vec<(String, IndexFn<K>)>,
 }
 
+impl<K> IndexFns<K> {
+    /// Whether no custom index is registered (the namespace index is built in, not here).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.fns.is_empty()
+    }
+}
+
 impl<K> Default for IndexFns<K> {
     fn default() -> Self {
         Self { fns: Vec::new() }

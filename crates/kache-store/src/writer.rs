@@ -1,6 +1,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use ahash::RandomState;
+
 use kache_watch::Event;
 use kube_client::Resource;
 use tokio::sync::watch;
@@ -233,7 +235,15 @@ where
             Event::Apply(obj) => Event::Apply(self.apply_object(obj)),
             Event::Delete(obj) => Event::Delete(self.delete_object(obj)),
             Event::Init => {
-                if let Some(unfinished) = self.relist.replace(Relist::default()) {
+                // Sized like the current generation: a relist usually lists about as many.
+                let relist = Relist {
+                    objects: ObjectMap::with_capacity_and_hasher(
+                        self.shared.state.read().objects.len(),
+                        RandomState::default(),
+                    ),
+                    resource_version: None,
+                };
+                if let Some(unfinished) = self.relist.replace(relist) {
                     debug!(
                         buffered = unfinished.objects.len(),
                         "relist restarted; discarding the unfinished one"
@@ -263,34 +273,40 @@ where
 
     fn apply_object(&mut self, obj: K) -> Arc<K> {
         let (key, obj) = self.prepare(obj);
-        let resource_version = obj.meta().resource_version.clone();
         let new = Arc::new(obj);
         // Index values are computed before the write lock so user code never runs under it;
         // a shared lock is enough to read the old object, since only this writer mutates.
-        let old = self.shared.state.read().objects.get(&key).cloned();
-        let changes = self.fns.plan(old.as_deref(), Some(&new));
-        let seq = {
+        // Without custom indexes there is nothing to plan, and one lock suffices.
+        let planned = if self.fns.is_empty() {
+            None
+        } else {
+            let old = self.shared.state.read().objects.get(&key).cloned();
+            let changes = self.fns.plan(old.as_deref(), Some(&new));
+            Some((old, changes))
+        };
+        let (seq, replaced) = {
             let mut state = self.shared.state.write();
             // Arc clone: the map and the returned event share the object.
-            if state
-                .objects
-                .insert(key.clone(), Arc::clone(&new))
-                .is_none()
-            {
+            let replaced = state.objects.insert(key.clone(), Arc::clone(&new));
+            if replaced.is_none() {
                 state.indexes.insert_namespace(&key);
             }
-            state.indexes.apply(&key, changes);
-            state.seq += 1;
-            if resource_version.is_some() {
-                state.resource_version = resource_version;
+            if let Some((_, changes)) = planned {
+                state.indexes.apply(&key, changes);
             }
-            state.seq
+            state.seq += 1;
+            if let Some(rv) = new.meta().resource_version.as_deref() {
+                set_version(&mut state.resource_version, rv);
+            }
+            (state.seq, replaced)
         };
-        trace!(%key, replaced = old.is_some(), "apply");
+        trace!(%key, replaced = replaced.is_some(), "apply");
         if self.publisher.has_subscribers() {
             self.publisher
                 .publish(Msg::one(seq, Event::Apply(Arc::clone(&new))));
         }
+        // `replaced` is dropped here, outside the lock: it may be the last reference.
+        drop(replaced);
         new
     }
 
@@ -342,7 +358,7 @@ where
                 .as_deref()
                 .is_none_or(|seen| is_later(seen, rv))
         {
-            relist.resource_version = Some(rv.to_owned());
+            set_version(&mut relist.resource_version, rv);
         }
         let existing = self
             .shared
@@ -444,6 +460,17 @@ fn same_version<K: Resource>(stored: &K, new: &K) -> bool {
 
 /// Whether resourceVersion `candidate` is later than `seen`: numerically when both are
 /// integers (as every Kubernetes API server issues them), otherwise the later one seen wins.
+/// Overwrites `slot` with `rv`, reusing its allocation: no allocation per event once warm.
+fn set_version(slot: &mut Option<String>, rv: &str) {
+    match slot {
+        Some(seen) => {
+            seen.clear();
+            seen.push_str(rv);
+        }
+        None => *slot = Some(rv.to_owned()),
+    }
+}
+
 fn is_later(seen: &str, candidate: &str) -> bool {
     match (seen.parse::<u64>(), candidate.parse::<u64>()) {
         (Ok(seen), Ok(candidate)) => candidate > seen,
