@@ -7,6 +7,7 @@
 
 use std::{
     collections::BTreeMap,
+    future::Future,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -91,20 +92,52 @@ fn configmap(name: &str, team: &str) -> ConfigMap {
     }
 }
 
-/// Runs `count` requests, 32 at a time.
-async fn each(
-    count: usize,
-    request: impl Fn(usize) -> futures::future::BoxFuture<'static, Result<(), kube_client::Error>>,
+/// Runs the requests, 32 at a time, and returns the first error if any failed.
+async fn run_all<T>(
+    requests: impl Iterator<Item = impl Future<Output = kube_client::Result<T>>>,
 ) -> Result<(), BoxError> {
-    let results: Vec<_> = futures::stream::iter(0..count)
-        .map(request)
+    let results: Vec<_> = futures::stream::iter(requests)
         .buffer_unordered(32)
         .collect()
         .await;
     results
         .into_iter()
-        .collect::<Result<(), _>>()
+        .try_for_each(|r| r.map(drop))
         .map_err(Into::into)
+}
+
+fn named(prefix: &str, range: std::ops::Range<usize>) -> impl Iterator<Item = String> {
+    range.map(move |i| format!("{prefix}-{i}"))
+}
+
+async fn create(api: &Api<ConfigMap>, names: impl Iterator<Item = String>) -> Result<(), BoxError> {
+    let post = PostParams::default();
+    run_all(names.enumerate().map(|(i, name)| {
+        let post = &post;
+        async move { api.create(post, &configmap(&name, TEAMS[i % 3])).await }
+    }))
+    .await
+}
+
+async fn update(api: &Api<ConfigMap>, names: impl Iterator<Item = String>) -> Result<(), BoxError> {
+    let (params, patch) = (
+        PatchParams::default(),
+        Patch::Merge(json!({"data": {"round": "2"}})),
+    );
+    run_all(names.map(|name| {
+        let (params, patch) = (&params, &patch);
+        async move { api.patch(&name, params, patch).await }
+    }))
+    .await
+}
+
+async fn delete(api: &Api<ConfigMap>, names: impl Iterator<Item = String>) -> Result<(), BoxError> {
+    let params = DeleteParams::default();
+    run_all(names.map(|name| {
+        let params = &params;
+        async move { api.delete(&name, params).await }
+    }))
+    .await
 }
 
 #[tokio::main]
@@ -127,18 +160,7 @@ async fn main() -> Result<(), BoxError> {
     );
 
     // 1. A few hundred objects, before anything watches.
-    each(300, |i| {
-        let api = api.clone();
-        Box::pin(async move {
-            api.create(
-                &PostParams::default(),
-                &configmap(&format!("cm-{i}"), TEAMS[i % 3]),
-            )
-            .await
-            .map(drop)
-        })
-    })
-    .await?;
+    create(&api, named("cm", 0..300)).await?;
     println!("created 300 ConfigMaps");
 
     // 2. One watcher, through a proxy that can cut it off, feeding one store with an index.
@@ -241,37 +263,9 @@ async fn main() -> Result<(), BoxError> {
     println!("store ready: {} objects", store.len());
 
     // 4. Changes: update 200, add 100, delete 100.
-    each(200, |i| {
-        let api = api.clone();
-        let patch = Patch::Merge(json!({"data": {"round": "2"}}));
-        Box::pin(async move {
-            api.patch(&format!("cm-{i}"), &PatchParams::default(), &patch)
-                .await
-                .map(drop)
-        })
-    })
-    .await?;
-    each(100, |i| {
-        let api = api.clone();
-        Box::pin(async move {
-            api.create(
-                &PostParams::default(),
-                &configmap(&format!("new-{i}"), TEAMS[i % 3]),
-            )
-            .await
-            .map(drop)
-        })
-    })
-    .await?;
-    each(100, |i| {
-        let api = api.clone();
-        Box::pin(async move {
-            api.delete(&format!("cm-{}", 200 + i), &DeleteParams::default())
-                .await
-                .map(drop)
-        })
-    })
-    .await?;
+    update(&api, named("cm", 0..200)).await?;
+    create(&api, named("new", 0..100)).await?;
+    delete(&api, named("cm", 200..300)).await?;
     println!("changed 200, created 100, deleted 100");
 
     // 5. A forced relist: cut the watcher off, change things, compact etcd's history away.
@@ -281,15 +275,7 @@ async fn main() -> Result<(), BoxError> {
         );
     } else {
         proxy.cut();
-        each(50, |i| {
-            let api = api.clone();
-            Box::pin(async move {
-                api.delete(&format!("cm-{i}"), &DeleteParams::default())
-                    .await
-                    .map(drop)
-            })
-        })
-        .await?;
+        delete(&api, named("cm", 0..50)).await?;
         let revision = env.compact_etcd().await?;
         println!("cut the watcher off, deleted 50 objects, compacted etcd at revision {revision}");
         proxy.restore();
