@@ -1,5 +1,6 @@
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ahash::RandomState;
 
@@ -402,8 +403,10 @@ where
         // Indexes for the new generation are built here, with no lock held.
         let mut indexes = self.fns.build(&objects);
         let len = objects.len();
-        let seq = {
+        let (seq, lock_held) = {
             let mut state = self.shared.state.write();
+            // Reported in the relist log line: how long readers could have been kept waiting.
+            let locked = Instant::now();
             // O(1) swaps: readers wait only for these pointer exchanges.
             std::mem::swap(&mut state.objects, &mut objects);
             std::mem::swap(&mut state.indexes, &mut indexes);
@@ -412,19 +415,25 @@ where
             if resource_version.is_some() {
                 state.resource_version = resource_version;
             }
-            state.seq
+            (state.seq, locked.elapsed())
         };
         self.ready_tx.send_replace(true);
         let old_len = objects.len();
         if self.publisher.has_subscribers() {
             // Diffed after the swap, off the write lock: `objects` is now the old generation.
             let changes = self.relist_changes(&objects);
-            debug!(len, old_len, changes = changes.len(), "relist done");
+            debug!(
+                len,
+                old_len,
+                changes = changes.len(),
+                ?lock_held,
+                "relist done"
+            );
             // Sent even when empty: the relist took a sequence number, and subscribers must see
             // it to know they are caught up (an empty batch yields no event).
             self.publisher.publish(Msg::many(seq, changes));
         } else {
-            debug!(len, old_len, "relist done");
+            debug!(len, old_len, ?lock_held, "relist done");
         }
         // The previous generation is freed here, after the lock is released.
         drop((objects, indexes));
