@@ -20,6 +20,7 @@ use std::{
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_store::{ReflectExt, Store, Subscriber, Writer};
+use kache_testenv::TestEnv;
 use kache_watch::{Backoff, Config, Event, WatchStreamExt, watcher};
 use kube_client::{
     Api,
@@ -65,6 +66,28 @@ where
         }
     })
     .await;
+}
+
+/// A private control plane whose requests reach etcd (watch cache off), so that compacting
+/// etcd gives real `410 Gone` answers, with a fresh namespace named after `prefix` holding
+/// `count` `ConfigMap`s named `<seed>-<i>`.
+///
+/// # Panics
+/// When the control plane cannot start or the server refuses a request.
+pub async fn private_env(
+    prefix: &str,
+    seed: &str,
+    count: usize,
+) -> (TestEnv, String, Api<ConfigMap>) {
+    let env = TestEnv::builder()
+        .watch_cache(false)
+        .start()
+        .await
+        .expect("control plane");
+    let ns = env.create_namespace(prefix).await.expect("namespace");
+    let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
+    create_configmaps(&api, seed, count, &[]).await;
+    (env, ns, api)
 }
 
 /// A `ConfigMap` named `name` with `labels` and about 512 bytes of data.

@@ -19,7 +19,7 @@ use kache_store::{Delivery, ReflectExt, Store, Writer};
 use kache_testenv::TestEnv;
 use kache_tests::{
     Counters, Proxy, Reflector, View, churn, converges, create_configmaps, delete_configmaps,
-    eventually, follow, init_tracing, key_of, listed_versions, within,
+    eventually, follow, init_tracing, key_of, listed_versions, private_env, within,
 };
 use kache_watch::{Backoff, Config, Error, Event, InitialListStrategy, WatchStreamExt, watcher};
 use kube_client::{
@@ -169,14 +169,7 @@ async fn etcd_restart_mid_watch_converges_with_changes_made_while_it_was_away() 
 #[tokio::test]
 async fn gone_on_watch_relists_and_subscribers_get_a_delete_for_exactly_the_deleted_objects() {
     init_tracing();
-    let env = TestEnv::builder()
-        .watch_cache(false)
-        .start()
-        .await
-        .expect("control plane");
-    let ns = env.create_namespace("fault-gone").await.unwrap();
-    let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
-    create_configmaps(&api, "cm", 100, &[]).await;
+    let (env, ns, api) = private_env("fault-gone", "cm", 100).await;
     let watched = Watched::start(&env, &ns, Config::default()).await;
     converges(&api, &watched.store, &watched.views).await;
 
@@ -197,14 +190,7 @@ async fn gone_on_watch_relists_and_subscribers_get_a_delete_for_exactly_the_dele
 #[tokio::test]
 async fn gone_between_list_pages_restarts_the_list_with_init_and_leaves_nothing_stale() {
     init_tracing();
-    let env = TestEnv::builder()
-        .watch_cache(false)
-        .start()
-        .await
-        .expect("control plane");
-    let ns = env.create_namespace("fault-pages").await.unwrap();
-    let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
-    create_configmaps(&api, "cm", 50, &[]).await;
+    let (env, ns, api) = private_env("fault-pages", "cm", 50).await;
 
     let writer = Writer::new();
     let store = writer.as_reader();

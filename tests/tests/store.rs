@@ -9,7 +9,7 @@ use kache_store::{ReflectExt, Writer};
 use kache_testenv::TestEnv;
 use kache_tests::{
     Proxy, create_configmaps, delete_configmaps, eventually, init_tracing, listed_versions,
-    stored_versions, within,
+    private_env, stored_versions, within,
 };
 use kache_watch::{Backoff, Config, WatchStreamExt, watcher};
 use kube_client::{
@@ -87,14 +87,7 @@ async fn reflected_store_becomes_ready_and_follows_creates_updates_and_deletes()
 #[tokio::test]
 async fn store_equals_a_fresh_list_after_a_forced_410_relist() {
     init_tracing();
-    let env = TestEnv::builder()
-        .watch_cache(false)
-        .start()
-        .await
-        .expect("control plane");
-    let ns = env.create_namespace("store-gone").await.unwrap();
-    let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
-    create_configmaps(&api, "cm", 200, &[]).await;
+    let (env, ns, api) = private_env("store-gone", "cm", 200).await;
 
     let proxy = Proxy::start(env.server_url()).await.expect("proxy");
     let writer = Writer::new();

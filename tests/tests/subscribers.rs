@@ -7,9 +7,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_store::{Delivery, ReflectExt, SubscriberHandle, Writer};
-use kache_testenv::TestEnv;
 use kache_tests::{
-    Proxy, converges, create_configmaps, delete_configmaps, follow, init_tracing, within,
+    Proxy, converges, create_configmaps, delete_configmaps, follow, init_tracing, private_env,
+    within,
 };
 use kache_watch::{Backoff, Config, WatchStreamExt, watcher};
 use kube_client::{
@@ -21,14 +21,7 @@ use serde_json::json;
 #[tokio::test]
 async fn three_subscribers_one_slow_converge_after_a_burst_and_a_forced_relist() {
     init_tracing();
-    let env = TestEnv::builder()
-        .watch_cache(false)
-        .start()
-        .await
-        .expect("control plane");
-    let ns = env.create_namespace("subs").await.unwrap();
-    let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
-    create_configmaps(&api, "seed", 100, &[]).await;
+    let (env, ns, api) = private_env("subs", "seed", 100).await;
 
     // A small buffer, so that the held-back subscriber must overflow during the burst.
     let writer: Writer<ConfigMap> = Writer::new().with_buffer(32);

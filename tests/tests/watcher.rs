@@ -8,7 +8,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_testenv::TestEnv;
 use kache_tests::{
-    Proxy, create_configmaps, delete_configmaps, init_tracing, listed_versions, within,
+    Proxy, create_configmaps, delete_configmaps, init_tracing, listed_versions, private_env, within,
 };
 use kache_watch::{
     Backoff, Config, Error, Event, InitialListStrategy, WatchStreamExt, watch_object, watcher,
@@ -169,14 +169,7 @@ async fn watch_from_a_compacted_version_relists_without_objects_deleted_meanwhil
     init_tracing();
     // Its own control plane: the watch cache off (so requests reach etcd) and a compaction
     // that must not disturb other tests.
-    let env = TestEnv::builder()
-        .watch_cache(false)
-        .start()
-        .await
-        .expect("control plane");
-    let ns = env.create_namespace("watch-gone").await.unwrap();
-    let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
-    create_configmaps(&api, "cm", 20, &[]).await;
+    let (env, ns, api) = private_env("watch-gone", "cm", 20).await;
 
     let proxy = Proxy::start(env.server_url()).await.expect("proxy");
     let mut events = watch(
