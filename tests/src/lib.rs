@@ -68,26 +68,54 @@ where
     .await;
 }
 
-/// A private control plane whose requests reach etcd (watch cache off), so that compacting
-/// etcd gives real `410 Gone` answers, with a fresh namespace named after `prefix` holding
-/// `count` `ConfigMap`s named `<seed>-<i>`.
+/// A namespace named after `prefix` on the control plane shared by the whole test binary,
+/// and an admin `Api` for it.
 ///
 /// # Panics
-/// When the control plane cannot start or the server refuses a request.
-pub async fn private_env(
-    prefix: &str,
-    seed: &str,
-    count: usize,
-) -> (TestEnv, String, Api<ConfigMap>) {
+/// When the control plane cannot start or the namespace cannot be created.
+pub async fn shared_env(prefix: &str) -> (&'static TestEnv, String, Api<ConfigMap>) {
+    let env = TestEnv::shared().await.expect("control plane");
+    let ns = env.create_namespace(prefix).await.expect("namespace");
+    let api = Api::namespaced(env.client(), &ns);
+    (env, ns, api)
+}
+
+/// A private control plane whose requests reach etcd (watch cache off), so that compacting
+/// etcd gives real `410 Gone` answers, with a fresh namespace named after `prefix` and an
+/// admin `Api` for it.
+///
+/// # Panics
+/// When the control plane cannot start or the namespace cannot be created.
+pub async fn private_env(prefix: &str) -> (TestEnv, String, Api<ConfigMap>) {
     let env = TestEnv::builder()
         .watch_cache(false)
         .start()
         .await
         .expect("control plane");
     let ns = env.create_namespace(prefix).await.expect("namespace");
-    let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
-    create_configmaps(&api, seed, count, &[]).await;
+    let api = Api::namespaced(env.client(), &ns);
     (env, ns, api)
+}
+
+/// A [`Proxy`] in front of `env`'s API server and an `Api` for namespace `ns` that reaches
+/// the server only through it: give the `Api` to the watcher, then `cut()` and `restore()`.
+///
+/// # Panics
+/// When the proxy or its client cannot be built.
+pub async fn cut_off(env: &TestEnv, ns: &str) -> (Proxy, Api<ConfigMap>) {
+    let proxy = Proxy::start(env.server_url()).await.expect("proxy");
+    let client = proxy
+        .client(env.config())
+        .expect("client through the proxy");
+    (proxy, Api::namespaced(client, ns))
+}
+
+/// The backoff of test watchers: 100 ms to 1 s, since faults in tests are short.
+#[must_use]
+pub fn quick_backoff() -> Backoff {
+    Backoff::default()
+        .initial(Duration::from_millis(100))
+        .max(Duration::from_secs(1))
 }
 
 /// A `ConfigMap` named `name` with `labels` and about 512 bytes of data.
@@ -389,12 +417,10 @@ impl Drop for Reflector {
 }
 
 impl Reflector {
-    /// Starts the watcher with a quick backoff (100 ms to 1 s): faults in tests are short.
+    /// Starts the watcher with [`quick_backoff`].
     #[must_use]
     pub fn start(api: Api<ConfigMap>, config: Config, writer: Writer<ConfigMap>) -> Self {
-        let backoff = Backoff::default()
-            .initial(Duration::from_millis(100))
-            .max(Duration::from_secs(1));
+        let backoff = quick_backoff();
         let counters = Arc::new(Counters::default());
         let mut events = Box::pin(watcher(api, config).backoff(backoff).reflect(writer));
         let task = tokio::spawn({

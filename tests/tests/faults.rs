@@ -18,8 +18,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kache_store::{Delivery, ReflectExt, Store, Writer};
 use kache_testenv::TestEnv;
 use kache_tests::{
-    Counters, Proxy, Reflector, View, churn, converges, create_configmaps, delete_configmaps,
-    eventually, follow, init_tracing, key_of, listed_versions, private_env, within,
+    Counters, Proxy, Reflector, View, churn, converges, create_configmaps, cut_off,
+    delete_configmaps, eventually, follow, init_tracing, key_of, listed_versions, private_env,
+    within,
 };
 use kache_watch::{Backoff, Config, Error, Event, InitialListStrategy, WatchStreamExt, watcher};
 use kube_client::{
@@ -40,7 +41,7 @@ struct Watched {
 
 impl Watched {
     async fn start(env: &TestEnv, ns: &str, config: Config) -> Self {
-        let proxy = Proxy::start(env.server_url()).await.expect("proxy");
+        let (proxy, api) = cut_off(env, ns).await;
         let writer = Writer::new().with_buffer(64);
         let store = writer.as_reader();
         let views = vec![
@@ -51,12 +52,6 @@ impl Watched {
             ),
             follow(writer.subscribe(), Duration::from_millis(1)),
         ];
-        let api = Api::namespaced(
-            proxy
-                .client(env.config())
-                .expect("client through the proxy"),
-            ns,
-        );
         let reflector = Reflector::start(api, config, writer);
         within("the store to be ready", store.wait_until_ready())
             .await
@@ -169,7 +164,8 @@ async fn etcd_restart_mid_watch_converges_with_changes_made_while_it_was_away() 
 #[tokio::test]
 async fn gone_on_watch_relists_and_subscribers_get_a_delete_for_exactly_the_deleted_objects() {
     init_tracing();
-    let (env, ns, api) = private_env("fault-gone", "cm", 100).await;
+    let (env, ns, api) = private_env("fault-gone").await;
+    create_configmaps(&api, "cm", 100, &[]).await;
     let watched = Watched::start(&env, &ns, Config::default()).await;
     converges(&api, &watched.store, &watched.views).await;
 
@@ -190,7 +186,8 @@ async fn gone_on_watch_relists_and_subscribers_get_a_delete_for_exactly_the_dele
 #[tokio::test]
 async fn gone_between_list_pages_restarts_the_list_with_init_and_leaves_nothing_stale() {
     init_tracing();
-    let (env, ns, api) = private_env("fault-pages", "cm", 50).await;
+    let (env, ns, api) = private_env("fault-pages").await;
+    create_configmaps(&api, "cm", 50, &[]).await;
 
     let writer = Writer::new();
     let store = writer.as_reader();

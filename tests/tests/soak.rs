@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kache_store::{Delivery, Store, Writer};
 use kache_testenv::TestEnv;
 use kache_tests::{
-    Counters, Proxy, Reflector, churn, converges, follow_without_history, init_tracing, within,
+    Counters, Reflector, churn, converges, cut_off, follow_without_history, init_tracing, within,
 };
 use kache_watch::Config;
 use kube_client::Api;
@@ -90,10 +90,7 @@ async fn soak_churn_with_restarts_and_slow_subscribers_stays_flat_and_converges(
 
     // Ten subscribers: seven fast, one fast with backpressure, two slow (they fall behind
     // and are resynced).
-    let proxy = Proxy::start(env.server_url()).await.expect("proxy");
-    let cut_off = proxy
-        .client(env.config())
-        .expect("client through the proxy");
+    let (_proxy, cut_off_api) = cut_off(&env, &ns).await;
     let writer = Writer::new().with_buffer(256);
     let store = writer.as_reader();
     let mut subscribers = Vec::new();
@@ -110,7 +107,7 @@ async fn soak_churn_with_restarts_and_slow_subscribers_stays_flat_and_converges(
         subscribers.push(subscriber.handle());
         views.push(follow_without_history(subscriber, delay));
     }
-    let reflector = Reflector::start(Api::namespaced(cut_off, &ns), Config::default(), writer);
+    let reflector = Reflector::start(cut_off_api, Config::default(), writer);
     within("the store to be ready", store.wait_until_ready())
         .await
         .unwrap();

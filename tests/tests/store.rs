@@ -1,40 +1,22 @@
 //! The store fed by a real watcher (kache-testenv): readiness, live changes, indexes, and an
 //! exact match with the server after a forced `410 Gone` relist.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kache_store::{ReflectExt, Writer};
-use kache_testenv::TestEnv;
+use kache_store::Writer;
 use kache_tests::{
-    Proxy, create_configmaps, delete_configmaps, eventually, init_tracing, listed_versions,
-    private_env, stored_versions, within,
+    Reflector, create_configmaps, cut_off, delete_configmaps, eventually, init_tracing,
+    listed_versions, private_env, shared_env, stored_versions, within,
 };
-use kache_watch::{Backoff, Config, WatchStreamExt, watcher};
-use kube_client::{
-    Api,
-    api::{DeleteParams, Patch, PatchParams},
-};
+use kache_watch::Config;
+use kube_client::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
-
-/// Runs `watcher(api).reflect(writer)` in the background; returns the task to abort.
-fn spawn_reflector(api: Api<ConfigMap>, writer: Writer<ConfigMap>) -> tokio::task::JoinHandle<()> {
-    let backoff = Backoff::default()
-        .initial(Duration::from_millis(100))
-        .max(Duration::from_secs(1));
-    let events = watcher(api, Config::default())
-        .backoff(backoff)
-        .reflect(writer);
-    tokio::spawn(events.for_each(|_| async {}))
-}
 
 #[tokio::test]
 async fn reflected_store_becomes_ready_and_follows_creates_updates_and_deletes() {
     init_tracing();
-    let env = TestEnv::shared().await.expect("control plane");
-    let ns = env.create_namespace("store-live").await.unwrap();
-    let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
+    let (_, ns, api) = shared_env("store-live").await;
     create_configmaps(&api, "cm", 50, &[("tier", "a")]).await;
 
     let writer = Writer::new().with_index("tier", |cm: &ConfigMap| {
@@ -48,7 +30,7 @@ async fn reflected_store_becomes_ready_and_follows_creates_updates_and_deletes()
     });
     let store = writer.as_reader();
     assert!(!store.is_ready());
-    let task = spawn_reflector(api.clone(), writer);
+    let reflector = Reflector::start(api.clone(), Config::default(), writer);
     within("the store to be ready", store.wait_until_ready())
         .await
         .unwrap();
@@ -81,26 +63,19 @@ async fn reflected_store_becomes_ready_and_follows_creates_updates_and_deletes()
     );
     assert_eq!(store.by_index("tier", "a").unwrap().len(), 48);
     assert!(store.resource_version().is_some());
-    task.abort();
+    drop(reflector);
 }
 
 #[tokio::test]
 async fn store_equals_a_fresh_list_after_a_forced_410_relist() {
     init_tracing();
-    let (env, ns, api) = private_env("store-gone", "cm", 200).await;
+    let (env, ns, api) = private_env("store-gone").await;
+    create_configmaps(&api, "cm", 200, &[]).await;
 
-    let proxy = Proxy::start(env.server_url()).await.expect("proxy");
+    let (proxy, cut_off_api) = cut_off(&env, &ns).await;
     let writer = Writer::new();
     let store = writer.as_reader();
-    let task = spawn_reflector(
-        Api::namespaced(
-            proxy
-                .client(env.config())
-                .expect("client through the proxy"),
-            &ns,
-        ),
-        writer,
-    );
+    let reflector = Reflector::start(cut_off_api, Config::default(), writer);
     within("the store to be ready", store.wait_until_ready())
         .await
         .unwrap();
@@ -141,5 +116,5 @@ async fn store_equals_a_fresh_list_after_a_forced_410_relist() {
             .map(String::as_str),
         Some("yes")
     );
-    task.abort();
+    drop(reflector);
 }

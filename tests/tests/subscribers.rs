@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kache_store::{Delivery, ReflectExt, SubscriberHandle, Writer};
+use kache_store::{Delivery, SubscriberHandle, Writer};
 use kache_tests::{
-    Proxy, converges, create_configmaps, delete_configmaps, follow, init_tracing, private_env,
-    within,
+    Reflector, converges, create_configmaps, cut_off, delete_configmaps, follow, init_tracing,
+    private_env, within,
 };
-use kache_watch::{Backoff, Config, WatchStreamExt, watcher};
+use kache_watch::Config;
 use kube_client::{
     Api,
     api::{Patch, PatchParams},
@@ -21,7 +21,8 @@ use serde_json::json;
 #[tokio::test]
 async fn three_subscribers_one_slow_converge_after_a_burst_and_a_forced_relist() {
     init_tracing();
-    let (env, ns, api) = private_env("subs", "seed", 100).await;
+    let (env, ns, api) = private_env("subs").await;
+    create_configmaps(&api, "seed", 100, &[]).await;
 
     // A small buffer, so that the held-back subscriber must overflow during the burst.
     let writer: Writer<ConfigMap> = Writer::new().with_buffer(32);
@@ -36,22 +37,8 @@ async fn three_subscribers_one_slow_converge_after_a_burst_and_a_forced_relist()
     let fast = follow(fast_sub, Duration::ZERO);
     let ordered = follow(ordered_sub, Duration::ZERO);
 
-    let proxy = Proxy::start(env.server_url()).await.expect("proxy");
-    let backoff = Backoff::default()
-        .initial(Duration::from_millis(100))
-        .max(Duration::from_secs(1));
-    let events = watcher(
-        Api::namespaced(
-            proxy
-                .client(env.config())
-                .expect("client through the proxy"),
-            &ns,
-        ),
-        Config::default(),
-    )
-    .backoff(backoff)
-    .reflect(writer);
-    let reflector = tokio::spawn(events.for_each(|_| async {}));
+    let (proxy, cut_off_api) = cut_off(&env, &ns).await;
+    let reflector = Reflector::start(cut_off_api, Config::default(), writer);
     within("the store to be ready", store.wait_until_ready())
         .await
         .unwrap();
@@ -102,7 +89,7 @@ async fn three_subscribers_one_slow_converge_after_a_burst_and_a_forced_relist()
             );
         }
     }
-    reflector.abort();
+    drop(reflector);
 }
 
 /// 1,000 creates, 500 updates and 500 deletes: 2,000 changes.

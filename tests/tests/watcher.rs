@@ -2,16 +2,16 @@
 //! selectors, paging, the streaming-list fallback, relist after a real `410 Gone`, and
 //! `watch_object`.
 
-use std::{collections::BTreeSet, pin::Pin, time::Duration};
+use std::{collections::BTreeSet, pin::Pin};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kache_testenv::TestEnv;
 use kache_tests::{
-    Proxy, create_configmaps, delete_configmaps, init_tracing, listed_versions, private_env, within,
+    create_configmaps, cut_off, delete_configmaps, init_tracing, listed_versions, private_env,
+    quick_backoff, shared_env, within,
 };
 use kache_watch::{
-    Backoff, Config, Error, Event, InitialListStrategy, WatchStreamExt, watch_object, watcher,
+    Config, Error, Event, InitialListStrategy, WatchStreamExt, watch_object, watcher,
 };
 use kube_client::{
     Api,
@@ -27,10 +27,7 @@ fn name(cm: &ConfigMap) -> String {
 
 /// A watcher that retries quickly: faults in these tests are short.
 fn watch(api: Api<ConfigMap>, config: Config) -> Events {
-    let backoff = Backoff::default()
-        .initial(Duration::from_millis(100))
-        .max(Duration::from_secs(1));
-    Box::pin(watcher(api, config).backoff(backoff))
+    Box::pin(watcher(api, config).backoff(quick_backoff()))
 }
 
 async fn next(events: &mut Events) -> Result<Event<ConfigMap>, Error> {
@@ -65,9 +62,7 @@ fn names(prefix: &str, count: usize) -> BTreeSet<String> {
 #[tokio::test]
 async fn initial_sync_lists_every_object_then_streams_live_changes() {
     init_tracing();
-    let env = TestEnv::shared().await.expect("control plane");
-    let ns = env.create_namespace("watch-sync").await.unwrap();
-    let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
+    let (_, _, api) = shared_env("watch-sync").await;
     create_configmaps(&api, "cm", 300, &[]).await;
 
     let mut events = watch(api.clone(), Config::default());
@@ -98,9 +93,7 @@ async fn initial_sync_lists_every_object_then_streams_live_changes() {
 #[tokio::test]
 async fn label_and_field_selectors_filter_on_the_server() {
     init_tracing();
-    let env = TestEnv::shared().await.expect("control plane");
-    let ns = env.create_namespace("watch-select").await.unwrap();
-    let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
+    let (_, _, api) = shared_env("watch-select").await;
     create_configmaps(&api, "web", 5, &[("app", "web")]).await;
     create_configmaps(&api, "db", 4, &[("app", "db")]).await;
 
@@ -128,9 +121,7 @@ async fn label_and_field_selectors_filter_on_the_server() {
 #[tokio::test]
 async fn auto_strategy_falls_back_to_list_watch_on_a_server_without_streaming_lists() {
     init_tracing();
-    let env = TestEnv::shared().await.expect("control plane");
-    let ns = env.create_namespace("watch-auto").await.unwrap();
-    let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
+    let (_, _, api) = shared_env("watch-auto").await;
     create_configmaps(&api, "cm", 10, &[]).await;
 
     // Forcing streaming lists shows what this server says to them...
@@ -152,9 +143,7 @@ async fn auto_strategy_falls_back_to_list_watch_on_a_server_without_streaming_li
 #[tokio::test]
 async fn small_pages_list_every_object_exactly_once() {
     init_tracing();
-    let env = TestEnv::shared().await.expect("control plane");
-    let ns = env.create_namespace("watch-pages").await.unwrap();
-    let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
+    let (_, _, api) = shared_env("watch-pages").await;
     create_configmaps(&api, "cm", 100, &[]).await;
 
     let config = Config::default()
@@ -169,18 +158,11 @@ async fn watch_from_a_compacted_version_relists_without_objects_deleted_meanwhil
     init_tracing();
     // Its own control plane: the watch cache off (so requests reach etcd) and a compaction
     // that must not disturb other tests.
-    let (env, ns, api) = private_env("watch-gone", "cm", 20).await;
+    let (env, ns, api) = private_env("watch-gone").await;
+    create_configmaps(&api, "cm", 20, &[]).await;
 
-    let proxy = Proxy::start(env.server_url()).await.expect("proxy");
-    let mut events = watch(
-        Api::namespaced(
-            proxy
-                .client(env.config())
-                .expect("client through the proxy"),
-            &ns,
-        ),
-        Config::default(),
-    );
+    let (proxy, cut_off_api) = cut_off(&env, &ns).await;
+    let mut events = watch(cut_off_api, Config::default());
     assert_eq!(initial_sync(&mut events).await, names("cm", 20));
 
     // While the watcher is cut off: delete some, add some, and compact away the history.
@@ -221,9 +203,7 @@ async fn watch_from_a_compacted_version_relists_without_objects_deleted_meanwhil
 #[tokio::test]
 async fn watch_object_sees_create_update_and_delete() {
     init_tracing();
-    let env = TestEnv::shared().await.expect("control plane");
-    let ns = env.create_namespace("watch-one").await.unwrap();
-    let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
+    let (_, _, api) = shared_env("watch-one").await;
     create_configmaps(&api, "other", 3, &[]).await;
 
     let mut stream = Box::pin(watch_object(api.clone(), "target-0"));
@@ -260,21 +240,11 @@ async fn watch_object_sees_create_update_and_delete() {
 #[tokio::test]
 async fn dropped_connection_resumes_without_relist_and_delivers_changes_made_meanwhile() {
     init_tracing();
-    let env = TestEnv::shared().await.expect("control plane");
-    let ns = env.create_namespace("watch-resume").await.unwrap();
-    let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
+    let (env, ns, api) = shared_env("watch-resume").await;
     create_configmaps(&api, "cm", 5, &[]).await;
 
-    let proxy = Proxy::start(env.server_url()).await.expect("proxy");
-    let mut events = watch(
-        Api::namespaced(
-            proxy
-                .client(env.config())
-                .expect("client through the proxy"),
-            &ns,
-        ),
-        Config::default(),
-    );
+    let (proxy, cut_off_api) = cut_off(env, &ns).await;
+    let mut events = watch(cut_off_api, Config::default());
     assert_eq!(initial_sync(&mut events).await, names("cm", 5));
 
     proxy.cut();
@@ -298,9 +268,7 @@ async fn dropped_connection_resumes_without_relist_and_delivers_changes_made_mea
 #[tokio::test]
 async fn metadata_watcher_lists_and_watches_metadata_only() {
     init_tracing();
-    let env = TestEnv::shared().await.expect("control plane");
-    let ns = env.create_namespace("watch-meta").await.unwrap();
-    let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
+    let (_, _, api) = shared_env("watch-meta").await;
     create_configmaps(&api, "cm", 3, &[("tier", "meta")]).await;
 
     let mut events = Box::pin(kache_watch::metadata_watcher(
