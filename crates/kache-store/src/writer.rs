@@ -318,32 +318,37 @@ where
         if let Some(relist) = &mut self.relist {
             relist.objects.remove(&key);
         }
-        let resource_version = obj.meta().resource_version.clone();
-        let old = self.shared.state.read().objects.get(&key).cloned();
-        let changes = old
-            .as_deref()
-            .map(|old| self.fns.plan(Some(old), None))
-            .unwrap_or_default();
-        let seq = {
+        // As in `apply_object`: index changes are planned before the write lock, and only when
+        // a custom index exists.
+        let changes = if self.fns.is_empty() {
+            Vec::new()
+        } else {
+            let old = self.shared.state.read().objects.get(&key).cloned();
+            old.as_deref()
+                .map(|old| self.fns.plan(Some(old), None))
+                .unwrap_or_default()
+        };
+        let (seq, removed) = {
             let mut state = self.shared.state.write();
-            if old.is_some() {
-                state.objects.remove(&key);
+            let removed = state.objects.remove(&key);
+            if removed.is_some() {
                 state.indexes.remove_namespace(&key);
                 state.indexes.apply(&key, changes);
                 state.seq += 1;
             }
-            if resource_version.is_some() {
-                state.resource_version = resource_version;
+            if let Some(rv) = obj.meta().resource_version.as_deref() {
+                set_version(&mut state.resource_version, rv);
             }
-            state.seq
+            (state.seq, removed)
         };
-        trace!(%key, known = old.is_some(), "delete");
+        trace!(%key, known = removed.is_some(), "delete");
         let obj = Arc::new(obj);
-        if old.is_some() && self.publisher.has_subscribers() {
+        if removed.is_some() && self.publisher.has_subscribers() {
             self.publisher
                 .publish(Msg::one(seq, Event::Delete(Arc::clone(&obj))));
         }
-        // `old` is dropped here, outside the lock: it may be the last reference.
+        // `removed` is dropped here, outside the lock: it may be the last reference.
+        drop(removed);
         obj
     }
 
