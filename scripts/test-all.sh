@@ -4,6 +4,8 @@
 # build), then runs `just ci`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# `cargo install` puts binaries here; make sure a fresh shell finds them.
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 if ! command -v just >/dev/null; then
     echo "[test-all] installing just (once)" >&2
     cargo install just --locked
