@@ -25,9 +25,18 @@ lint:
 test:
     cargo test -p kache-watch -p kache-store
 
-# End-to-end and fault tests against a real local control plane (provisioned on first use).
+# End-to-end and fault tests against both local control planes (provisioned on first use):
+# kache-testenv's own tests once per server, kache-tests' suites on each server in one run.
+# `KACHE_TEST_SERVERS=modern just e2e` keeps to one server.
 e2e: control-plane
-    KUBEBUILDER_ASSETS="$(bash scripts/provision-control-plane.sh)" cargo test -p kache-testenv -p kache-tests
+    #!/usr/bin/env bash
+    set -euo pipefail
+    servers="${KACHE_TEST_SERVERS:-legacy,modern}"
+    for server in ${servers//,/ }; do
+        echo "== kache-testenv on the $server server"
+        KACHE_TEST_SERVER=$server cargo test -p kache-testenv
+    done
+    KACHE_TEST_SERVERS=$servers cargo test -p kache-tests
 
 # Run every example (each against its own local control plane) to its end.
 examples: control-plane
@@ -38,9 +47,11 @@ examples: control-plane
 doc:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
-# Provision etcd and kube-apiserver v1.20.2 (built once from Debian's source, then cached).
+# Provision both control planes, each built once and then cached: etcd and kube-apiserver
+# v1.20.2 from Debian's source, and etcd 3.5 with the modern server from Debian sid's packages.
 control-plane:
-    bash scripts/provision-control-plane.sh
+    bash scripts/provision-control-plane.sh >/dev/null
+    bash crates/kache-testenv/provision/modern.sh >/dev/null
 
 # The live demo against a local control plane (or KACHE_USE_EXISTING_CLUSTER=1 with KUBECONFIG).
 demo: control-plane

@@ -1,4 +1,4 @@
-//! kube-apiserver: its flags and its readiness.
+//! The API server (kube-apiserver, or the modern server): its flags and its readiness.
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,21 +8,58 @@ use kube_client::core::params::GetParams;
 use kube_client::{Client, Config};
 use tracing::instrument::WithSubscriber;
 
-/// Where kube-apiserver's inputs are and which ports it talks on.
+use crate::server::Server;
+
+/// Where the API server's inputs are and which ports it talks on.
 #[derive(Debug)]
 pub(crate) struct Flags<'a> {
+    pub(crate) server: Server,
     pub(crate) dir: &'a Path,
     pub(crate) port: u16,
     pub(crate) etcd_endpoint: String,
     pub(crate) watch_cache: bool,
+    /// `--feature-gates` entries, in order (later ones win).
+    pub(crate) feature_gates: &'a [(String, bool)],
     pub(crate) extra: &'a [String],
 }
 
 impl Flags<'_> {
     pub(crate) fn args(&self) -> Vec<String> {
+        let mut args = match self.server {
+            Server::Legacy => self.legacy_args(),
+            Server::Modern => self.modern_args(),
+        };
+        if !self.watch_cache {
+            args.push("--watch-cache=false".to_owned());
+        }
+        if !self.feature_gates.is_empty() {
+            let gates: Vec<String> = self
+                .feature_gates
+                .iter()
+                .map(|(name, on)| format!("{name}={on}"))
+                .collect();
+            args.push(format!("--feature-gates={}", gates.join(",")));
+        }
+        args.extend(self.extra.iter().cloned());
+        args
+    }
+
+    /// The modern server takes kube-apiserver's names for the flags it has.
+    fn modern_args(&self) -> Vec<String> {
+        let dir = self.dir;
+        vec![
+            format!("--etcd-servers={}", self.etcd_endpoint),
+            "--bind-address=127.0.0.1".to_owned(),
+            format!("--secure-port={}", self.port),
+            format!("--cert-dir={}", dir.join("certs").display()),
+            format!("--token-auth-file={}", dir.join("tokens.csv").display()),
+        ]
+    }
+
+    fn legacy_args(&self) -> Vec<String> {
         let dir = self.dir;
         let sa_key = dir.join("service-account.key");
-        let mut args = vec![
+        vec![
             format!("--etcd-servers={}", self.etcd_endpoint),
             "--bind-address=127.0.0.1".to_owned(),
             "--advertise-address=127.0.0.1".to_owned(),
@@ -41,16 +78,11 @@ impl Flags<'_> {
             // There is no controller manager to create ServiceAccounts, so pods could not be
             // admitted with this plugin on (envtest does the same).
             "--disable-admission-plugins=ServiceAccount".to_owned(),
-        ];
-        if !self.watch_cache {
-            args.push("--watch-cache=false".to_owned());
-        }
-        args.extend(self.extra.iter().cloned());
-        args
+        ]
     }
 }
 
-/// The path of the kube-apiserver log inside a working folder.
+/// The path of the API server's log inside a working folder.
 pub(crate) fn log_path(dir: &Path) -> std::path::PathBuf {
     dir.join("kube-apiserver.log")
 }

@@ -1,33 +1,72 @@
-//! Finding (or provisioning) the `etcd` and `kube-apiserver` binaries.
+//! Finding (or provisioning) the control plane binaries of each [`Server`].
 
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use crate::error::{Error, Result};
+use crate::server::Server;
 
-/// The Kubernetes version the provisioning script builds.
+/// The Kubernetes version the legacy provisioning script builds.
 pub(crate) const KUBERNETES_VERSION: &str = "1.20.2";
 
-/// The provisioning script, embedded so a fresh checkout can bootstrap itself from `cargo test`.
-const PROVISION_SCRIPT: &str = include_str!("../../../scripts/provision-control-plane.sh");
+/// The provisioning scripts, embedded so a fresh checkout can bootstrap itself from `cargo test`.
+const LEGACY_SCRIPT: &str = include_str!("../../../scripts/provision-control-plane.sh");
+const MODERN_SCRIPT: &str = include_str!("../provision/modern.sh");
+
+/// The modern server's Go sources, written out for the script to build (it keys its cache
+/// by their hash, so a changed server is rebuilt).
+const MODERN_SOURCES: &[(&str, &str)] = &[
+    ("auth.go", include_str!("../apiserver/auth.go")),
+    ("main.go", include_str!("../apiserver/main.go")),
+    ("registry.go", include_str!("../apiserver/registry.go")),
+];
+
+/// The modern server's executable in its assets folder.
+const MODERN_APISERVER: &str = "kache-apiserver";
 
 /// Where the control plane binaries live.
 #[derive(Debug, Clone)]
 pub(crate) struct Assets {
     pub(crate) etcd: PathBuf,
-    pub(crate) kube_apiserver: PathBuf,
+    /// kube-apiserver, or the modern server.
+    pub(crate) apiserver: PathBuf,
     /// `etcdctl` is not part of envtest's asset layout, so it may come from `PATH` instead.
     pub(crate) etcdctl: PathBuf,
 }
 
 impl Assets {
+    /// The binaries of `server`: see [`Assets::locate_legacy`] and [`Assets::locate_modern`].
+    pub(crate) async fn locate(server: Server) -> Result<Self> {
+        match server {
+            Server::Legacy => Self::locate_legacy().await,
+            Server::Modern => Self::locate_modern().await,
+        }
+    }
+
+    /// Runs the modern provisioning script, which answers at once from its cache when the
+    /// resolved packages and the server's sources are unchanged, and builds otherwise
+    /// (unless `KACHE_PROVISION=0`, where it fails instead).
+    async fn locate_modern() -> Result<Self> {
+        let src = tempdir_for_sources()?;
+        let result = run_script(MODERN_SCRIPT, "modern.sh", &[("KACHE_APISERVER_SRC", &src)]).await;
+        let _ = std::fs::remove_dir_all(&src);
+        let dir = result?;
+        Self::in_dir(&dir, MODERN_APISERVER).ok_or_else(|| Error::Provision {
+            reason: format!(
+                "{} holds no etcd and {MODERN_APISERVER} after provisioning",
+                dir.display()
+            ),
+            source: None,
+        })
+    }
+
     /// Looks in `KUBEBUILDER_ASSETS`, then in kache's cache folder, then provisions
     /// (unless `KACHE_PROVISION=0`).
-    pub(crate) async fn locate() -> Result<Self> {
+    async fn locate_legacy() -> Result<Self> {
         if let Some(dir) = env::var_os("KUBEBUILDER_ASSETS").filter(|d| !d.is_empty()) {
             let dir = PathBuf::from(dir);
-            return Self::in_dir(&dir).ok_or_else(|| Error::BinariesNotFound {
+            return Self::in_dir(&dir, "kube-apiserver").ok_or_else(|| Error::BinariesNotFound {
                 reason: format!(
                     "KUBEBUILDER_ASSETS={} holds no executable etcd and kube-apiserver",
                     dir.display()
@@ -35,7 +74,10 @@ impl Assets {
             });
         }
         let cached = cache_dir();
-        if let Some(assets) = cached.as_deref().and_then(Self::in_dir) {
+        if let Some(assets) = cached
+            .as_deref()
+            .and_then(|d| Self::in_dir(d, "kube-apiserver"))
+        {
             return Ok(assets);
         }
         if env::var_os("KACHE_PROVISION").is_some_and(|v| v == "0") {
@@ -48,8 +90,12 @@ impl Assets {
                 },
             });
         }
-        let dir = provision().await?;
-        Self::in_dir(&dir).ok_or_else(|| Error::Provision {
+        tracing::info!(
+            "no cached control plane binaries; provisioning kube-apiserver v{KUBERNETES_VERSION} \
+             (the first build takes several minutes)"
+        );
+        let dir = run_script(LEGACY_SCRIPT, "provision-control-plane.sh", &[]).await?;
+        Self::in_dir(&dir, "kube-apiserver").ok_or_else(|| Error::Provision {
             reason: format!(
                 "{} holds no etcd and kube-apiserver after provisioning",
                 dir.display()
@@ -58,10 +104,10 @@ impl Assets {
         })
     }
 
-    fn in_dir(dir: &Path) -> Option<Self> {
+    fn in_dir(dir: &Path, apiserver: &str) -> Option<Self> {
         let etcd = dir.join("etcd");
-        let kube_apiserver = dir.join("kube-apiserver");
-        if !is_executable(&etcd) || !is_executable(&kube_apiserver) {
+        let apiserver = dir.join(apiserver);
+        if !is_executable(&etcd) || !is_executable(&apiserver) {
             return None;
         }
         let local_etcdctl = dir.join("etcdctl");
@@ -72,7 +118,7 @@ impl Assets {
         };
         Some(Self {
             etcd,
-            kube_apiserver,
+            apiserver,
             etcdctl,
         })
     }
@@ -103,16 +149,28 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
         .find(|p| is_executable(p))
 }
 
-/// Runs the embedded script with bash, its progress going straight to our stderr.
-async fn provision() -> Result<PathBuf> {
-    tracing::info!(
-        "no cached control plane binaries; provisioning kube-apiserver v{KUBERNETES_VERSION} \
-         (the first build takes several minutes)"
-    );
-    let output = tokio::process::Command::new("bash")
-        .arg("-c")
-        .arg(PROVISION_SCRIPT)
-        .arg("provision-control-plane.sh")
+/// A fresh folder holding the modern server's Go sources.
+fn tempdir_for_sources() -> Result<PathBuf> {
+    let dir = crate::workdir::create_dir()?;
+    for (name, text) in MODERN_SOURCES {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|source| Error::Setup {
+            step: format!("write {}", path.display()),
+            source: Some(source),
+        })?;
+    }
+    Ok(dir)
+}
+
+/// Runs an embedded script with bash, its progress going straight to our stderr, and returns
+/// the folder it prints last.
+async fn run_script(script: &str, name: &str, envs: &[(&str, &Path)]) -> Result<PathBuf> {
+    let mut command = tokio::process::Command::new("bash");
+    command.arg("-c").arg(script).arg(name);
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let output = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

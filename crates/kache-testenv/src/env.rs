@@ -15,12 +15,13 @@ use crate::assets::Assets;
 use crate::error::{Error, Result};
 use crate::etcd::{self, Etcd};
 use crate::process::{Janitor, Supervised, log_tail};
+use crate::server::Server;
 use crate::workdir::{self, ADMIN_CONTEXT, UNPRIVILEGED_CONTEXT, UNPRIVILEGED_USER};
 
 /// Lines of a log quoted in a [`Error::NotReady`].
 const LOG_TAIL_LINES: usize = 30;
 
-/// A Kubernetes API server for tests: etcd and kube-apiserver started on loopback, or an
+/// A Kubernetes API server for tests: etcd and an API server ([`Server`]) started on loopback, or an
 /// existing cluster when `KACHE_USE_EXISTING_CLUSTER=1`.
 ///
 /// Dropping a locally started environment stops both processes and removes its working
@@ -35,11 +36,21 @@ pub struct TestEnv {
     local: Option<Local>,
 }
 
+/// The API server's process name, in logs and errors.
+fn component(server: Server) -> &'static str {
+    match server {
+        Server::Legacy => "kube-apiserver",
+        Server::Modern => "kache-apiserver",
+    }
+}
+
 /// Options for starting a [`TestEnv`]; get one from [`TestEnv::builder`].
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `start` is awaited"]
 pub struct Builder {
+    server: Option<Server>,
     watch_cache: bool,
+    feature_gates: Vec<(String, bool)>,
     apiserver_args: Vec<String>,
     ready_timeout: Duration,
     use_existing_cluster: Option<bool>,
@@ -48,7 +59,9 @@ pub struct Builder {
 impl Default for Builder {
     fn default() -> Self {
         Self {
+            server: None,
             watch_cache: true,
+            feature_gates: Vec::new(),
             apiserver_args: Vec::new(),
             ready_timeout: Duration::from_secs(60),
             use_existing_cluster: None,
@@ -57,21 +70,39 @@ impl Default for Builder {
 }
 
 impl Builder {
-    /// Whether kube-apiserver serves lists and watches from its watch cache (the default, as
+    /// Which API server to run (default: [`Server::from_env`], that is `KACHE_TEST_SERVER`,
+    /// else [`Server::Legacy`]). Ignored on an existing cluster.
+    pub fn server(mut self, server: Server) -> Self {
+        self.server = Some(server);
+        self
+    }
+
+    /// Sets a feature gate of the API server (`--feature-gates=NAME=BOOL`), such as
+    /// `WatchList` or `ShardedListAndWatch` on [`Server::Modern`]; later calls win. A gate the
+    /// server does not know makes it fail to start with [`Error::NotReady`] quoting its log.
+    pub fn feature_gate(mut self, name: impl Into<String>, enabled: bool) -> Self {
+        self.feature_gates.push((name.into(), enabled));
+        self
+    }
+
+    /// Whether the API server serves lists and watches from its watch cache (the default, as
     /// in production). With `false` every request goes to etcd, so after
-    /// [`TestEnv::compact_etcd`] an old resourceVersion reliably gets `410 Gone`.
+    /// [`TestEnv::compact_etcd`] an old resourceVersion reliably gets `410 Gone`. With the
+    /// watch cache on, a compaction followed by [`TestEnv::restart_apiserver`] does the same:
+    /// the restarted server fills its cache from etcd's current revision, and older versions
+    /// are then neither in the cache nor in etcd.
     pub fn watch_cache(mut self, enabled: bool) -> Self {
         self.watch_cache = enabled;
         self
     }
 
-    /// Adds a kube-apiserver flag such as `--default-watch-cache-size=0`; later flags win.
+    /// Adds an API server flag such as `--default-watch-cache-size=0`; later flags win.
     pub fn apiserver_arg(mut self, arg: impl Into<String>) -> Self {
         self.apiserver_args.push(arg.into());
         self
     }
 
-    /// How long etcd and kube-apiserver each get to become ready (default 60 s), at start
+    /// How long etcd and the API server each get to become ready (default 60 s), at start
     /// and after every restart.
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
@@ -100,7 +131,14 @@ impl Builder {
         if existing {
             TestEnv::existing().await
         } else {
-            TestEnv::start_local(self).await
+            let server = match self.server {
+                Some(server) => server,
+                None => Server::from_env().map_err(|e| Error::Setup {
+                    step: format!("read KACHE_TEST_SERVER: {e}"),
+                    source: None,
+                })?,
+            };
+            TestEnv::start_local(self, server).await
         }
     }
 }
@@ -108,6 +146,7 @@ impl Builder {
 /// The processes and files of a control plane this crate started.
 #[derive(Debug)]
 struct Local {
+    server: Server,
     dir: PathBuf,
     assets: Assets,
     etcd: Etcd,
@@ -119,14 +158,17 @@ struct Local {
     _janitor: Janitor,
 }
 
-/// Fields drop in order: kube-apiserver stops before the etcd it talks to.
+/// Fields drop in order: the API server stops before the etcd it talks to.
 #[derive(Debug, Default)]
 struct Processes {
     apiserver: Option<Supervised>,
     etcd: Option<Supervised>,
 }
 
-static SHARED: OnceCell<Result<TestEnv, Arc<Error>>> = OnceCell::const_new();
+type SharedCell = OnceCell<Result<TestEnv, Arc<Error>>>;
+
+/// One shared control plane per [`Server`], in the order of [`Server::ALL`].
+static SHARED: [SharedCell; 2] = [OnceCell::const_new(), OnceCell::const_new()];
 
 impl TestEnv {
     /// Starts a control plane with the default options; see [`Builder`] for the others.
@@ -143,7 +185,22 @@ impl TestEnv {
         Builder::default()
     }
 
-    /// One control plane for the whole test process, started by the first caller.
+    /// One control plane for the whole test process, started by the first caller, running
+    /// the default server ([`Server::from_env`]); see [`shared_on`](Self::shared_on).
+    ///
+    /// # Errors
+    ///
+    /// As [`shared_on`](Self::shared_on), and [`Error::Setup`] for a bad `KACHE_TEST_SERVER`.
+    pub async fn shared() -> Result<&'static Self> {
+        let server = Server::from_env().map_err(|e| Error::Setup {
+            step: format!("read KACHE_TEST_SERVER: {e}"),
+            source: None,
+        })?;
+        Self::shared_on(server).await
+    }
+
+    /// One control plane running `server` for the whole test process, started by the first
+    /// caller.
     ///
     /// Tests that share it should keep to their own namespace (see
     /// [`create_namespace`](Self::create_namespace)) and leave the fault tools alone. It is
@@ -152,11 +209,18 @@ impl TestEnv {
     /// # Errors
     ///
     /// [`Error::Shared`] holding the error of the one start attempt, for every caller.
-    pub async fn shared() -> Result<&'static Self> {
+    pub async fn shared_on(server: Server) -> Result<&'static Self> {
         // No runtime-bound state lives in a TestEnv (std child processes, client configs
         // only), so it may be started on whichever test's runtime comes first.
-        let result = SHARED
-            .get_or_init(|| async { Self::start().await.map_err(Arc::new) })
+        let cell = &SHARED[usize::from(server == Server::Modern)];
+        let result = cell
+            .get_or_init(|| async {
+                Self::builder()
+                    .server(server)
+                    .start()
+                    .await
+                    .map_err(Arc::new)
+            })
             .await;
         result.as_ref().map_err(|e| Error::Shared {
             source: Arc::clone(e),
@@ -210,6 +274,12 @@ impl TestEnv {
         &self.server_url
     }
 
+    /// The API server this environment started, or `None` on an existing cluster.
+    #[must_use]
+    pub fn server(&self) -> Option<Server> {
+        self.local.as_ref().map(|l| l.server)
+    }
+
     /// Whether this environment talks to an existing cluster rather than its own processes.
     #[must_use]
     pub fn is_existing_cluster(&self) -> bool {
@@ -249,7 +319,7 @@ impl TestEnv {
         Ok(name)
     }
 
-    /// Stops kube-apiserver (etcd keeps running); clients get connection errors until
+    /// Stops the API server (etcd keeps running); clients get connection errors until
     /// [`start_apiserver`](Self::start_apiserver).
     ///
     /// # Errors
@@ -259,13 +329,13 @@ impl TestEnv {
         let local = self.require_local("stop_apiserver")?;
         let stopped = local.processes.lock().await.apiserver.take();
         if let Some(apiserver) = stopped {
-            tracing::info!("stopping kube-apiserver");
+            tracing::info!("stopping {}", component(local.server));
             apiserver.stop().await;
         }
         Ok(())
     }
 
-    /// Starts kube-apiserver again on the same port with the same flags, tokens and data, and
+    /// Starts the API server again on the same port with the same flags, tokens and data, and
     /// waits until it is ready; existing clients reconnect. Does nothing if it is running.
     ///
     /// # Errors
@@ -286,7 +356,7 @@ impl TestEnv {
         local.wait_apiserver(&self.admin).await
     }
 
-    /// Stops and starts kube-apiserver (see [`start_apiserver`](Self::start_apiserver)):
+    /// Stops and starts the API server (see [`start_apiserver`](Self::start_apiserver)):
     /// every watch is cut, no data is lost.
     ///
     /// # Errors
@@ -298,7 +368,7 @@ impl TestEnv {
     }
 
     /// Restarts etcd on the same port and data folder, then waits until etcd and
-    /// kube-apiserver are both ready again.
+    /// the API server are both ready again.
     ///
     /// # Errors
     ///
@@ -339,7 +409,7 @@ impl TestEnv {
         Ok(revision)
     }
 
-    /// The last `lines` lines of kube-apiserver's log, for failure messages.
+    /// The last `lines` lines of the API server's log, for failure messages.
     ///
     /// # Errors
     ///
@@ -390,9 +460,9 @@ impl TestEnv {
         })
     }
 
-    async fn start_local(options: Builder) -> Result<Self> {
+    async fn start_local(options: Builder, server: Server) -> Result<Self> {
         let started = Instant::now();
-        let assets = Assets::locate().await?;
+        let assets = Assets::locate(server).await?;
         tracing::debug!(?assets, "control plane binaries");
         let dir = workdir::create_dir()?;
         // From here on the janitor (and then `Local`'s drop) removes the folder on failure.
@@ -419,14 +489,17 @@ impl TestEnv {
             etcdctl: assets.etcdctl.clone(),
         };
         let apiserver_args = apiserver::Flags {
+            server,
             dir: &dir,
             port: apiserver_port,
             etcd_endpoint: etcd.endpoint(),
             watch_cache: options.watch_cache,
+            feature_gates: &options.feature_gates,
             extra: &options.apiserver_args,
         }
         .args();
         let local = Local {
+            server,
             dir,
             assets,
             etcd,
@@ -435,12 +508,12 @@ impl TestEnv {
             processes: Mutex::new(Processes::default()),
             _janitor: janitor,
         };
-        tracing::info!(dir = %local.dir.display(), server = %server_url, "starting etcd and kube-apiserver");
+        tracing::info!(dir = %local.dir.display(), server = %server_url, "starting etcd and {}", component(server));
         local.processes.lock().await.etcd = Some(local.spawn_etcd()?);
         local.wait_etcd().await?;
         local.processes.lock().await.apiserver = Some(local.spawn_apiserver()?);
         local.wait_apiserver(&admin).await?;
-        tracing::info!(elapsed = ?started.elapsed(), server = %server_url, "control plane ready");
+        tracing::info!(elapsed = ?started.elapsed(), server = %server_url, %server, "control plane ready");
         Ok(Self {
             admin,
             unprivileged,
@@ -466,17 +539,15 @@ impl Local {
     }
 
     fn spawn_apiserver(&self) -> Result<Supervised> {
-        tracing::debug!(args = ?self.apiserver_args, "kube-apiserver flags");
+        let component = component(self.server);
+        tracing::debug!(args = ?self.apiserver_args, "{component} flags");
         Supervised::spawn(
-            "kube-apiserver",
-            &self.assets.kube_apiserver,
+            component,
+            &self.assets.apiserver,
             &self.apiserver_args,
             &apiserver::log_path(&self.dir),
         )
-        .map_err(|source| Error::Spawn {
-            component: "kube-apiserver",
-            source,
-        })
+        .map_err(|source| Error::Spawn { component, source })
     }
 
     async fn wait_etcd(&self) -> Result<()> {
@@ -500,14 +571,14 @@ impl Local {
         while !apiserver::is_ready(config).await {
             if Instant::now() >= deadline || self.exited(|p| &mut p.apiserver).await {
                 return Err(Error::NotReady {
-                    component: "kube-apiserver",
+                    component: component(self.server),
                     timeout: self.ready_timeout,
                     log_tail: log_tail(&apiserver::log_path(&self.dir), LOG_TAIL_LINES),
                 });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        tracing::debug!("kube-apiserver is ready");
+        tracing::debug!("{} is ready", component(self.server));
         Ok(())
     }
 

@@ -1,8 +1,10 @@
 //! A real local Kubernetes control plane for tests and demos, like controller-runtime's
-//! envtest: etcd and kube-apiserver v1.20.2 on loopback, with fault tools.
+//! envtest: etcd and an API server on loopback, with fault tools. Two servers are on offer
+//! ([`Server`]): kube-apiserver v1.20.2, and a small server on the Kubernetes 1.36 apiserver
+//! library that serves streaming lists as every cluster since 1.34 does.
 //!
 //! ```no_run
-//! use kache_testenv::TestEnv;
+//! use kache_testenv::{Server, TestEnv};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! // One control plane for the whole test binary; each test keeps to its own namespace.
@@ -11,8 +13,8 @@
 //! let version = env.client().apiserver_version().await?;
 //! println!("kube-apiserver {} at {}, namespace {namespace}", version.git_version, env.server_url());
 //!
-//! // A private one, for tests that break things.
-//! let env = TestEnv::builder().watch_cache(false).start().await?;
+//! // A private one on the modern server, for tests that break things.
+//! let env = TestEnv::builder().server(Server::Modern).watch_cache(false).start().await?;
 //! env.restart_apiserver().await?; // same port and data: clients reconnect
 //! env.compact_etcd().await?; // older resourceVersions now get 410 Gone
 //! # Ok(()) }
@@ -22,9 +24,11 @@
 //!
 //! [`TestEnv::start`] creates a fresh folder under the system temp folder, generates an admin
 //! token (group `system:masters`), a token for `kache-unprivileged` (no RBAC bindings), an RSA
-//! service-account key (with `openssl`) and a kubeconfig, then starts etcd and kube-apiserver
-//! (RBAC authorization, a self-signed serving certificate) on free loopback ports. It returns
-//! once `/readyz` answers `ok` and the `default` namespace exists: about 10 s.
+//! service-account key (with `openssl`) and a kubeconfig, then starts etcd and the API server
+//! (a self-signed serving certificate; kube-apiserver with RBAC authorization, the modern
+//! server letting `system:masters` do anything and other users only discovery) on free
+//! loopback ports. It returns once `/readyz` answers `ok` and the `default` namespace exists:
+//! a few seconds.
 //!
 //! There is no controller manager, scheduler or kubelet: objects are stored and watched but
 //! nothing acts on them (no pods run, deleted namespaces stay `Terminating`, no
@@ -36,6 +40,12 @@
 //! process closes.
 //!
 //! # Where the binaries come from
+//!
+//! The modern server ([`Server::Modern`]) and its etcd 3.5 are built once from Debian sid's
+//! packages by the embedded `provision/modern.sh` (a private apt configuration; nothing is
+//! installed into the system), cached under `modern-<hash>/` in kache's cache folder, the
+//! hash naming the resolved package versions and the server's source. kube-apiserver
+//! ([`Server::Legacy`]) is found as follows:
 //!
 //! 1. `KUBEBUILDER_ASSETS`: a folder holding `etcd` and `kube-apiserver` (envtest's layout;
 //!    `etcdctl`, needed by the etcd fault tools, is taken from there or from `PATH`).
@@ -53,6 +63,7 @@
 //! | `KUBEBUILDER_ASSETS` | folder with `etcd` and `kube-apiserver`, used first |
 //! | `KACHE_CACHE_DIR`, `XDG_CACHE_HOME`, `HOME` | where the provisioned binaries are cached |
 //! | `KACHE_PROVISION=0` | never build; fail with [`Error::BinariesNotFound`] |
+//! | `KACHE_TEST_SERVER` | `legacy` (the default) or `modern`: the server of [`TestEnv::start`] and [`TestEnv::shared`] |
 //! | `KACHE_USE_EXISTING_CLUSTER=1` | start nothing; use `KUBECONFIG` (or `~/.kube/config`) |
 //!
 //! On an existing cluster the fault tools return [`Error::Unsupported`] and
@@ -66,11 +77,13 @@ mod etcd;
 mod process;
 mod proxy;
 pub mod scripted;
+mod server;
 mod workdir;
 
 pub use env::{Builder, TestEnv};
 pub use error::{Error, Result};
 pub use proxy::Proxy;
+pub use server::{Server, UnknownServer};
 
 #[cfg(test)]
 mod tests {

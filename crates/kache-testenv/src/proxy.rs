@@ -106,6 +106,13 @@ impl Proxy {
         })
     }
 
+    /// The proxy's URL, `https://127.0.0.1:PORT`: put it in a client configuration's
+    /// `cluster_url` to reach the server through the proxy.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
     /// A client that reaches the server through this proxy, built from `config` (such as
     /// [`TestEnv::config`](crate::TestEnv::config)).
     ///
@@ -116,7 +123,8 @@ impl Proxy {
     /// Never: a socket address always makes a valid URL.
     pub fn client(&self, config: &kube_client::Config) -> Result<Client> {
         let mut config = config.clone();
-        config.cluster_url = format!("https://{}", self.addr)
+        config.cluster_url = self
+            .url()
             .parse()
             .expect("a socket address makes a valid URL");
         Client::try_from(config).map_err(|source| Error::Client { source })
