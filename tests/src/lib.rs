@@ -2,7 +2,10 @@
 //! loopback proxy that can cut the watcher off from the API server.
 //!
 //! The tests themselves live in `tests/`; each runs against a real control plane from
-//! `kache-testenv`.
+//! `kache-testenv`, once per API server (see [`on_each_server!`]).
+//!
+//! `KACHE_TEST_SERVERS` picks the servers: a comma-separated list of `legacy` (kube-apiserver
+//! v1.20.2) and `modern` (the Kubernetes 1.36 apiserver library); both when unset.
 
 /// The scripted wire-format responder, for what a real server cannot be made to send.
 pub use kache_testenv::scripted;
@@ -20,7 +23,7 @@ use std::{
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_store::{ReflectExt, Store, Subscriber, Writer};
-use kache_testenv::TestEnv;
+pub use kache_testenv::{Server, TestEnv};
 use kache_watch::{Backoff, Config, Event, WatchStreamExt, watcher};
 use kube_client::{
     Api,
@@ -68,26 +71,113 @@ where
     .await;
 }
 
-/// A namespace named after `prefix` on the control plane shared by the whole test binary,
-/// and an admin `Api` for it.
+/// Defines one test per API server around one body: `async fn name(server: Server) { ... }`
+/// becomes the module `name` with the tests `name::legacy` and `name::modern`, each running
+/// the body against its server when `KACHE_TEST_SERVERS` selects it (see [`run_on`]).
+///
+/// ```ignore
+/// kache_tests::on_each_server! {
+///     /// What the test shows.
+///     async fn lists_everything(server: Server) {
+///         let (_, _, api) = shared_env(server, "list").await;
+///         // ...
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! on_each_server {
+    ($(#[$meta:meta])* async fn $name:ident($server:ident: Server) $body:block $($rest:tt)*) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body($server: $crate::Server) $body
+
+            #[tokio::test]
+            async fn legacy() {
+                $crate::run_on($crate::Server::Legacy, body).await;
+            }
+
+            #[tokio::test]
+            async fn modern() {
+                $crate::run_on($crate::Server::Modern, body).await;
+            }
+        }
+        $crate::on_each_server! { $($rest)* }
+    };
+    () => {};
+}
+
+/// The servers `KACHE_TEST_SERVERS` names (comma-separated), or both when it is unset.
+///
+/// # Panics
+/// When the variable names an unknown server: a typo must not silently skip a suite.
+#[must_use]
+pub fn selected_servers() -> Vec<Server> {
+    match std::env::var("KACHE_TEST_SERVERS") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(|name| {
+                name.parse()
+                    .unwrap_or_else(|e| panic!("KACHE_TEST_SERVERS: {e}"))
+            })
+            .collect(),
+        _ => Server::ALL.to_vec(),
+    }
+}
+
+/// Runs `body` against `server` if [`selected_servers`] has it; otherwise says so and returns.
+pub async fn run_on<F, Fut>(server: Server, body: F)
+where
+    F: FnOnce(Server) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    if selected_servers().contains(&server) {
+        init_tracing();
+        body(server).await;
+    } else {
+        eprintln!("not run on the {server} server: KACHE_TEST_SERVERS leaves it out");
+    }
+}
+
+/// A control plane of its own running `server` with default options, for tests that restart
+/// or break it.
+///
+/// # Panics
+/// When the control plane cannot start.
+pub async fn own_env(server: Server) -> TestEnv {
+    TestEnv::builder()
+        .server(server)
+        .start()
+        .await
+        .expect("control plane")
+}
+
+/// A namespace named after `prefix` on the control plane running `server` that the whole
+/// test binary shares, and an admin `Api` for it.
 ///
 /// # Panics
 /// When the control plane cannot start or the namespace cannot be created.
-pub async fn shared_env(prefix: &str) -> (&'static TestEnv, String, Api<ConfigMap>) {
-    let env = TestEnv::shared().await.expect("control plane");
+pub async fn shared_env(
+    server: Server,
+    prefix: &str,
+) -> (&'static TestEnv, String, Api<ConfigMap>) {
+    let env = TestEnv::shared_on(server).await.expect("control plane");
     let ns = env.create_namespace(prefix).await.expect("namespace");
     let api = Api::namespaced(env.client(), &ns);
     (env, ns, api)
 }
 
-/// A private control plane whose requests reach etcd (watch cache off), so that compacting
-/// etcd gives real `410 Gone` answers, with a fresh namespace named after `prefix` and an
-/// admin `Api` for it.
+/// A private control plane running `server` whose requests reach etcd (watch cache off), so
+/// that compacting etcd gives real `410 Gone` answers, with a fresh namespace named after
+/// `prefix` and an admin `Api` for it.
 ///
 /// # Panics
 /// When the control plane cannot start or the namespace cannot be created.
-pub async fn private_env(prefix: &str) -> (TestEnv, String, Api<ConfigMap>) {
+pub async fn private_env(server: Server, prefix: &str) -> (TestEnv, String, Api<ConfigMap>) {
     let env = TestEnv::builder()
+        .server(server)
         .watch_cache(false)
         .start()
         .await
@@ -103,11 +193,78 @@ pub async fn private_env(prefix: &str) -> (TestEnv, String, Api<ConfigMap>) {
 /// # Panics
 /// When the proxy or its client cannot be built.
 pub async fn cut_off(env: &TestEnv, ns: &str) -> (Proxy, Api<ConfigMap>) {
+    let (proxy, _, api) = cut_off_recorded(env, ns).await;
+    (proxy, api)
+}
+
+/// Like [`cut_off`], and the `Api`'s client records its requests in the returned log.
+///
+/// # Panics
+/// When the proxy or its client cannot be built.
+pub async fn cut_off_recorded(env: &TestEnv, ns: &str) -> (Proxy, RequestLog, Api<ConfigMap>) {
     let proxy = Proxy::start(env.server_url()).await.expect("proxy");
-    let client = proxy
-        .client(env.config())
-        .expect("client through the proxy");
-    (proxy, Api::namespaced(client, ns))
+    let mut config = env.config().clone();
+    config.cluster_url = proxy.url().parse().expect("the proxy's URL");
+    let log = RequestLog::default();
+    let api = Api::namespaced(log.client(&config), ns);
+    (proxy, log, api)
+}
+
+/// Every request that the clients made from it sent, in order, as `METHOD /path?query`:
+/// what a watcher asked the server for, counted exactly (a TLS proxy cannot see it).
+#[derive(Debug, Clone, Default)]
+pub struct RequestLog(Arc<Mutex<Vec<String>>>);
+
+impl RequestLog {
+    /// A client from `config` (its `cluster_url` may point at a [`Proxy`]) that records each
+    /// request here before sending it.
+    ///
+    /// # Panics
+    /// When kube-client cannot build a client from `config`.
+    #[must_use]
+    pub fn client(&self, config: &kube_client::Config) -> kube_client::Client {
+        let log = self.clone();
+        let record = tower::util::MapRequestLayer::new(
+            move |request: http::Request<kube_client::client::Body>| {
+                log.0
+                    .lock()
+                    .unwrap()
+                    .push(format!("{} {}", request.method(), request.uri()));
+                request
+            },
+        );
+        kube_client::client::ClientBuilder::try_from(config.clone())
+            .expect("client")
+            .with_layer(&record)
+            .build()
+    }
+
+    /// The requests so far.
+    ///
+    /// # Panics
+    /// If a previous holder of the lock panicked.
+    #[must_use]
+    pub fn requests(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Each request so far reduced to its kind: `LIST`, `WATCH` (resuming from a version),
+    /// or `STREAM` (a streaming list: `sendInitialEvents=true`).
+    #[must_use]
+    pub fn kinds(&self) -> Vec<&'static str> {
+        self.requests()
+            .iter()
+            .map(|request| {
+                if request.contains("sendInitialEvents=true") {
+                    "STREAM"
+                } else if request.contains("watch=true") {
+                    "WATCH"
+                } else {
+                    "LIST"
+                }
+            })
+            .collect()
+    }
 }
 
 /// The backoff of test watchers: 100 ms to 1 s, since faults in tests are short.
@@ -121,6 +278,12 @@ pub fn quick_backoff() -> Backoff {
 /// A `ConfigMap` named `name` with `labels` and about 512 bytes of data.
 #[must_use]
 pub fn configmap(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
+    configmap_of_size(name, labels, 512)
+}
+
+/// A `ConfigMap` named `name` with `labels` and about `bytes` bytes of data.
+#[must_use]
+pub fn configmap_of_size(name: &str, labels: &[(&str, &str)], bytes: usize) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
@@ -132,7 +295,7 @@ pub fn configmap(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
             ),
             ..ObjectMeta::default()
         },
-        data: Some(BTreeMap::from([("payload".to_owned(), "x".repeat(512))])),
+        data: Some(BTreeMap::from([("payload".to_owned(), "x".repeat(bytes))])),
         ..ConfigMap::default()
     }
 }
@@ -147,9 +310,23 @@ pub async fn create_configmaps(
     count: usize,
     labels: &[(&str, &str)],
 ) {
+    create_configmaps_of_size(api, prefix, count, labels, 512).await;
+}
+
+/// Like [`create_configmaps`], with about `bytes` bytes of data in each.
+///
+/// # Panics
+/// When the server refuses a create.
+pub async fn create_configmaps_of_size(
+    api: &Api<ConfigMap>,
+    prefix: &str,
+    count: usize,
+    labels: &[(&str, &str)],
+    bytes: usize,
+) {
     futures::stream::iter(0..count)
         .map(|i| {
-            let cm = configmap(&format!("{prefix}-{i}"), labels);
+            let cm = configmap_of_size(&format!("{prefix}-{i}"), labels, bytes);
             async move { api.create(&PostParams::default(), &cm).await }
         })
         .buffer_unordered(32)

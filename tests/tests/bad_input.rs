@@ -339,26 +339,6 @@ async fn streaming_list_without_end_bookmark_falls_back_and_drops_its_objects() 
 }
 
 #[tokio::test]
-async fn interrupted_streaming_list_retry_keeps_no_object_from_the_broken_attempt() {
-    let mut run = Run::start(
-        [
-            Reply::Stream(vec![event("ADDED", cm("a", "1"))], End::Truncate),
-            Reply::Stream(
-                vec![event("ADDED", cm("b", "2")), bookmark("2", true)],
-                End::Hang,
-            ),
-        ],
-        Config::default().streaming_lists(),
-    )
-    .await;
-    assert_eq!(
-        run.take(5, never("a")).await,
-        ["Init", "InitApply a", "Init", "InitApply b", "InitDone"]
-    );
-    run.assert_store(&[("b", "2")]).await;
-}
-
-#[tokio::test]
 async fn delete_during_streaming_initial_events_keeps_the_object_out_of_the_store() {
     let mut run = Run::start(
         [Reply::Stream(

@@ -6,115 +6,115 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_store::Writer;
 use kache_tests::{
-    Reflector, create_configmaps, cut_off, delete_configmaps, eventually, init_tracing,
-    listed_versions, private_env, shared_env, stored_versions, within,
+    Reflector, create_configmaps, cut_off, delete_configmaps, eventually, listed_versions,
+    on_each_server, private_env, shared_env, stored_versions, within,
 };
 use kache_watch::Config;
 use kube_client::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
-#[tokio::test]
-async fn reflected_store_becomes_ready_and_follows_creates_updates_and_deletes() {
-    init_tracing();
-    let (_, ns, api) = shared_env("store-live").await;
-    create_configmaps(&api, "cm", 50, &[("tier", "a")]).await;
+on_each_server! {
+    async fn reflected_store_becomes_ready_and_follows_creates_updates_and_deletes(server: Server) {
+        let (_, ns, api) = shared_env(server, "store-live").await;
+        create_configmaps(&api, "cm", 50, &[("tier", "a")]).await;
 
-    let writer = Writer::new().with_index("tier", |cm: &ConfigMap| {
-        cm.metadata
-            .labels
+        let writer = Writer::new().with_index("tier", |cm: &ConfigMap| {
+            cm.metadata
+                .labels
+                .iter()
+                .flatten()
+                .filter(|(k, _)| *k == "tier")
+                .map(|(_, v)| v.clone())
+                .collect()
+        });
+        let store = writer.as_reader();
+        assert!(!store.is_ready());
+        let reflector = Reflector::start(api.clone(), Config::default(), writer);
+        within("the store to be ready", store.wait_until_ready())
+            .await
+            .unwrap();
+        assert_eq!(stored_versions(&store), listed_versions(&api).await);
+        assert_eq!(store.by_index("tier", "a").unwrap().len(), 50);
+
+        create_configmaps(&api, "new", 1, &[("tier", "b")]).await;
+        let patch = Patch::Merge(json!({"metadata": {"labels": {"tier": "b"}}}));
+        api.patch("cm-3", &PatchParams::default(), &patch)
+            .await
+            .unwrap();
+        api.delete("cm-4", &DeleteParams::default()).await.unwrap();
+
+        eventually("the store to match the server", || async {
+            stored_versions(&store) == listed_versions(&api).await
+        })
+        .await;
+        assert!(store.get(Some(&ns), "cm-4").is_none());
+        let mut tier_b: Vec<String> = store
+            .by_index("tier", "b")
+            .unwrap()
             .iter()
-            .flatten()
-            .filter(|(k, _)| *k == "tier")
-            .map(|(_, v)| v.clone())
-            .collect()
-    });
-    let store = writer.as_reader();
-    assert!(!store.is_ready());
-    let reflector = Reflector::start(api.clone(), Config::default(), writer);
-    within("the store to be ready", store.wait_until_ready())
-        .await
-        .unwrap();
-    assert_eq!(stored_versions(&store), listed_versions(&api).await);
-    assert_eq!(store.by_index("tier", "a").unwrap().len(), 50);
-
-    create_configmaps(&api, "new", 1, &[("tier", "b")]).await;
-    let patch = Patch::Merge(json!({"metadata": {"labels": {"tier": "b"}}}));
-    api.patch("cm-3", &PatchParams::default(), &patch)
-        .await
-        .unwrap();
-    api.delete("cm-4", &DeleteParams::default()).await.unwrap();
-
-    eventually("the store to match the server", || async {
-        stored_versions(&store) == listed_versions(&api).await
-    })
-    .await;
-    assert!(store.get(Some(&ns), "cm-4").is_none());
-    let mut tier_b: Vec<String> = store
-        .by_index("tier", "b")
-        .unwrap()
-        .iter()
-        .map(|cm| cm.metadata.name.clone().unwrap())
-        .collect();
-    tier_b.sort();
-    assert_eq!(
-        tier_b,
-        ["cm-3", "new-0"],
-        "the index follows a label change"
-    );
-    assert_eq!(store.by_index("tier", "a").unwrap().len(), 48);
-    assert!(store.resource_version().is_some());
-    drop(reflector);
+            .map(|cm| cm.metadata.name.clone().unwrap())
+            .collect();
+        tier_b.sort();
+        assert_eq!(
+            tier_b,
+            ["cm-3", "new-0"],
+            "the index follows a label change"
+        );
+        assert_eq!(store.by_index("tier", "a").unwrap().len(), 48);
+        assert!(store.resource_version().is_some());
+        drop(reflector);
+    }
 }
 
-#[tokio::test]
-async fn store_equals_a_fresh_list_after_a_forced_410_relist() {
-    init_tracing();
-    let (env, ns, api) = private_env("store-gone").await;
-    create_configmaps(&api, "cm", 200, &[]).await;
+on_each_server! {
+    async fn store_equals_a_fresh_list_after_a_forced_410_relist(server: Server) {
+        let (env, ns, api) = private_env(server, "store-gone").await;
+        create_configmaps(&api, "cm", 200, &[]).await;
 
-    let (proxy, cut_off_api) = cut_off(&env, &ns).await;
-    let writer = Writer::new();
-    let store = writer.as_reader();
-    let reflector = Reflector::start(cut_off_api, Config::default(), writer);
-    within("the store to be ready", store.wait_until_ready())
-        .await
-        .unwrap();
-    let before: Vec<Arc<ConfigMap>> = store.state();
+        let (proxy, cut_off_api) = cut_off(&env, &ns).await;
+        let writer = Writer::new();
+        let store = writer.as_reader();
+        let reflector = Reflector::start(cut_off_api, Config::default(), writer);
+        within("the store to be ready", store.wait_until_ready())
+            .await
+            .unwrap();
+        let before: Vec<Arc<ConfigMap>> = store.state();
 
-    proxy.cut();
-    delete_configmaps(&api, (0..40).map(|i| format!("cm-{i}"))).await;
-    create_configmaps(&api, "late", 10, &[]).await;
-    let patch = Patch::Merge(json!({"data": {"changed": "yes"}}));
-    api.patch("cm-100", &PatchParams::default(), &patch)
-        .await
-        .unwrap();
-    env.compact_etcd().await.unwrap();
-    proxy.restore();
+        proxy.cut();
+        delete_configmaps(&api, (0..40).map(|i| format!("cm-{i}"))).await;
+        create_configmaps(&api, "late", 10, &[]).await;
+        let patch = Patch::Merge(json!({"data": {"changed": "yes"}}));
+        api.patch("cm-100", &PatchParams::default(), &patch)
+            .await
+            .unwrap();
+        env.compact_etcd().await.unwrap();
+        proxy.restore();
 
-    eventually("the store to match the server", || async {
-        stored_versions(&store) == listed_versions(&api).await
-    })
-    .await;
-    assert_eq!(store.len(), 170);
-    // Objects the relist showed unchanged kept their Arc: no second copy was made of them.
-    let unchanged = store.get(Some(&ns), "cm-150").unwrap();
-    let original = before
-        .iter()
-        .find(|cm| cm.metadata.name.as_deref() == Some("cm-150"))
-        .unwrap();
-    assert!(
-        Arc::ptr_eq(&unchanged, original),
-        "an unchanged object keeps its Arc across a relist"
-    );
-    let changed = store.get(Some(&ns), "cm-100").unwrap();
-    assert_eq!(
-        changed
-            .data
-            .as_ref()
-            .unwrap()
-            .get("changed")
-            .map(String::as_str),
-        Some("yes")
-    );
-    drop(reflector);
+        eventually("the store to match the server", || async {
+            stored_versions(&store) == listed_versions(&api).await
+        })
+        .await;
+        assert_eq!(store.len(), 170);
+        // Objects the relist showed unchanged kept their Arc: no second copy was made of them.
+        let unchanged = store.get(Some(&ns), "cm-150").unwrap();
+        let original = before
+            .iter()
+            .find(|cm| cm.metadata.name.as_deref() == Some("cm-150"))
+            .unwrap();
+        assert!(
+            Arc::ptr_eq(&unchanged, original),
+            "an unchanged object keeps its Arc across a relist"
+        );
+        let changed = store.get(Some(&ns), "cm-100").unwrap();
+        assert_eq!(
+            changed
+                .data
+                .as_ref()
+                .unwrap()
+                .get("changed")
+                .map(String::as_str),
+            Some("yes")
+        );
+        drop(reflector);
+    }
 }

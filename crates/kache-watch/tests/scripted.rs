@@ -1,8 +1,11 @@
 //! The watcher's state machine, driven over the real wire format by a scripted responder.
 //!
-//! These cover what a v1.20 API server cannot show: streaming lists, malformed and truncated
-//! streams, and exact fault timing. Behaviour a real server can show is tested against one in
-//! the workspace's `tests` crate.
+//! These cover only what no real API server can be made to show: malformed and truncated
+//! streams, events the API promises never to send (a delete among a streaming list's initial
+//! events, a streaming list with no end bookmark), and exact timing (bookmarks, a failing
+//! first page). Everything a server can show (paging, `410 Gone` on a watch and on a continue
+//! token, streaming lists and their end bookmark, the fallback where they are refused,
+//! partitions) is tested against both real servers in the workspace's `tests` crate.
 
 use std::{pin::Pin, time::Duration};
 
@@ -134,62 +137,6 @@ async fn selectors_and_timeout_reach_the_server() {
 }
 
 #[tokio::test]
-async fn gone_on_watch_relists_with_init() {
-    let server = Scripted::start([
-        list(vec![cm("a", "1")], Some("5"), None),
-        Reply::Stream(
-            vec![event(
-                "ERROR",
-                status(410, "Expired", "too old resource version"),
-            )],
-            End::Hang,
-        ),
-        list(vec![cm("b", "7")], Some("8"), None),
-    ])
-    .await;
-    let mut events = start(&server, list_watch());
-    assert_eq!(
-        take(&mut events, 7).await,
-        [
-            "Init",
-            "InitApply a",
-            "InitDone",
-            "WatchError 410",
-            "Init",
-            "InitApply b",
-            "InitDone"
-        ]
-    );
-}
-
-#[tokio::test]
-async fn expired_continue_token_restarts_the_list() {
-    let server = Scripted::start([
-        list(vec![cm("a", "1")], Some("5"), Some("stale")),
-        Reply::Json(
-            410,
-            status(410, "Expired", "The provided continue parameter is too old"),
-        ),
-        list(vec![cm("a", "1")], Some("9"), Some("fresh")),
-        list(vec![cm("b", "2")], Some("9"), None),
-    ])
-    .await;
-    let mut events = start(&server, list_watch().page_size(1));
-    assert_eq!(
-        take(&mut events, 7).await,
-        [
-            "Init",
-            "InitApply a",
-            "InitialListFailed Some(410)",
-            "Init",
-            "InitApply a",
-            "InitApply b",
-            "InitDone"
-        ]
-    );
-}
-
-#[tokio::test]
 async fn a_failing_first_page_sends_no_init() {
     let server = Scripted::start([
         Reply::Json(403, status(403, "Forbidden", "configmaps is forbidden")),
@@ -209,84 +156,6 @@ async fn a_failing_first_page_sends_no_init() {
 }
 
 #[tokio::test]
-async fn auto_falls_back_to_paged_lists_and_remembers() {
-    let refused = status(
-        422,
-        "Invalid",
-        "resourceVersionMatch is forbidden for watch",
-    );
-    let server = Scripted::start([
-        Reply::Json(422, refused),
-        list(vec![cm("a", "1")], Some("5"), None),
-        Reply::Stream(
-            vec![event("ERROR", status(410, "Expired", "too old"))],
-            End::Hang,
-        ),
-        list(vec![cm("a", "1")], Some("6"), None),
-    ])
-    .await;
-    let mut events = start(&server, Config::default());
-    assert_eq!(
-        take(&mut events, 7).await,
-        [
-            "Init",
-            "InitApply a",
-            "InitDone",
-            "WatchError 410",
-            "Init",
-            "InitApply a",
-            "InitDone"
-        ]
-    );
-    let requests = server.requests();
-    assert!(requests[0].is_watch());
-    assert_eq!(requests[0].param("sendInitialEvents"), Some("true"));
-    assert!(!requests[1].is_watch(), "fell back to a LIST");
-    assert!(
-        !requests[3].is_watch(),
-        "the relist did not try streaming again"
-    );
-}
-
-#[tokio::test]
-async fn streaming_list_sends_initial_events_until_the_end_bookmark() {
-    let server = Scripted::start([Reply::Stream(
-        vec![
-            event("ADDED", cm("a", "1")),
-            bookmark("2", false),
-            event("ADDED", cm("b", "2")),
-            bookmark("30", true),
-            event("MODIFIED", cm("a", "31")),
-        ],
-        End::Close,
-    )])
-    .await;
-    let mut events = start(&server, Config::default().streaming_lists());
-    assert_eq!(
-        take(&mut events, 5).await,
-        ["Init", "InitApply a", "InitApply b", "InitDone", "Apply a"]
-    );
-    keep_polling(events);
-    let requests = server.wait_for_requests(2).await;
-    assert_eq!(requests[0].param("sendInitialEvents"), Some("true"));
-    assert_eq!(
-        requests[0].param("resourceVersionMatch"),
-        Some("NotOlderThan")
-    );
-    assert_eq!(requests[0].param("allowWatchBookmarks"), Some("true"));
-    assert_eq!(
-        requests[1].param("resourceVersion"),
-        Some("31"),
-        "resumes after the stream ends"
-    );
-    assert_eq!(
-        requests[1].param("sendInitialEvents"),
-        None,
-        "a resumed watch asks for no initial events"
-    );
-}
-
-#[tokio::test]
 async fn streaming_list_passes_on_a_delete_during_initial_events() {
     let server = Scripted::start([Reply::Stream(
         vec![
@@ -302,23 +171,6 @@ async fn streaming_list_passes_on_a_delete_during_initial_events() {
     assert_eq!(
         take(&mut events, 5).await,
         ["Init", "InitApply a", "InitApply b", "Delete a", "InitDone"]
-    );
-}
-
-#[tokio::test]
-async fn interrupted_streaming_list_starts_over_with_init() {
-    let server = Scripted::start([
-        Reply::Stream(vec![event("ADDED", cm("a", "1"))], End::Truncate),
-        Reply::Stream(
-            vec![event("ADDED", cm("b", "2")), bookmark("2", true)],
-            End::Hang,
-        ),
-    ])
-    .await;
-    let mut events = start(&server, Config::default().streaming_lists());
-    assert_eq!(
-        take(&mut events, 5).await,
-        ["Init", "InitApply a", "Init", "InitApply b", "InitDone"]
     );
 }
 
