@@ -31,7 +31,7 @@ async fn three_subscribers_one_slow_converge_after_a_burst_and_a_forced_relist()
     let ordered_sub = writer.subscribe_with(Delivery::Backpressure);
     // Held back: nothing polls it until after the burst.
     let slow_sub = store.subscribe();
-    let handles: Vec<SubscriberHandle> = [&fast_sub, &ordered_sub, &slow_sub]
+    let handles: Vec<SubscriberHandle<ConfigMap>> = [&fast_sub, &ordered_sub, &slow_sub]
         .map(kache_store::Subscriber::handle)
         .into();
     let fast = follow(fast_sub, Duration::ZERO);
