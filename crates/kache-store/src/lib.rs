@@ -159,3 +159,8 @@ mod tests;
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The code of docs/consistency.md, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/consistency.md")]
+pub struct ConsistencyDoctests;
