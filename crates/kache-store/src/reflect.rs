@@ -59,14 +59,16 @@ where
             // A later point supersedes an earlier one still waiting.
             *this.pending = reached;
         }
-        let item = item.map(|item| {
-            item.map(|item| {
-                item.map(|event| {
-                    *this.received += 1;
-                    this.writer.apply_buffered(event)
-                })
-            })
-        });
+        // A `match` rather than nested `map`s: each `map` would move the event once more.
+        let item = match item {
+            Poll::Ready(Some(Ok(event))) => {
+                *this.received += 1;
+                Poll::Ready(Some(Ok(this.writer.apply_buffered(event))))
+            }
+            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        };
         let received = *this.received;
         if let Some(point) = this.pending.take_if(|point| point.after_items <= received) {
             this.writer.apply_progress(&point.resource_version);

@@ -56,24 +56,37 @@ impl ResourceVersion {
     /// [`Error::NotComparable`], carrying `version`, if it is not a decimal integer without a
     /// leading zero: empty, `0`, `007`, `+5`, `-5`, ` 5`, `abc`, `1.5`...
     pub fn parse(version: &str) -> Result<Self> {
-        let not_comparable = || Error::NotComparable {
-            version: version.to_owned(),
-        };
-        let mut digits = version.bytes();
-        let first = digits
-            .next()
-            .filter(|b| matches!(b, b'1'..=b'9'))
-            .ok_or_else(not_comparable)?;
-        // One pass: check every digit and accumulate while the value fits.
-        let mut value = Some(u64::from(first - b'0'));
-        for b in digits {
-            if !b.is_ascii_digit() {
-                return Err(not_comparable());
+        let digits = version.as_bytes();
+        // Up to 19 digits cannot overflow a `u64` (10^19 - 1 < 2^64): every version
+        // kube-apiserver issues takes this loop, with no overflow checks.
+        if !digits.is_empty() && digits.len() <= 19 && digits[0] != b'0' {
+            let mut value = 0_u64;
+            for digit in digits {
+                let digit = digit.wrapping_sub(b'0');
+                if digit > 9 {
+                    return Err(not_comparable(version));
+                }
+                value = value * 10 + u64::from(digit);
             }
-            value = value
-                .and_then(|v| v.checked_mul(10))
-                .and_then(|v| v.checked_add(u64::from(b - b'0')));
+            if let Some(small) = NonZeroU64::new(value) {
+                return Ok(Self(Repr::Small(small)));
+            }
         }
+        Self::parse_long(version)
+    }
+
+    /// [`parse`](Self::parse) for what its fast loop leaves: errors, and 20 digits or more.
+    #[cold]
+    fn parse_long(version: &str) -> Result<Self> {
+        let digits = version.as_bytes();
+        let well_formed = digits.first().is_some_and(|first| *first != b'0')
+            && digits.iter().all(u8::is_ascii_digit);
+        if !well_formed {
+            return Err(not_comparable(version));
+        }
+        let value = digits.iter().try_fold(0_u64, |value, digit| {
+            value.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
+        });
         Ok(Self(match value.and_then(NonZeroU64::new) {
             Some(small) => Repr::Small(small),
             None => Repr::Big(version.into()),
@@ -97,6 +110,13 @@ impl ResourceVersion {
             Repr::Small(small) => Some(small.get()),
             Repr::Big(_) => None,
         }
+    }
+}
+
+#[cold]
+fn not_comparable(version: &str) -> Error {
+    Error::NotComparable {
+        version: version.to_owned(),
     }
 }
 

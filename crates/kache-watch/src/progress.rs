@@ -62,6 +62,9 @@ thread_local! {
 ///
 /// Calls nest: a point goes to the innermost call, and an outer one sees none of it. A call
 /// costs four accesses to plain thread-local counters when nothing is reported.
+// Inlined (with `Level::leave`'s fast path), the poll writes its item where the caller wants
+// it; as a call, a whole event (hundreds of bytes) was copied once more per poll.
+#[inline]
 pub fn observe_progress<R>(poll: impl FnOnce() -> R) -> (R, Option<Progress>) {
     /// Leaves this level on return and on unwind alike, handing out its point.
     struct Level {
@@ -69,22 +72,14 @@ pub fn observe_progress<R>(poll: impl FnOnce() -> R) -> (R, Option<Progress>) {
         reports: u64,
     }
     impl Level {
+        #[inline]
         fn leave(&self) -> Option<Progress> {
             DEPTH.set(self.depth - 1);
             if REPORTS.get() == self.reports {
-                return None;
+                None
+            } else {
+                take_point(self.depth)
             }
-            POINTS.with_borrow_mut(|points| {
-                // Deeper levels hand theirs out before they return, unless they unwound.
-                while points.last().is_some_and(|(depth, _)| *depth > self.depth) {
-                    points.pop();
-                }
-                if points.last().is_some_and(|(depth, _)| *depth == self.depth) {
-                    points.pop().map(|(_, point)| point)
-                } else {
-                    None
-                }
-            })
         }
     }
     impl Drop for Level {
@@ -103,6 +98,21 @@ pub fn observe_progress<R>(poll: impl FnOnce() -> R) -> (R, Option<Progress>) {
     let reached = level.leave();
     std::mem::forget(level);
     (out, reached)
+}
+
+/// The point reported at `depth`, if any, dropping any left deeper (by a poll that unwound).
+#[cold]
+fn take_point(depth: u32) -> Option<Progress> {
+    POINTS.with_borrow_mut(|points| {
+        while points.last().is_some_and(|(at, _)| *at > depth) {
+            points.pop();
+        }
+        if points.last().is_some_and(|(at, _)| *at == depth) {
+            points.pop().map(|(_, point)| point)
+        } else {
+            None
+        }
+    })
 }
 
 /// Reports `progress` to the innermost enclosing [`observe_progress`], if there is one.
