@@ -353,6 +353,26 @@ fn a_subscriber_wait_fails_when_the_subscriber_is_dropped() {
     assert_eq!(poll(&mut wait), Some(Err(Error::SubscriberDropped)));
 }
 
+#[test]
+fn waits_can_be_spawned() {
+    fn spawnable<T: Send + 'static>(_: T) {}
+    let (store, writer) = store();
+    let handle = writer.subscribe().handle();
+    // `Send` only if every wait it holds across an `.await` is.
+    spawnable(async move {
+        let obj = cm("a", "1");
+        let _ = store.wait_for(&obj).await;
+        let _ = store.wait_for_all([&obj]).await;
+        let _ = store.wait_for_deletion(&obj).await;
+        let _ = store.wait_for_version(&rv("1")).await;
+        let _ = handle.wait_for(&obj).await;
+        let _ = handle.wait_for_all([&obj]).await;
+        let _ = handle.wait_for_deletion(&obj).await;
+        let _ = handle.wait_for_version(&rv("1")).await;
+    });
+    drop(writer);
+}
+
 #[tokio::test]
 async fn waits_on_other_tasks_are_woken_by_the_writer() {
     let (store, mut writer) = store();
