@@ -19,7 +19,8 @@ pin_project! {
     /// applied every event the watcher yielded before each point. So the store's
     /// [`version`](crate::Store::version) advances with bookmarks when the watcher is polled
     /// through this stream, directly or through adapters that pass its items on one for one
-    /// (backoff, `modify`, `map_ok`).
+    /// (backoff, `modify`, `map_ok`). An adapter that drops items only stops the bookmarks
+    /// from counting; one that adds `Ok` items of its own must not sit in between.
     ///
     /// Created by [`reflector`] or [`ReflectExt::reflect`].
     #[must_use = "streams do nothing unless polled"]

@@ -25,6 +25,8 @@ use std::cell::{Cell, RefCell};
 ///   and uses the point once it has received as many. Adapters that map items one to one
 ///   (backoff, `modify`, `map_ok`) keep the counts equal. One that drops items leaves the
 ///   consumer behind the watcher's count, so its points are never used: later, never wrong.
+///   One that adds `Ok` items of its own would put the consumer ahead and let it use a point
+///   too early: keep such an adapter out of the way between a watcher and its store.
 ///
 /// ```
 /// // Nothing reports outside a watcher, so this poll reached no point.
