@@ -30,7 +30,7 @@ on_each_server! {
         let ordered_sub = writer.subscribe_with(Delivery::Backpressure);
         // Held back: nothing polls it until after the burst.
         let slow_sub = store.subscribe();
-        let handles: Vec<SubscriberHandle> = [&fast_sub, &ordered_sub, &slow_sub]
+        let handles: Vec<SubscriberHandle<ConfigMap>> = [&fast_sub, &ordered_sub, &slow_sub]
             .map(kache_store::Subscriber::handle)
             .into();
         let fast = follow(fast_sub, Duration::ZERO);

@@ -4,9 +4,9 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The [`Writer`](crate::Writer) was dropped before the store saw its first `InitDone`, so
-    /// the store will never become ready.
-    #[error("writer was dropped before the store became ready")]
+    /// The [`Writer`](crate::Writer) was dropped before the store got to what was waited for:
+    /// its first `InitDone`, or a write. The store will never change again.
+    #[error("writer was dropped before the store got to what was waited for")]
     WriterDropped,
     /// [`Store::by_index`](crate::Store::by_index) was asked for an index that was never
     /// registered with [`Writer::add_index`](crate::Writer::add_index).
@@ -16,10 +16,22 @@ pub enum Error {
         name: String,
     },
     /// The [`Subscriber`](crate::Subscriber) behind a
-    /// [`SubscriberHandle`](crate::SubscriberHandle) was dropped before it consumed its
-    /// initial state.
-    #[error("subscriber was dropped before it synced")]
+    /// [`SubscriberHandle`](crate::SubscriberHandle) was dropped before it got to what was
+    /// waited for: its initial state, or a write.
+    #[error("subscriber was dropped before it got to what was waited for")]
     SubscriberDropped,
+    /// A resourceVersion is not a decimal integer without a leading zero, so it cannot be
+    /// ordered (Kubernetes 1.35, KEP-5504); see [`ResourceVersion`](crate::ResourceVersion).
+    /// Returned when parsing one, and by a wait when the version waited for, or the versions
+    /// the store has seen, cannot be ordered. `version` is the version at fault (empty for an
+    /// object without one).
+    #[error(
+        "resource version {version:?} is not comparable: not a decimal integer without a leading zero"
+    )]
+    NotComparable {
+        /// The version at fault.
+        version: String,
+    },
 }
 
 /// The result type of `kache-store`.

@@ -76,10 +76,35 @@
 //! server by the watch latency, and may miss deletes while the watch is down until the next
 //! relist repairs it. Act on it as a cache; re-check with the API server when it matters.
 //!
+//! **Reading your own writes.** The store knows how far it has reached: [`Store::version`]
+//! is the newest resourceVersion such that every read sees every change up to it. It
+//! advances, under the same lock as the change, with each `Apply` and `Delete` and each
+//! completed relist, and with each bookmark the watcher reports to
+//! [`reflect`](ReflectExt::reflect) (bookmarks are not events: `kache_watch::Progress` says
+//! how they travel, and why). It never goes back, and it stands still while a relist is
+//! being built, since readers still see the previous generation. After a create, update or
+//! patch returns an object, [`Store::wait_for`] resolves once every later read sees that
+//! object at its version or a newer one; [`Store::wait_for_version`] takes a bare version,
+//! [`Store::wait_for_all`] several writes, [`Store::wait_for_deletion`] a delete. A
+//! [`SubscriberHandle`] has the same waits for what its subscriber has *yielded* to its
+//! consumer. Versions compare as Kubernetes defines since 1.35 (KEP-5504, see
+//! [`ResourceVersion`]); one that is not a decimal integer is [`Error::NotComparable`],
+//! never a guess. Every wait resolves at once when already met, fails with
+//! [`Error::WriterDropped`] when it can no longer be met, is cancel safe, and is bounded by
+//! the caller (`tokio::time::timeout`).
+//!
+//! What a wait cannot promise: it is as fast as the watch. A write the watch does not show
+//! (an object outside the store's label or field selector, or namespace) is passed only by a
+//! bookmark, which current servers send about once a minute and a 1.20 server only shortly
+//! before each watch times out ([`Config::timeout`](kache_watch::Config::timeout)); a server
+//! without a watch cache sends none. Waiting on such a write takes that long. While the watch
+//! is down, waits wait: bound them. And a wait orders your write only against what came
+//! before it: other clients may have changed the object since.
+//!
 //! **Readiness** ([`Store::is_ready`], [`Store::wait_until_ready`]) turns on at the first
 //! `InitDone` and never turns off: during a later relist readers keep the previous
 //! generation. When `is_ready` returns `true`, the generation that made it ready is
-//! visible. [`Store::resource_version`] is documented on the method.
+//! visible.
 //!
 //! **Subscribers** ([`Store::subscribe`]) speak the same [`Event`] protocol. A subscriber
 //! first receives a snapshot of one generation (`Init`, `InitApply` per object, `InitDone`),
@@ -104,8 +129,9 @@
 //! consumed its first snapshot.
 //!
 //! **End.** When the [`Writer`] is dropped, each subscriber receives what was already
-//! buffered for it and then ends; a pending [`Store::wait_until_ready`] fails with
-//! [`Error::WriterDropped`]; stores keep serving the last generation.
+//! buffered for it and then ends; a pending [`Store::wait_until_ready`], and any wait for a
+//! write the store has not reached, fails with [`Error::WriterDropped`]; stores keep serving
+//! the last generation.
 
 mod error;
 mod index;
@@ -113,6 +139,8 @@ mod key;
 mod reflect;
 mod store;
 mod subscriber;
+mod version;
+mod wait;
 mod writer;
 
 pub use error::{Error, Result};
@@ -121,6 +149,7 @@ pub use key::ObjectKey;
 pub use reflect::{Reflect, ReflectExt, reflector};
 pub use store::Store;
 pub use subscriber::{DEFAULT_BUFFER, Delivery, Subscriber, SubscriberHandle};
+pub use version::ResourceVersion;
 pub use writer::{Writer, store};
 
 #[cfg(test)]
@@ -130,3 +159,8 @@ mod tests;
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The code of docs/consistency.md, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/consistency.md")]
+pub struct ConsistencyDoctests;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use futures::Stream;
-use kache_watch::Event;
+use kache_watch::{Event, Progress, observe_progress};
 use kube_client::Resource;
 use pin_project_lite::pin_project;
 
@@ -14,12 +14,24 @@ pin_project! {
     /// A stream that applies every event of an inner stream to a [`Writer`] and passes it on
     /// with its object shared with the store. Errors pass through untouched.
     ///
+    /// It also applies the points the watcher reports without an event (bookmarks, completed
+    /// lists; see [`kache_watch::Progress`]) with [`Writer::apply_progress`], once it has
+    /// applied every event the watcher yielded before each point. So the store's
+    /// [`version`](crate::Store::version) advances with bookmarks when the watcher is polled
+    /// through this stream, directly or through adapters that pass its items on one for one
+    /// (backoff, `modify`, `map_ok`). An adapter that drops items only stops the bookmarks
+    /// from counting; one that adds `Ok` items of its own must not sit in between.
+    ///
     /// Created by [`reflector`] or [`ReflectExt::reflect`].
     #[must_use = "streams do nothing unless polled"]
     pub struct Reflect<St, K> {
         #[pin]
         stream: St,
         writer: Writer<K>,
+        // `Ok` items received from `stream`, to place the watcher's points.
+        received: u64,
+        // A point reported before the items it follows have all been received.
+        pending: Option<Progress>,
     }
 }
 
@@ -43,8 +55,26 @@ where
         // Backpressure subscribers must have room for the previous event before the next one
         // is applied.
         ready!(this.writer.poll_flush(cx));
-        let item = ready!(this.stream.poll_next(cx));
-        Poll::Ready(item.map(|item| item.map(|event| this.writer.apply_buffered(event))))
+        let (item, reached) = observe_progress(|| this.stream.poll_next(cx));
+        if reached.is_some() {
+            // A later point supersedes an earlier one still waiting.
+            *this.pending = reached;
+        }
+        // A `match` rather than nested `map`s: each `map` would move the event once more.
+        let item = match item {
+            Poll::Ready(Some(Ok(event))) => {
+                *this.received += 1;
+                Poll::Ready(Some(Ok(this.writer.apply_buffered(event))))
+            }
+            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        };
+        let received = *this.received;
+        if let Some(point) = this.pending.take_if(|point| point.after_items <= received) {
+            this.writer.apply_progress(&point.resource_version);
+        }
+        item
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -61,7 +91,12 @@ where
     St: Stream<Item = Result<Event<K>, E>>,
     K: Resource + Send + Sync + 'static,
 {
-    Reflect { stream, writer }
+    Reflect {
+        stream,
+        writer,
+        received: 0,
+        pending: None,
+    }
 }
 
 /// Extension for event streams: [`reflect`](ReflectExt::reflect) them into a store.

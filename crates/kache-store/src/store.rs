@@ -1,6 +1,8 @@
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 
+use kube_client::Resource;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
@@ -8,6 +10,8 @@ use crate::error::{Error, Result};
 use crate::index::{Indexes, KeySet, ObjectMap};
 use crate::key::{KeyRef, KeyView, ObjectKey};
 use crate::subscriber::{Delivery, Hub, Subscriber};
+use crate::version::{Reached, ResourceVersion};
+use crate::wait::{Target, Waiters};
 
 /// One generation of the store, with the bookkeeping that must change atomically with it.
 pub(crate) struct State<K> {
@@ -17,7 +21,9 @@ pub(crate) struct State<K> {
     /// Kept under the same lock as `objects` so a snapshot and its seq are taken together.
     pub(crate) seq: u64,
     pub(crate) ready: bool,
-    pub(crate) resource_version: Option<String>,
+    /// The newest resourceVersion this generation reflects. Kept under the same lock as
+    /// `objects`, so a reader that sees a version also sees every change up to it.
+    pub(crate) version: Reached,
 }
 
 impl<K> Default for State<K> {
@@ -27,7 +33,7 @@ impl<K> Default for State<K> {
             indexes: Indexes::default(),
             seq: 0,
             ready: false,
-            resource_version: None,
+            version: Reached::Nothing,
         }
     }
 }
@@ -41,6 +47,18 @@ pub(crate) struct Shared<K> {
     /// `wait_until_ready` learns that readiness will never come.
     pub(crate) ready: watch::Receiver<bool>,
     pub(crate) hub: Hub<K>,
+    /// Tasks waiting for the store to reflect a write; closed when the writer is dropped.
+    pub(crate) waiters: Waiters,
+}
+
+impl<K: Resource> Shared<K> {
+    /// Waits until the store meets `target`; returns the sequence number of the generation
+    /// that met it.
+    pub(crate) async fn wait(&self, target: &Target) -> Result<u64> {
+        self.waiters
+            .until(|| target.check(&self.state.read()), Error::WriterDropped)
+            .await
+    }
 }
 
 /// A read handle to the cache of objects of kind `K`.
@@ -69,7 +87,7 @@ impl<K> fmt::Debug for Store<K> {
         f.debug_struct("Store")
             .field("len", &state.objects.len())
             .field("ready", &state.ready)
-            .field("resource_version", &state.resource_version)
+            .field("version", &state.version)
             .finish_non_exhaustive()
     }
 }
@@ -165,15 +183,54 @@ impl<K> Store<K> {
             .map_err(|_| Error::WriterDropped)
     }
 
-    /// The resourceVersion of the last change the store applied.
-    ///
-    /// After an `Apply` or `Delete` it is that object's resourceVersion; after a relist it is
-    /// the highest resourceVersion among the listed objects (compared as integers, which is
-    /// what Kubernetes API servers use; opaque values compare as later-wins). An empty relist
-    /// keeps the previous value. `None` until an object carrying one is applied.
+    /// The newest resourceVersion the store reflects, as the server wrote it: see
+    /// [`Store::version`]. For a server whose versions are not comparable, the last version
+    /// seen. `None` until the store has seen one.
     #[must_use]
     pub fn resource_version(&self) -> Option<String> {
-        self.shared.state.read().resource_version.clone()
+        self.shared
+            .state
+            .read()
+            .version
+            .to_resource_version_string()
+    }
+
+    /// The newest resourceVersion the store reflects: every read from now on sees every
+    /// change up to it. `None` until the store has seen one.
+    ///
+    /// It advances with each `Apply` and `Delete` (to the object's version), with each
+    /// completed relist (to the list's version, or the newest of its objects), and with each
+    /// bookmark the watcher reports to [`reflect`](crate::ReflectExt::reflect). It never goes
+    /// back. While a relist is being built it stands still: the readers still see the
+    /// previous generation.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, ResourceVersion, Writer};
+    ///
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let store = writer.as_reader();
+    /// assert_eq!(store.version(), Ok(None));
+    /// let mut cm = ConfigMap::default();
+    /// cm.metadata.name = Some("a".into());
+    /// cm.metadata.resource_version = Some("42".into());
+    /// writer.apply(Event::Apply(cm));
+    /// writer.apply_progress("50"); // a bookmark: no object changed up to 50
+    /// assert_eq!(store.version(), Ok(Some(ResourceVersion::parse("50")?)));
+    /// # Ok::<(), kache_store::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotComparable`] once the store has seen a version that is not comparable:
+    /// the server's versions cannot be ordered, so how far the store has reached is unknown.
+    pub fn version(&self) -> Result<Option<ResourceVersion>> {
+        self.shared
+            .state
+            .read()
+            .version
+            .comparable()
+            .map(Option::<&ResourceVersion>::cloned)
     }
 
     /// The cached objects in `namespace` (the built-in namespace index).
@@ -223,6 +280,113 @@ impl<K> Store<K> {
             .names()
             .map(str::to_owned)
             .collect()
+    }
+}
+
+/// Reading your own writes: each wait resolves once every later read of this store sees a
+/// write the caller made. See the crate's Consistency section for what it can and cannot
+/// promise.
+///
+/// Every wait resolves at once when the store is already there, is bounded by the caller
+/// (wrap it in [`tokio::time::timeout`], or race it against a deadline) and is cancel safe:
+/// dropping it leaves nothing behind. None of them drives the event stream that feeds the
+/// [`Writer`](crate::Writer); poll that on another task, as for
+/// [`Store::wait_until_ready`].
+///
+/// The returned futures borrow the store but not the objects passed in.
+impl<K: Resource> Store<K> {
+    /// Waits until every later read sees `version` or a newer one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WriterDropped`] if the writer is dropped before the store gets there;
+    /// [`Error::NotComparable`] if the store has seen versions that cannot be ordered.
+    pub fn wait_for_version(
+        &self,
+        version: &ResourceVersion,
+    ) -> impl Future<Output = Result<()>> + '_ {
+        self.wait(Ok(Some(Target::Version(version.clone()))))
+    }
+
+    /// Waits until every later read sees `written` (the object a create, update or patch
+    /// returned) at its version or a newer one.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let store = writer.as_reader();
+    /// // What `api.patch(..)` returned: the object at the version the write made.
+    /// let mut written = ConfigMap::default();
+    /// written.metadata.name = Some("settings".into());
+    /// written.metadata.namespace = Some("default".into());
+    /// written.metadata.resource_version = Some("7".into());
+    ///
+    /// // The watch delivers the write a little later, on another task.
+    /// let event = Event::Apply(written.clone());
+    /// tokio::spawn(async move { writer.apply(event) });
+    ///
+    /// tokio::time::timeout(Duration::from_secs(5), store.wait_for(&written)).await??;
+    /// let cached = store.get(Some("default"), "settings").expect("the write is visible");
+    /// assert_eq!(cached.metadata.resource_version.as_deref(), Some("7"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotComparable`] if `written` has no resourceVersion or one that is not
+    /// comparable, or if the store has seen versions that cannot be ordered;
+    /// [`Error::WriterDropped`] if the writer is dropped before the store gets there.
+    pub fn wait_for(&self, written: &K) -> impl Future<Output = Result<()>> + '_ {
+        self.wait(Target::written(written).map(Some))
+    }
+
+    /// Waits until every later read sees each of `written` (objects that writes returned) at
+    /// its version or a newer one: that is, until the store reaches the newest of them.
+    /// Resolves at once for no object.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::wait_for`], for any of the objects.
+    pub fn wait_for_all<'a>(
+        &self,
+        written: impl IntoIterator<Item = &'a K>,
+    ) -> impl Future<Output = Result<()>> + '_
+    where
+        K: 'a,
+    {
+        self.wait(Target::newest(written))
+    }
+
+    /// Waits until every later read finds `deleted` gone.
+    ///
+    /// `deleted` is the object as the caller last knew it (from the store, or from the write
+    /// before the delete): its resourceVersion and uid. The wait resolves once the store has
+    /// reached that version and holds no object with that name and uid (another object
+    /// created since under the same name does not count). A delete that only marks the object
+    /// (finalizers, graceful deletion) resolves nothing until the object is really gone: bound
+    /// the wait. (A store that has reached the version of the delete itself reflects it too,
+    /// but the API does not tell that version: a delete answers with a `Status`, or with the
+    /// object as it was.)
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::wait_for`].
+    pub fn wait_for_deletion(&self, deleted: &K) -> impl Future<Output = Result<()>> + '_ {
+        self.wait(Target::deleted(deleted).map(Some))
+    }
+
+    /// Waits for the store to meet `target`; `None`: nothing to wait for.
+    async fn wait(&self, target: Result<Option<Target>>) -> Result<()> {
+        match target? {
+            Some(target) => self.shared.wait(&target).await.map(drop),
+            None => Ok(()),
+        }
     }
 }
 

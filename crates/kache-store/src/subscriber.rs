@@ -8,6 +8,7 @@
 //! snapshot) holds it, unless it overflowed, in which case the subscriber resyncs.
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,11 +18,14 @@ use async_broadcast::{InactiveReceiver, Receiver, RecvError, Sender};
 use futures::Stream;
 use futures::task::AtomicWaker;
 use kache_watch::Event;
+use kube_client::Resource;
 use tokio::sync::watch;
 use tracing::debug;
 
 use crate::error::{Error, Result};
 use crate::store::Shared;
+use crate::version::ResourceVersion;
+use crate::wait::{Handover, Target};
 
 /// How many changes a subscriber can fall behind by default; see
 /// [`Writer::with_buffer`](crate::Writer::with_buffer).
@@ -238,6 +242,8 @@ pub struct Subscriber<K> {
     synced: watch::Sender<bool>,
     // `Arc`: shared with every `SubscriberHandle`.
     stats: Arc<Stats>,
+    // `Arc`: shared with every `SubscriberHandle`, whose waits follow it.
+    handover: Arc<Handover>,
 }
 
 enum Phase<K> {
@@ -285,15 +291,19 @@ impl<K> Subscriber<K> {
             batch: None,
             synced: watch::Sender::new(false),
             stats: Arc::default(),
+            handover: Arc::default(),
         }
     }
 
-    /// A handle to follow this subscriber from elsewhere (readiness, resyncs).
+    /// A handle to follow this subscriber from elsewhere (readiness, resyncs, waits for its
+    /// consumer to see a write).
     #[must_use]
-    pub fn handle(&self) -> SubscriberHandle {
+    pub fn handle(&self) -> SubscriberHandle<K> {
         SubscriberHandle {
             synced: self.synced.subscribe(),
             stats: Arc::clone(&self.stats),
+            shared: Arc::clone(&self.shared),
+            handover: Arc::clone(&self.handover),
         }
     }
 
@@ -334,14 +344,24 @@ impl<K> Subscriber<K> {
         }
     }
 
+    /// The next event of the relist batch being delivered, if any. Handing over the last one
+    /// (or finding the batch empty) completes the change numbered `delivered_seq`.
     fn next_in_batch(&mut self) -> Option<Event<Arc<K>>> {
         let (events, next) = self.batch.as_mut()?;
         let event = events.get(*next).cloned();
         *next += 1;
-        if event.is_none() {
+        if *next >= events.len() {
             self.batch = None;
+            self.handover.handed_over(self.delivered_seq);
         }
         event
+    }
+}
+
+impl<K> Drop for Subscriber<K> {
+    fn drop(&mut self) {
+        // Waits on its handles can no longer be met.
+        self.handover.waiters.close();
     }
 }
 
@@ -382,6 +402,7 @@ impl<K> Stream for Subscriber<K> {
                     this.phase = Phase::Live;
                     this.delivered_seq = this.snapshot_seq;
                     this.synced.send_replace(true);
+                    this.handover.handed_over(this.snapshot_seq);
                     return Poll::Ready(Some(Event::InitDone));
                 }
                 Phase::Live => {
@@ -402,7 +423,10 @@ impl<K> Stream for Subscriber<K> {
                             }
                             this.delivered_seq = msg.seq;
                             match msg.payload {
-                                Payload::One(event) => return Poll::Ready(Some(event)),
+                                Payload::One(event) => {
+                                    this.handover.handed_over(msg.seq);
+                                    return Poll::Ready(Some(event));
+                                }
                                 Payload::Many(events) => this.batch = Some((events, 0)),
                             }
                         }
@@ -425,15 +449,30 @@ impl<K> fmt::Debug for Subscriber<K> {
 }
 
 /// A cloneable handle on a [`Subscriber`]: whether it has consumed its initial state (like
-/// client-go's per-handler `HasSynced`) and how often it was resynced.
-#[derive(Clone)]
-pub struct SubscriberHandle {
+/// client-go's per-handler `HasSynced`), how often it was resynced, and waits until its
+/// consumer has been handed a write.
+pub struct SubscriberHandle<K> {
     synced: watch::Receiver<bool>,
     // `Arc`: the counters live with the subscriber, which may be on another task.
     stats: Arc<Stats>,
+    // `Arc`: a wait first waits for the store, then for the subscriber.
+    shared: Arc<Shared<K>>,
+    handover: Arc<Handover>,
 }
 
-impl SubscriberHandle {
+// Manual impl: `derive` would require `K: Clone`.
+impl<K> Clone for SubscriberHandle<K> {
+    fn clone(&self) -> Self {
+        Self {
+            synced: self.synced.clone(),
+            stats: Arc::clone(&self.stats),
+            shared: Arc::clone(&self.shared),
+            handover: Arc::clone(&self.handover),
+        }
+    }
+}
+
+impl<K> SubscriberHandle<K> {
     /// Whether the subscriber has yielded the `InitDone` of its first snapshot. Never goes
     /// back to `false`, even while a later resync is being delivered.
     #[must_use]
@@ -462,11 +501,118 @@ impl SubscriberHandle {
     }
 }
 
-impl fmt::Debug for SubscriberHandle {
+/// Waits until the subscriber's consumer has been handed a write: the same waits as
+/// [`Store`](crate::Store)'s, for what the subscriber has *yielded* rather than what the store
+/// holds.
+///
+/// Each resolves once the store has reflected the write and the subscriber has yielded every
+/// change up to the one that did: the event that carries the write (or, for a subscriber that
+/// was resynced meanwhile, the `InitDone` of a snapshot that holds it), or for a relist the
+/// last event of its difference. It resolves when the subscriber yields, before the consumer
+/// has acted on what it got. Bounded by the caller and cancel safe, like the store's waits.
+///
+/// ```
+/// use futures::StreamExt;
+/// use k8s_openapi::api::core::v1::ConfigMap;
+/// use kache_store::{Event, Writer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), kache_store::Error> {
+/// let mut writer = Writer::<ConfigMap>::new();
+/// let mut subscriber = writer.subscribe();
+/// let handle = subscriber.handle();
+/// writer.apply(Event::Init);
+/// writer.apply(Event::InitDone);
+/// assert_eq!(subscriber.next().await, Some(Event::Init));
+/// assert_eq!(subscriber.next().await, Some(Event::InitDone));
+///
+/// let mut written = ConfigMap::default();
+/// written.metadata.name = Some("a".into());
+/// written.metadata.resource_version = Some("3".into());
+/// writer.apply(Event::Apply(written.clone()));
+///
+/// // The store has the write, but the consumer has not been handed it yet.
+/// writer.as_reader().wait_for(&written).await?;
+/// let mut wait = std::pin::pin!(handle.wait_for(&written));
+/// assert!(futures::poll!(wait.as_mut()).is_pending());
+///
+/// // Consuming the stream hands it over.
+/// assert!(matches!(subscriber.next().await, Some(Event::Apply(_))));
+/// wait.await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// As the store's waits, and [`Error::SubscriberDropped`] if the subscriber is dropped before
+/// it yields the write.
+impl<K: Resource> SubscriberHandle<K> {
+    /// Waits until the consumer has been handed every change up to `version`; see
+    /// [`Store::wait_for_version`](crate::Store::wait_for_version).
+    ///
+    /// # Errors
+    ///
+    /// See above.
+    pub fn wait_for_version(
+        &self,
+        version: &ResourceVersion,
+    ) -> impl Future<Output = Result<()>> + '_ {
+        self.wait(Ok(Some(Target::Version(version.clone()))))
+    }
+
+    /// Waits until the consumer has been handed `written` (the object a write returned), or a
+    /// newer version of it; see [`Store::wait_for`](crate::Store::wait_for).
+    ///
+    /// # Errors
+    ///
+    /// See above.
+    pub fn wait_for(&self, written: &K) -> impl Future<Output = Result<()>> + '_ {
+        self.wait(Target::written(written).map(Some))
+    }
+
+    /// Waits until the consumer has been handed each of `written`; see
+    /// [`Store::wait_for_all`](crate::Store::wait_for_all).
+    ///
+    /// # Errors
+    ///
+    /// See above.
+    pub fn wait_for_all<'a>(
+        &self,
+        written: impl IntoIterator<Item = &'a K>,
+    ) -> impl Future<Output = Result<()>> + '_
+    where
+        K: 'a,
+    {
+        self.wait(Target::newest(written))
+    }
+
+    /// Waits until the consumer has been handed the deletion of `deleted`; see
+    /// [`Store::wait_for_deletion`](crate::Store::wait_for_deletion).
+    ///
+    /// # Errors
+    ///
+    /// See above.
+    pub fn wait_for_deletion(&self, deleted: &K) -> impl Future<Output = Result<()>> + '_ {
+        self.wait(Target::deleted(deleted).map(Some))
+    }
+
+    /// Waits for the store to meet `target`, then for the subscriber to hand over the change
+    /// that met it. `None`: nothing to wait for.
+    async fn wait(&self, target: Result<Option<Target>>) -> Result<()> {
+        let Some(target) = target? else {
+            return Ok(());
+        };
+        let seq = self.shared.wait(&target).await?;
+        self.handover.reach(seq).await
+    }
+}
+
+impl<K> fmt::Debug for SubscriberHandle<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SubscriberHandle")
             .field("synced", &self.is_synced())
             .field("resyncs", &self.resyncs())
-            .finish()
+            .finish_non_exhaustive()
     }
 }

@@ -13,6 +13,8 @@ use crate::index::{IndexFns, ObjectMap};
 use crate::key::ObjectKey;
 use crate::store::{Shared, State, Store};
 use crate::subscriber::{self, DEFAULT_BUFFER, Delivery, Msg, Publisher, Subscriber};
+use crate::version::Reached;
+use crate::wait::Waiters;
 
 /// Creates a store: a [`Store`] to read from and the [`Writer`] that fills it.
 ///
@@ -50,14 +52,15 @@ type Transform<K> = Box<dyn FnMut(&mut K) + Send>;
 /// A generation being built off to the side.
 struct Relist<K> {
     objects: ObjectMap<K>,
-    resource_version: Option<String>,
+    /// Where the generation will have reached once visible.
+    version: Reached,
 }
 
 impl<K> Default for Relist<K> {
     fn default() -> Self {
         Self {
             objects: ObjectMap::default(),
-            resource_version: None,
+            version: Reached::Nothing,
         }
     }
 }
@@ -102,6 +105,7 @@ where
                 state: parking_lot::RwLock::new(State::default()),
                 ready: ready_rx,
                 hub,
+                waiters: Waiters::default(),
             }),
             ready_tx,
             relist: None,
@@ -236,22 +240,7 @@ where
             Event::Apply(obj) => Event::Apply(self.apply_object(obj)),
             Event::Delete(obj) => Event::Delete(self.delete_object(obj)),
             Event::Init => {
-                // Sized like the current generation: a relist usually lists about as many.
-                let relist = Relist {
-                    objects: ObjectMap::with_capacity_and_hasher(
-                        self.shared.state.read().objects.len(),
-                        RandomState::default(),
-                    ),
-                    resource_version: None,
-                };
-                if let Some(unfinished) = self.relist.replace(relist) {
-                    debug!(
-                        buffered = unfinished.objects.len(),
-                        "relist restarted; discarding the unfinished one"
-                    );
-                } else {
-                    debug!("relist started");
-                }
+                self.start_relist();
                 Event::Init
             }
             Event::InitApply(obj) => Event::InitApply(self.buffer_object(obj)),
@@ -260,9 +249,51 @@ where
                 Event::InitDone
             }
         };
+        // Nothing visible changes before `InitDone`: no waiter to wake.
+        if !matches!(applied, Event::Init | Event::InitApply(_)) {
+            self.shared.waiters.wake();
+        }
         // Try to deliver at once; whoever is full is waited for (or forced) by the caller.
         let _ = self.poll_flush(&mut std::task::Context::from_waker(std::task::Waker::noop()));
         applied
+    }
+
+    /// Records that the event source has reached `resource_version` with no object changing
+    /// (a bookmark), and wakes the tasks waiting for the store to get there.
+    ///
+    /// [`reflect`](crate::ReflectExt::reflect) calls this for every point the watcher reports
+    /// (see `kache_watch::Progress`); call it yourself only if you apply events by hand, and
+    /// only once every event before that point has been applied: the store then claims that
+    /// every read sees every change up to `resource_version`. During a relist the point is
+    /// kept for the new generation. An empty version is ignored; one that is not comparable
+    /// makes [`Store::version`] fail from then on, as an object's would.
+    pub fn apply_progress(&mut self, resource_version: &str) {
+        if let Some(relist) = &mut self.relist {
+            relist.version.advance(resource_version);
+            return;
+        }
+        self.shared.state.write().version.advance(resource_version);
+        trace!(resource_version, "progress");
+        self.shared.waiters.wake();
+    }
+
+    fn start_relist(&mut self) {
+        // Sized like the current generation: a relist usually lists about as many.
+        let relist = Relist {
+            objects: ObjectMap::with_capacity_and_hasher(
+                self.shared.state.read().objects.len(),
+                RandomState::default(),
+            ),
+            version: Reached::Nothing,
+        };
+        if let Some(unfinished) = self.relist.replace(relist) {
+            debug!(
+                buffered = unfinished.objects.len(),
+                "relist restarted; discarding the unfinished one"
+            );
+        } else {
+            debug!("relist started");
+        }
     }
 
     fn prepare(&mut self, mut obj: K) -> (ObjectKey, K) {
@@ -296,11 +327,17 @@ where
                 state.indexes.apply(&key, changes);
             }
             state.seq += 1;
-            if let Some(rv) = new.meta().resource_version.as_deref() {
-                set_version(&mut state.resource_version, rv);
+            if self.relist.is_none() {
+                // Under the same lock as the change: see `State::version`.
+                state.version.advance(version_of(new.as_ref()));
             }
             (state.seq, replaced)
         };
+        if let Some(relist) = &mut self.relist {
+            // Readers still see the generation from before the relist began, which this
+            // version does not describe: it counts once the new generation is visible.
+            relist.version.advance(version_of(new.as_ref()));
+        }
         trace!(%key, replaced = replaced.is_some(), "apply");
         if self.publisher.has_subscribers() {
             self.publisher
@@ -315,8 +352,10 @@ where
         let (key, obj) = self.prepare(obj);
         // A delete during a relist (a streaming list may report one) also removes the object
         // from the generation being built, or `InitDone` would bring it back.
+        // Its version, as in `apply_object`, counts once the new generation is visible.
         if let Some(relist) = &mut self.relist {
             relist.objects.remove(&key);
+            relist.version.advance(version_of(&obj));
         }
         // As in `apply_object`: index changes are planned before the write lock, and only when
         // a custom index exists.
@@ -336,8 +375,8 @@ where
                 state.indexes.apply(&key, changes);
                 state.seq += 1;
             }
-            if let Some(rv) = obj.meta().resource_version.as_deref() {
-                set_version(&mut state.resource_version, rv);
+            if self.relist.is_none() {
+                state.version.advance(version_of(&obj));
             }
             (state.seq, removed)
         };
@@ -358,14 +397,7 @@ where
             warn!("InitApply without Init; starting a relist");
             Relist::default()
         });
-        if let Some(rv) = obj.meta().resource_version.as_deref()
-            && relist
-                .resource_version
-                .as_deref()
-                .is_none_or(|seen| is_later(seen, rv))
-        {
-            set_version(&mut relist.resource_version, rv);
-        }
+        relist.version.advance(version_of(&obj));
         let existing = self
             .shared
             .state
@@ -403,7 +435,7 @@ where
         };
         let Relist {
             mut objects,
-            resource_version,
+            version,
         } = relist;
         // Indexes for the new generation are built here, with no lock held.
         let mut indexes = self.fns.build(&objects);
@@ -417,9 +449,7 @@ where
             std::mem::swap(&mut state.indexes, &mut indexes);
             state.seq += 1;
             state.ready = true;
-            if resource_version.is_some() {
-                state.resource_version = resource_version;
-            }
+            state.version.merge(version);
             (state.seq, locked.elapsed())
         };
         self.ready_tx.send_replace(true);
@@ -472,24 +502,9 @@ fn same_version<K: Resource>(stored: &K, new: &K) -> bool {
         && stored.resource_version == new.resource_version
 }
 
-/// Whether resourceVersion `candidate` is later than `seen`: numerically when both are
-/// integers (as every Kubernetes API server issues them), otherwise the later one seen wins.
-/// Overwrites `slot` with `rv`, reusing its allocation: no allocation per event once warm.
-fn set_version(slot: &mut Option<String>, rv: &str) {
-    match slot {
-        Some(seen) => {
-            seen.clear();
-            seen.push_str(rv);
-        }
-        None => *slot = Some(rv.to_owned()),
-    }
-}
-
-fn is_later(seen: &str, candidate: &str) -> bool {
-    match (seen.parse::<u64>(), candidate.parse::<u64>()) {
-        (Ok(seen), Ok(candidate)) => candidate > seen,
-        _ => true,
-    }
+/// The resourceVersion of `obj`, empty if it has none.
+fn version_of<K: Resource>(obj: &K) -> &str {
+    obj.meta().resource_version.as_deref().unwrap_or_default()
 }
 
 impl<K> Drop for Writer<K> {
@@ -497,5 +512,7 @@ impl<K> Drop for Writer<K> {
         // A change still queued for backpressure subscribers is delivered (or forces a
         // resync) before the channel closes, so no subscriber misses the final state.
         self.publisher.force_flush();
+        // After the last change: a waiter that finds the store closed has seen its final state.
+        self.shared.waiters.close();
     }
 }

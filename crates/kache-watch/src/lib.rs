@@ -28,6 +28,11 @@
 //! if the server refuses it, uses paged LIST + WATCH from then on. Either way the stream speaks
 //! the same protocol.
 //!
+//! # Progress without events
+//! Bookmarks and the resourceVersion of a completed list advance how far a watch has reached
+//! without any object changing. They are not [`Event`]s: the watcher reports them to the
+//! consumer that polls it, through [`observe_progress`]; [`Progress`] says why.
+//!
 //! # Errors
 //! Every [`Error`] is yielded as an item and the stream continues: a LIST failure restarts the
 //! list (with a new `Init`), a WATCH failure resumes from the last resourceVersion, a `410 Gone`
@@ -39,6 +44,7 @@ mod config;
 mod error;
 mod event;
 mod ext;
+mod progress;
 mod watcher;
 
 pub use backoff::{Backoff, StreamBackoff};
@@ -46,6 +52,7 @@ pub use config::{Config, InitialListStrategy};
 pub use error::{Error, Result};
 pub use event::Event;
 pub use ext::WatchStreamExt;
+pub use progress::{Progress, observe_progress};
 pub use watcher::{metadata_watcher, watch_object, watcher};
 
 /// Re-exported so users can name `PartialObjectMeta` without a direct kube dependency.

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tracing::{debug, info, trace, warn};
 
+use crate::progress::{self, Progress};
 use crate::{Config, Error, Event, InitialListStrategy, Result};
 
 /// The annotation on the bookmark that closes a streaming list's initial events.
@@ -30,6 +31,9 @@ const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 /// Objects missing `metadata.name` are skipped with an [`Error::InvalidObject`] item; a watch
 /// event missing `metadata.resourceVersion` also makes the watcher relist, since the resume
 /// point can no longer be trusted.
+///
+/// Bookmarks, and the resourceVersion of each completed list, are not events: the watcher
+/// reports them to the consumer polling it, if that consumer asks (see [`Progress`](crate::Progress)).
 ///
 /// ```no_run
 /// use futures::TryStreamExt;
@@ -158,6 +162,8 @@ struct Watcher<A: ApiMode> {
     /// Use a paged list for the next initial sync whatever the strategy (set after a
     /// streaming list that never finished).
     list_next: bool,
+    /// `Ok` items yielded so far, which places each progress report in the stream.
+    yielded: u64,
 }
 
 fn run<A>(api: A, config: Config) -> impl Stream<Item = Result<Event<A::Value>>> + Send
@@ -169,9 +175,11 @@ where
         config,
         streaming: Streaming::Untried,
         list_next: false,
+        yielded: 0,
     };
     futures::stream::unfold((watcher, State::Empty), |(mut watcher, state)| async move {
         let (item, state) = watcher.step(state).await;
+        watcher.yielded += u64::from(item.is_ok());
         Some((item, (watcher, state)))
     })
 }
@@ -188,6 +196,15 @@ impl<A: ApiMode> Watcher<A> {
                 (None, next) => state = next,
             }
         }
+    }
+
+    /// Reports that the stream has reached `resource_version` once the `Ok` items yielded so
+    /// far, plus `ahead` more (the `InitDone` about to be yielded), have been applied.
+    fn reached(&self, resource_version: &str, ahead: u64) {
+        progress::report(Progress {
+            resource_version: resource_version.to_owned(),
+            after_items: self.yielded + ahead,
+        });
     }
 
     fn wants_streaming(&self) -> bool {
@@ -262,6 +279,7 @@ impl<A: ApiMode> Watcher<A> {
                 match (continue_token, resource_version) {
                     (None, Some(resource_version)) => {
                         debug!(%resource_version, "list complete");
+                        self.reached(&resource_version, 1);
                         (
                             Some(Ok(Event::InitDone)),
                             State::Listed { resource_version },
@@ -315,6 +333,7 @@ impl<A: ApiMode> Watcher<A> {
                             self.streaming = Streaming::Supported;
                             let resource_version = bookmark.metadata.resource_version;
                             debug!(%resource_version, "streaming list complete");
+                            self.reached(&resource_version, 1);
                             (
                                 Some(Ok(Event::InitDone)),
                                 State::Watching {
@@ -382,6 +401,7 @@ impl<A: ApiMode> Watcher<A> {
                     Some(Ok(WatchEvent::Bookmark(bookmark))) => {
                         trace!(resource_version = %bookmark.metadata.resource_version, "bookmark");
                         let resource_version = bookmark.metadata.resource_version;
+                        self.reached(&resource_version, 0);
                         (
                             None,
                             State::Watching {

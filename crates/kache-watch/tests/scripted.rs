@@ -12,7 +12,7 @@ use std::{pin::Pin, time::Duration};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_testenv::scripted::{End, Reply, Scripted, bookmark, cm, event, list, status};
-use kache_watch::{Config, Error, Event, InitialListStrategy, watcher};
+use kache_watch::{Config, Error, Event, InitialListStrategy, Progress, observe_progress, watcher};
 use kube_client::Api;
 use serde_json::json;
 
@@ -308,6 +308,105 @@ async fn list_without_resource_version_or_continue_relists() {
             "Init",
             "InitApply a",
             "InitDone"
+        ]
+    );
+}
+
+/// Polls `events` inside `observe_progress` until a point at `until` is reported, for at most
+/// 10 s; returns every item and every point, in the order they came.
+async fn observe_until(events: &mut Events, until: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (item, reached) = std::future::poll_fn(|cx| {
+                let (poll, reached) = observe_progress(|| events.as_mut().poll_next(cx));
+                match (poll, reached) {
+                    (std::task::Poll::Pending, None) => std::task::Poll::Pending,
+                    (std::task::Poll::Pending, Some(reached)) => {
+                        std::task::Poll::Ready((None, Some(reached)))
+                    }
+                    (std::task::Poll::Ready(item), reached) => {
+                        std::task::Poll::Ready((item, reached))
+                    }
+                }
+            })
+            .await;
+            let done = reached
+                .as_ref()
+                .is_some_and(|p| p.resource_version == until);
+            if let Some(Progress {
+                resource_version,
+                after_items,
+            }) = reached
+            {
+                seen.push(format!("reached {resource_version} after {after_items}"));
+            }
+            if let Some(item) = item {
+                seen.push(show(item));
+            }
+            if done {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no point at {until} after {seen:?}"));
+    seen
+}
+
+#[tokio::test]
+async fn list_completions_and_bookmarks_are_reported_to_the_polling_consumer() {
+    let server = Scripted::start([
+        list(vec![cm("a", "1")], Some("10"), None),
+        Reply::Stream(
+            vec![
+                bookmark("20", false),
+                event("MODIFIED", cm("a", "21")),
+                bookmark("30", false),
+            ],
+            End::Hang,
+        ),
+    ])
+    .await;
+    let mut events = start(&server, list_watch());
+    assert_eq!(
+        observe_until(&mut events, "30").await,
+        [
+            "Init",
+            "InitApply a",
+            "reached 10 after 3",
+            "InitDone",
+            // The bookmark came before the event polled in the same call: it holds after the
+            // three items before it.
+            "reached 20 after 3",
+            "Apply a",
+            "reached 30 after 4",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_streaming_list_reports_its_end_bookmark_with_init_done() {
+    let server = Scripted::start([Reply::Stream(
+        vec![
+            event("ADDED", cm("a", "1")),
+            bookmark("2", false),
+            bookmark("30", true),
+            bookmark("40", false),
+        ],
+        End::Hang,
+    )])
+    .await;
+    let mut events = start(&server, Config::default().streaming_lists());
+    assert_eq!(
+        observe_until(&mut events, "40").await,
+        [
+            "Init",
+            "InitApply a",
+            // The bookmark inside the initial events is no point: the list is not complete.
+            "reached 30 after 3",
+            "InitDone",
+            "reached 40 after 3",
         ]
     );
 }

@@ -1,3 +1,4 @@
 mod model;
 mod subscriber;
 mod unit;
+mod wait;

@@ -1,9 +1,10 @@
 //! Model-based property test: random event sequences applied to the store and to a plain
-//! `BTreeMap` model must leave the same visible state, lengths and index lookups.
+//! `BTreeMap` model must leave the same visible state, lengths, index lookups and reached
+//! version.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::{Event, Store, Writer};
+use crate::{Event, ResourceVersion, Store, Writer};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube_client::api::ObjectMeta;
 use proptest::prelude::*;
@@ -94,6 +95,11 @@ pub(super) struct Model {
     relist: Option<BTreeMap<Key, Obj>>,
     pub(super) ready: bool,
     rv: u64,
+    /// The newest version the visible state reflects (0: none): only events applied while
+    /// no relist is being built move it, and a relist moves it when it becomes visible.
+    reached: u64,
+    /// Where the relist being built will have reached.
+    relist_reached: u64,
 }
 
 impl Model {
@@ -109,11 +115,13 @@ impl Model {
             Op::Apply(n, m, l) => {
                 let obj = make(n, m, l, self.rv);
                 self.visible.insert(obj.key.clone(), obj.clone());
+                self.reach(obj.rv);
                 Event::Apply(obj.to_cm())
             }
             Op::Delete(n, m) => {
                 let obj = make(n, m, 0, self.rv);
                 self.visible.remove(&obj.key);
+                self.reach(obj.rv);
                 // A delete also leaves the generation being built (a streaming list may
                 // report one during its initial events).
                 if let Some(relist) = &mut self.relist {
@@ -123,6 +131,7 @@ impl Model {
             }
             Op::Init => {
                 self.relist = Some(BTreeMap::new());
+                self.relist_reached = 0;
                 Event::Init
             }
             Op::InitApply(n, m, l, unchanged) => {
@@ -130,19 +139,34 @@ impl Model {
                 if unchanged && let Some(current) = self.visible.get(&obj.key) {
                     obj = current.clone();
                 }
+                if self.relist.is_none() {
+                    self.relist_reached = 0;
+                }
                 self.relist
                     .get_or_insert_default()
                     .insert(obj.key.clone(), obj.clone());
+                self.reach(obj.rv);
                 Event::InitApply(obj.to_cm())
             }
             Op::InitDone => {
                 if let Some(relist) = self.relist.take() {
                     self.visible = relist;
+                    self.reached = self.reached.max(self.relist_reached);
                 }
                 self.ready = true;
                 Event::InitDone
             }
         }
+    }
+
+    /// An event at `rv` was applied: it counts for the relist being built, if any.
+    fn reach(&mut self, rv: u64) {
+        let reached = if self.relist.is_some() {
+            &mut self.relist_reached
+        } else {
+            &mut self.reached
+        };
+        *reached = (*reached).max(rv);
     }
 
     fn get(&self, ns: Option<&str>, name: &str) -> Option<&Obj> {
@@ -173,6 +197,8 @@ fn check(store: &Store<ConfigMap>, model: &Model) -> Result<(), TestCaseError> {
     prop_assert_eq!(store.len(), model.visible.len());
     prop_assert_eq!(store.is_empty(), model.visible.is_empty());
     prop_assert_eq!(store.is_ready(), model.ready);
+    let reached = (model.reached > 0).then(|| ResourceVersion::parse(&model.reached.to_string()));
+    prop_assert_eq!(store.version(), reached.transpose());
     for ns in NAMESPACES.iter().flatten() {
         let want: BTreeSet<Obj> = expected
             .iter()

@@ -12,7 +12,8 @@ use proptest::prelude::*;
 use super::model::{Model, Obj, Op, op, tier};
 use crate::{Delivery, Error, Event, ReflectExt, Store, Subscriber, Writer};
 
-fn cm(name: &str, rv: u64) -> ConfigMap {
+/// A `ConfigMap` in namespace `ns`, with uid `uid-<name>`.
+pub(super) fn cm(name: &str, rv: impl std::fmt::Display) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),

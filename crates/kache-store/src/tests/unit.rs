@@ -55,6 +55,8 @@ const _: () = {
     assert_send_sync::<ObjectKey>();
     assert_send_sync::<Error>();
     assert_send::<Writer<ConfigMap>>();
+    assert_send_sync::<crate::ResourceVersion>();
+    assert_send_sync::<crate::SubscriberHandle<ConfigMap>>();
 };
 
 #[test]

@@ -1,0 +1,185 @@
+//! Progress a watch makes without an event to show for it, reported out of band.
+
+use std::cell::{Cell, RefCell};
+
+/// A point a watch stream has reached with no event to show for it: the resourceVersion of a
+/// BOOKMARK, or of a list whose initial sync just completed.
+///
+/// A consumer that must know how far the stream has reached (a store that lets a caller wait
+/// until it reflects a write) needs these points; a consumer that only applies events does
+/// not. So [`Event`](crate::Event) keeps its five variants, and the
+/// [`watcher`](crate::watcher) reports each point to whoever is *polling it*: a consumer wraps
+/// its poll of the stream in [`observe_progress`] and receives the last point reported during
+/// that poll. kache-store's `reflect` does this on every poll. Why this shape:
+///
+/// - Every consumer of the event protocol (subscribers, `touched_objects`, code matching on
+///   events) stays as it is; none has to learn to skip a variant it has no use for.
+/// - Nothing is wired by hand, so nothing can be wired wrongly: a point reaches exactly the
+///   consumer whose poll drove the watcher to it, never a store fed by another watch that
+///   happens to share a configuration. A watcher polled outside any `observe_progress` (on
+///   another task, behind a channel) reports to no one; its events still carry versions.
+/// - A point holds only once the events before it have been applied, and an adapter between
+///   the watcher and the consumer may hold some back (a buffer). So each point says how many
+///   `Ok` items the watcher had yielded when it reached it
+///   ([`after_items`](Self::after_items)); the consumer counts the `Ok` items it has received
+///   and uses the point once it has received as many. Adapters that map items one to one
+///   (backoff, `modify`, `map_ok`) keep the counts equal. One that drops items leaves the
+///   consumer behind the watcher's count, so its points are never used: later, never wrong.
+///   One that adds `Ok` items of its own would put the consumer ahead and let it use a point
+///   too early: keep such an adapter out of the way between a watcher and its store.
+///
+/// ```
+/// // Nothing reports outside a watcher, so this poll reached no point.
+/// let (value, reached) = kache_watch::observe_progress(|| 42);
+/// assert_eq!(value, 42);
+/// assert_eq!(reached, None);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// The resourceVersion reached, as the server sent it: a bookmark's, or that of a list
+    /// whose `InitDone` was just yielded.
+    pub resource_version: String,
+    /// How many `Ok` items the stream had yielded when it reached the point (counting the
+    /// `InitDone` that closes a list). The point holds for a consumer that has applied that
+    /// many items of this stream.
+    pub after_items: u64,
+}
+
+thread_local! {
+    // Thread-local because a poll runs on one thread from start to end: a point reported
+    // inside it can only be meant for an `observe_progress` enclosing it on this thread.
+    // `DEPTH` and `REPORTS` hold no resources, so reading them is a plain memory access: a
+    // poll that reports nothing (nearly every poll) touches only those two.
+
+    /// How many `observe_progress` calls enclose the current code (0: a report goes nowhere).
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// How many points have been reported on this thread, to tell whether a poll reported any.
+    static REPORTS: Cell<u64> = const { Cell::new(0) };
+    /// The last point reported at each depth not yet handed out, innermost last.
+    static POINTS: RefCell<Vec<(u32, Progress)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `poll` (a poll of a watch stream) and returns its result with the last [`Progress`]
+/// the watcher reported while it ran.
+///
+/// Calls nest: a point goes to the innermost call, and an outer one sees none of it. A call
+/// costs four accesses to plain thread-local counters when nothing is reported.
+// Inlined (with `Level::leave`'s fast path), the poll writes its item where the caller wants
+// it; as a call, a whole event (hundreds of bytes) was copied once more per poll.
+#[inline]
+pub fn observe_progress<R>(poll: impl FnOnce() -> R) -> (R, Option<Progress>) {
+    /// Leaves this level on return and on unwind alike, handing out its point.
+    struct Level {
+        depth: u32,
+        reports: u64,
+    }
+    impl Level {
+        #[inline]
+        fn leave(&self) -> Option<Progress> {
+            DEPTH.set(self.depth - 1);
+            if REPORTS.get() == self.reports {
+                None
+            } else {
+                take_point(self.depth)
+            }
+        }
+    }
+    impl Drop for Level {
+        fn drop(&mut self) {
+            // Only reached on unwind (`forget` below otherwise): drop this level's point.
+            self.leave();
+        }
+    }
+    let depth = DEPTH.get() + 1;
+    DEPTH.set(depth);
+    let level = Level {
+        depth,
+        reports: REPORTS.get(),
+    };
+    let out = poll();
+    let reached = level.leave();
+    std::mem::forget(level);
+    (out, reached)
+}
+
+/// The point reported at `depth`, if any, dropping any left deeper (by a poll that unwound).
+#[cold]
+fn take_point(depth: u32) -> Option<Progress> {
+    POINTS.with_borrow_mut(|points| {
+        while points.last().is_some_and(|(at, _)| *at > depth) {
+            points.pop();
+        }
+        if points.last().is_some_and(|(at, _)| *at == depth) {
+            points.pop().map(|(_, point)| point)
+        } else {
+            None
+        }
+    })
+}
+
+/// Reports `progress` to the innermost enclosing [`observe_progress`], if there is one.
+pub(crate) fn report(progress: Progress) {
+    let depth = DEPTH.get();
+    if depth == 0 {
+        return;
+    }
+    // `try_with`: a poll during thread teardown has no observer left to tell.
+    let _ = POINTS.try_with(|points| {
+        let mut points = points.borrow_mut();
+        match points.last_mut() {
+            // The latest point wins: it is later than any earlier one of the same poll.
+            Some((at, point)) if *at == depth => *point = progress,
+            _ => points.push((depth, progress)),
+        }
+    });
+    REPORTS.set(REPORTS.get() + 1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Progress, observe_progress as observe, report};
+
+    fn point(rv: &str, after_items: u64) -> Progress {
+        Progress {
+            resource_version: rv.to_owned(),
+            after_items,
+        }
+    }
+
+    #[test]
+    fn a_report_outside_observe_goes_nowhere() {
+        report(point("5", 1));
+        assert_eq!(observe(|| ()).1, None);
+    }
+
+    #[test]
+    fn observe_returns_the_last_report_of_its_poll() {
+        let ((), reached) = observe(|| {
+            report(point("5", 1));
+            report(point("7", 2));
+        });
+        assert_eq!(reached, Some(point("7", 2)));
+        assert_eq!(observe(|| ()).1, None, "a report is handed out once");
+    }
+
+    #[test]
+    fn nested_observers_each_get_their_own_reports() {
+        let (inner, outer) = observe(|| {
+            report(point("3", 1));
+            let ((), inner) = observe(|| report(point("9", 4)));
+            inner
+        });
+        assert_eq!(inner, Some(point("9", 4)));
+        assert_eq!(outer, Some(point("3", 1)));
+    }
+
+    #[test]
+    fn a_panicking_poll_restores_the_enclosing_observer() {
+        let ((), outer) = observe(|| {
+            let caught = std::panic::catch_unwind(|| observe(|| panic!("poll failed")));
+            assert!(caught.is_err());
+            report(point("4", 2));
+        });
+        assert_eq!(outer, Some(point("4", 2)));
+    }
+}
