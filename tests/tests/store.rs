@@ -6,7 +6,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_store::Writer;
 use kache_tests::{
-    Reflector, create_configmaps, cut_off, delete_configmaps, eventually, listed_versions,
+    Reflector, create_configmaps, cut_off_recorded, delete_configmaps, eventually, listed_versions,
     on_each_server, private_env, shared_env, stored_versions, within,
 };
 use kache_watch::Config;
@@ -71,7 +71,7 @@ on_each_server! {
         let (env, ns, api) = private_env(server, "store-gone").await;
         create_configmaps(&api, "cm", 200, &[]).await;
 
-        let (proxy, cut_off_api) = cut_off(&env, &ns).await;
+        let (proxy, log, cut_off_api) = cut_off_recorded(&env, &ns).await;
         let writer = Writer::new();
         let store = writer.as_reader();
         let reflector = Reflector::start(cut_off_api, Config::default(), writer);
@@ -79,6 +79,8 @@ on_each_server! {
             .await
             .unwrap();
         let before: Vec<Arc<ConfigMap>> = store.state();
+        let lists = || log.kinds().into_iter().filter(|k| *k != "WATCH").count();
+        let lists_before = lists();
 
         proxy.cut();
         delete_configmaps(&api, (0..40).map(|i| format!("cm-{i}"))).await;
@@ -95,6 +97,11 @@ on_each_server! {
         })
         .await;
         assert_eq!(store.len(), 170);
+        assert!(
+            lists() > lists_before,
+            "the watcher relisted after the 410: {:?}",
+            log.requests()
+        );
         // Objects the relist showed unchanged kept their Arc: no second copy was made of them.
         let unchanged = store.get(Some(&ns), "cm-150").unwrap();
         let original = before

@@ -150,32 +150,3 @@ fn readers_see_whole_generations_during_relists() {
 fn readers_see_whole_generations_during_large_relists() {
     run(100_000, 5);
 }
-
-#[test]
-#[ignore = "timing probe: run in release with --nocapture; the benches crate has the real numbers"]
-fn get_latency_on_a_large_store() {
-    let mut writer = Writer::new();
-    let store = writer.as_reader();
-    writer.apply(Event::Init);
-    for i in 0..100_000 {
-        writer.apply(Event::InitApply(cm(i, 0)));
-    }
-    writer.apply(Event::InitDone);
-    let keys: Vec<_> = (0..100_000)
-        .step_by(7)
-        .map(|i| (format!("ns-{}", i % 10), format!("cm-{i}")))
-        .collect();
-    let mut samples = Vec::with_capacity(keys.len());
-    for (ns, name) in &keys {
-        let start = Instant::now();
-        let found = std::hint::black_box(store.get(Some(ns), name));
-        samples.push(start.elapsed());
-        assert!(found.is_some());
-    }
-    samples.sort();
-    println!(
-        "get on 100,000 objects: median {:?}, p99 {:?}",
-        samples[samples.len() / 2],
-        samples[samples.len() * 99 / 100]
-    );
-}
