@@ -104,31 +104,16 @@ fn never(name: &str) -> impl FnMut(&BTreeMap<String, String>) -> bool + '_ {
     move |contents| !contents.contains_key(name)
 }
 
+/// A compact, comparable rendering of one item: the event's `Display`, or the error's kind
+/// with its status code (or its field, for an invalid object).
 fn show(item: &Result<Event<Arc<ConfigMap>>, Error>) -> String {
-    let name = |cm: &ConfigMap| cm.metadata.name.clone().unwrap_or_default();
     match item {
-        Ok(Event::Init) => "Init".into(),
-        Ok(Event::InitApply(cm)) => format!("InitApply {}", name(cm)),
-        Ok(Event::InitDone) => "InitDone".into(),
-        Ok(Event::Apply(cm)) => format!("Apply {}", name(cm)),
-        Ok(Event::Delete(cm)) => format!("Delete {}", name(cm)),
+        Ok(event) => event.clone().map(|cm| (*cm).clone()).to_string(),
         Err(Error::InvalidObject { field, .. }) => format!("InvalidObject {field}"),
-        Err(Error::WatchFailed(_)) => "WatchFailed".into(),
-        Err(Error::NoResourceVersion) => "NoResourceVersion".into(),
-        Err(Error::InitialEventsTimeout(_)) => "InitialEventsTimeout".into(),
         Err(err) => match err.status_code() {
-            Some(code) => format!("{} {code}", variant(err)),
-            None => format!("{} ?", variant(err)),
+            Some(code) => format!("{} {code}", err.kind()),
+            None => err.kind().to_owned(),
         },
-    }
-}
-
-fn variant(err: &Error) -> &'static str {
-    match err {
-        Error::InitialListFailed(_) => "InitialListFailed",
-        Error::WatchStartFailed(_) => "WatchStartFailed",
-        Error::WatchError(_) => "WatchError",
-        _ => "Error",
     }
 }
 
@@ -154,14 +139,14 @@ async fn malformed_json_line_mid_watch_leaves_the_store_exact() {
         run.take(9, |_| true).await,
         [
             "Init",
-            "InitApply x",
-            "InitApply y",
+            "InitApply(x)",
+            "InitApply(y)",
             "InitDone",
-            "Apply a",
-            "Apply x",
+            "Apply(a)",
+            "Apply(x)",
             "WatchFailed",
-            "Delete y",
-            "Apply b"
+            "Delete(y)",
+            "Apply(b)"
         ]
     );
     run.assert_store(&[("a", "6"), ("b", "9"), ("x", "7")])
@@ -193,7 +178,7 @@ async fn truncated_watch_stream_resumes_and_the_store_has_every_change() {
         .collect();
     assert_eq!(
         items[..5],
-        ["Init", "InitApply x", "InitDone", "Apply a", "Apply a"]
+        ["Init", "InitApply(x)", "InitDone", "Apply(a)", "Apply(a)"]
     );
     eventually("the delete after the resume", || async {
         contents(&run.store).len() == 1
@@ -213,7 +198,13 @@ async fn unknown_event_type_is_an_error_item_and_its_object_never_stored() {
     .await;
     assert_eq!(
         run.take(5, never("a")).await,
-        ["Init", "InitApply x", "InitDone", "WatchFailed", "Apply b"]
+        [
+            "Init",
+            "InitApply(x)",
+            "InitDone",
+            "WatchFailed",
+            "Apply(b)"
+        ]
     );
     run.assert_store(&[("b", "7"), ("x", "1")]).await;
 }
@@ -236,11 +227,11 @@ async fn non_gone_error_event_keeps_the_store_and_resumes_without_relist() {
         run.take(6, |_| true).await,
         [
             "Init",
-            "InitApply x",
+            "InitApply(x)",
             "InitDone",
             "WatchError 500",
-            "Apply b",
-            "Delete x"
+            "Apply(b)",
+            "Delete(x)"
         ]
     );
     run.assert_store(&[("b", "7")]).await;
@@ -273,16 +264,16 @@ async fn objects_without_name_or_resource_version_never_reach_the_store() {
         [
             "Init",
             "InvalidObject metadata.name",
-            "InitApply a",
+            "InitApply(a)",
             "InitDone",
             "InvalidObject metadata.name",
             "Init",
-            "InitApply a",
+            "InitApply(a)",
             "InitDone",
             "InvalidObject metadata.resourceVersion",
             "Init",
-            "InitApply a",
-            "InitApply x",
+            "InitApply(a)",
+            "InitApply(x)",
             "InitDone"
         ]
     );
@@ -298,14 +289,14 @@ async fn list_without_resource_version_or_continue_is_not_a_sync() {
     ])
     .await;
     let items = run.take(3, |_| true).await;
-    assert_eq!(items, ["Init", "InitApply a", "NoResourceVersion"]);
+    assert_eq!(items, ["Init", "InitApply(a)", "NoResourceVersion"]);
     assert!(
         !run.store.is_ready(),
         "an unusable list does not make the store ready"
     );
     assert_eq!(
         run.take(4, |_| true).await,
-        ["Init", "InitApply a", "InitApply b", "InitDone"]
+        ["Init", "InitApply(a)", "InitApply(b)", "InitDone"]
     );
     run.assert_store(&[("a", "1"), ("b", "2")]).await;
 }
@@ -327,10 +318,10 @@ async fn streaming_list_without_end_bookmark_falls_back_and_drops_its_objects() 
         run.take(6, never("a")).await,
         [
             "Init",
-            "InitApply a",
+            "InitApply(a)",
             "InitialEventsTimeout",
             "Init",
-            "InitApply b",
+            "InitApply(b)",
             "InitDone"
         ]
     );
@@ -355,7 +346,13 @@ async fn delete_during_streaming_initial_events_keeps_the_object_out_of_the_stor
     .await;
     assert_eq!(
         run.take(5, |_| true).await,
-        ["Init", "InitApply a", "InitApply b", "Delete a", "InitDone"]
+        [
+            "Init",
+            "InitApply(a)",
+            "InitApply(b)",
+            "Delete(a)",
+            "InitDone"
+        ]
     );
     run.assert_store(&[("b", "2")]).await;
 }
@@ -390,17 +387,17 @@ async fn broken_relist_after_ready_keeps_the_previous_generation_until_a_complet
         items,
         [
             "Init",
-            "InitApply a",
-            "InitApply b",
+            "InitApply(a)",
+            "InitApply(b)",
             "InitDone",
             "WatchError 410",
             "Init",
-            "InitApply a",
-            "InitApply c",
+            "InitApply(a)",
+            "InitApply(c)",
             "InitialListFailed 500",
             "Init",
-            "InitApply b",
-            "InitApply d",
+            "InitApply(b)",
+            "InitApply(d)",
             "InitDone"
         ]
     );

@@ -57,10 +57,7 @@ impl Error {
     pub fn status_code(&self) -> Option<u16> {
         match self {
             Self::InitialListFailed(e) | Self::WatchStartFailed(e) | Self::WatchFailed(e) => {
-                match e {
-                    kube_client::Error::Api(status) => Some(status.code),
-                    _ => None,
-                }
+                status_code(e)
             }
             Self::WatchError(status) => Some(status.code),
             Self::NoResourceVersion
@@ -69,11 +66,40 @@ impl Error {
         }
     }
 
+    /// The name of this error's variant, such as `"WatchStartFailed"`: a short, stable label
+    /// for logs, metrics and test assertions.
+    ///
+    /// ```
+    /// use kache_watch::Error;
+    /// assert_eq!(Error::NoResourceVersion.kind(), "NoResourceVersion");
+    /// ```
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InitialListFailed(_) => "InitialListFailed",
+            Self::WatchStartFailed(_) => "WatchStartFailed",
+            Self::WatchFailed(_) => "WatchFailed",
+            Self::WatchError(_) => "WatchError",
+            Self::NoResourceVersion => "NoResourceVersion",
+            Self::InvalidObject { .. } => "InvalidObject",
+            Self::InitialEventsTimeout(_) => "InitialEventsTimeout",
+        }
+    }
+
     /// Whether the server refused for lack of permission (`403 Forbidden`). Retrying will not
     /// help until the permissions change.
     #[must_use]
     pub fn is_forbidden(&self) -> bool {
         self.status_code() == Some(403)
+    }
+}
+
+/// The HTTP status code of a kube-client error, where the server answered with a `Status`
+/// that has one (kube-client reports a watch event it cannot read as a `Status` with code 0).
+pub(crate) fn status_code(err: &kube_client::Error) -> Option<u16> {
+    match err {
+        kube_client::Error::Api(status) if status.code != 0 => Some(status.code),
+        _ => None,
     }
 }
 

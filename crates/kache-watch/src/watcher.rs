@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tracing::{debug, info, trace, warn};
 
+use crate::error::status_code;
 use crate::progress::{self, Progress};
 use crate::{Config, Error, Event, InitialListStrategy, Result};
 
@@ -495,13 +496,6 @@ fn check_name<K: Resource>(obj: &K, event: &'static str) -> Result<()> {
         };
         warn!(error = %err, "skipping object");
         Err(err)
-    }
-}
-
-fn status_code(err: &kube_client::Error) -> Option<u16> {
-    match err {
-        kube_client::Error::Api(status) => Some(status.code),
-        _ => None,
     }
 }
 

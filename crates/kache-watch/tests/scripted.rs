@@ -27,35 +27,22 @@ fn list_watch() -> Config {
     Config::default().initial_list_strategy(InitialListStrategy::ListWatch)
 }
 
-/// A compact, comparable rendering of one item.
+/// A compact, comparable rendering of one item: the event's `Display`, or the error's kind
+/// with its status code (or its field, for an invalid object).
 fn show(item: Result<Event<ConfigMap>, Error>) -> String {
-    let name = |cm: &ConfigMap| cm.metadata.name.clone().unwrap_or_default();
     match item {
-        Ok(Event::Init) => "Init".into(),
-        Ok(Event::InitApply(cm)) => format!("InitApply {}", name(&cm)),
-        Ok(Event::InitDone) => "InitDone".into(),
-        Ok(Event::Apply(cm)) => format!("Apply {}", name(&cm)),
-        Ok(Event::Delete(cm)) => format!("Delete {}", name(&cm)),
-        Err(Error::WatchError(s)) => format!("WatchError {}", s.code),
-        Err(Error::InitialListFailed(e)) => format!("InitialListFailed {:?}", status_code(&e)),
-        Err(Error::WatchStartFailed(e)) => format!("WatchStartFailed {:?}", status_code(&e)),
-        Err(Error::WatchFailed(_)) => "WatchFailed".into(),
+        Ok(event) => event.to_string(),
         Err(Error::InvalidObject { field, .. }) => format!("InvalidObject {field}"),
-        Err(Error::NoResourceVersion) => "NoResourceVersion".into(),
-        Err(Error::InitialEventsTimeout(_)) => "InitialEventsTimeout".into(),
+        Err(err) => match err.status_code() {
+            Some(code) => format!("{} {code}", err.kind()),
+            None => err.kind().to_owned(),
+        },
     }
 }
 
 /// Keeps the watcher running (so it makes its next requests) after a test has read enough.
 fn keep_polling(mut events: Events) {
     tokio::spawn(async move { while events.next().await.is_some() {} });
-}
-
-fn status_code(err: &kube_client::Error) -> Option<u16> {
-    match err {
-        kube_client::Error::Api(s) => Some(s.code),
-        _ => None,
-    }
 }
 
 /// The next `n` items, each within a bound.
@@ -93,14 +80,14 @@ async fn paged_list_then_watch_resumes_from_bookmark_without_relist() {
         take(&mut events, 9).await,
         [
             "Init",
-            "InitApply a",
-            "InitApply b",
-            "InitApply c",
+            "InitApply(a)",
+            "InitApply(b)",
+            "InitApply(c)",
             "InitDone",
-            "Apply d",
-            "Apply a",
-            "Delete b",
-            "Apply e"
+            "Apply(d)",
+            "Apply(a)",
+            "Delete(b)",
+            "Apply(e)"
         ]
     );
     let requests = server.requests();
@@ -151,7 +138,7 @@ async fn a_failing_first_page_sends_no_init() {
     assert!(first.as_ref().is_err_and(Error::is_forbidden), "{first:?}");
     assert_eq!(
         take(&mut events, 3).await,
-        ["Init", "InitApply a", "InitDone"]
+        ["Init", "InitApply(a)", "InitDone"]
     );
 }
 
@@ -170,7 +157,13 @@ async fn streaming_list_passes_on_a_delete_during_initial_events() {
     let mut events = start(&server, Config::default().streaming_lists());
     assert_eq!(
         take(&mut events, 5).await,
-        ["Init", "InitApply a", "InitApply b", "Delete a", "InitDone"]
+        [
+            "Init",
+            "InitApply(a)",
+            "InitApply(b)",
+            "Delete(a)",
+            "InitDone"
+        ]
     );
 }
 
@@ -189,10 +182,10 @@ async fn streaming_list_without_end_bookmark_falls_back_to_a_paged_list() {
         take(&mut events, 6).await,
         [
             "Init",
-            "InitApply a",
+            "InitApply(a)",
             "InitialEventsTimeout",
             "Init",
-            "InitApply b",
+            "InitApply(b)",
             "InitDone"
         ]
     );
@@ -212,7 +205,7 @@ async fn malformed_line_is_reported_and_the_watch_resumes_from_the_last_good_ver
     let mut events = start(&server, list_watch());
     assert_eq!(
         take(&mut events, 5).await,
-        ["Init", "InitDone", "Apply a", "WatchFailed", "Apply a"]
+        ["Init", "InitDone", "Apply(a)", "WatchFailed", "Apply(a)"]
     );
     assert_eq!(server.requests()[2].param("resourceVersion"), Some("6"));
 }
@@ -228,7 +221,7 @@ async fn unknown_event_type_is_an_error_item() {
     let mut events = start(&server, list_watch());
     assert_eq!(
         take(&mut events, 4).await,
-        ["Init", "InitDone", "WatchFailed", "Apply b"]
+        ["Init", "InitDone", "WatchFailed", "Apply(b)"]
     );
 }
 
@@ -246,7 +239,7 @@ async fn non_gone_error_event_resumes_without_relist() {
     let mut events = start(&server, list_watch());
     assert_eq!(
         take(&mut events, 4).await,
-        ["Init", "InitDone", "WatchError 500", "Apply b"]
+        ["Init", "InitDone", "WatchError 500", "Apply(b)"]
     );
     let requests = server.requests();
     assert!(requests[2].is_watch() && requests[2].param("resourceVersion") == Some("5"));
@@ -262,7 +255,7 @@ async fn objects_without_name_are_skipped_with_an_error() {
         [
             "Init",
             "InvalidObject metadata.name",
-            "InitApply a",
+            "InitApply(a)",
             "InitDone"
         ]
     );
@@ -285,7 +278,7 @@ async fn watch_event_without_resource_version_relists() {
             "InitDone",
             "InvalidObject metadata.resourceVersion",
             "Init",
-            "InitApply x",
+            "InitApply(x)",
             "InitDone"
         ]
     );
@@ -303,10 +296,10 @@ async fn list_without_resource_version_or_continue_relists() {
         take(&mut events, 6).await,
         [
             "Init",
-            "InitApply a",
+            "InitApply(a)",
             "NoResourceVersion",
             "Init",
-            "InitApply a",
+            "InitApply(a)",
             "InitDone"
         ]
     );
@@ -373,13 +366,13 @@ async fn list_completions_and_bookmarks_are_reported_to_the_polling_consumer() {
         observe_until(&mut events, "30").await,
         [
             "Init",
-            "InitApply a",
+            "InitApply(a)",
             "reached 10 after 3",
             "InitDone",
             // The bookmark came before the event polled in the same call: it holds after the
             // three items before it.
             "reached 20 after 3",
-            "Apply a",
+            "Apply(a)",
             "reached 30 after 4",
         ]
     );
@@ -402,7 +395,7 @@ async fn a_streaming_list_reports_its_end_bookmark_with_init_done() {
         observe_until(&mut events, "40").await,
         [
             "Init",
-            "InitApply a",
+            "InitApply(a)",
             // The bookmark inside the initial events is no point: the list is not complete.
             "reached 30 after 3",
             "InitDone",
