@@ -477,9 +477,17 @@ impl TestEnv {
         workdir::write_service_account_key(&dir.join("service-account.key")).await?;
         let server_url = format!("https://127.0.0.1:{apiserver_port}");
         let kubeconfig = dir.join("kubeconfig");
-        workdir::write_kubeconfig(&kubeconfig, &server_url, &admin_token, &unprivileged_token)?;
+        let write_kubeconfig = |ca: Option<&Path>| {
+            workdir::write_kubeconfig(
+                &kubeconfig,
+                &server_url,
+                &admin_token,
+                &unprivileged_token,
+                ca,
+            )
+        };
+        write_kubeconfig(None)?;
         let admin = load_context(&kubeconfig, ADMIN_CONTEXT).await?;
-        let unprivileged = load_context(&kubeconfig, UNPRIVILEGED_CONTEXT).await?;
         Client::try_from(admin.clone()).map_err(|source| Error::Client { source })?;
 
         let etcd = Etcd {
@@ -513,6 +521,12 @@ impl TestEnv {
         local.wait_etcd().await?;
         local.processes.lock().await.apiserver = Some(local.spawn_apiserver()?);
         local.wait_apiserver(&admin).await?;
+        // The server made its self-signed certificate on this first start, and reuses it on
+        // restarts: from now on clients trust it instead of skipping verification.
+        write_kubeconfig(Some(&local.dir.join("certs").join("apiserver.crt")))?;
+        let admin = load_context(&kubeconfig, ADMIN_CONTEXT).await?;
+        let unprivileged = load_context(&kubeconfig, UNPRIVILEGED_CONTEXT).await?;
+        Client::try_from(admin.clone()).map_err(|source| Error::Client { source })?;
         tracing::info!(elapsed = ?started.elapsed(), server = %server_url, %server, "control plane ready");
         Ok(Self {
             admin,

@@ -103,13 +103,20 @@ pub(crate) async fn write_service_account_key(path: &Path) -> Result<()> {
 }
 
 /// A kubeconfig with an admin context (current) and an unprivileged one.
+///
+/// `ca` is the server's own certificate, which the server generates on its first start: until
+/// it exists (while waiting for that start) the kubeconfig skips verification.
 pub(crate) fn write_kubeconfig(
     path: &Path,
     server: &str,
     admin: &str,
     unprivileged: &str,
+    ca: Option<&Path>,
 ) -> Result<()> {
-    // The serving certificate is self-signed by kube-apiserver on each start, hence no CA.
+    let trust = match ca {
+        Some(ca) => format!("certificate-authority: {}", ca.display()),
+        None => "insecure-skip-tls-verify: true".to_owned(),
+    };
     let text = format!(
         "apiVersion: v1
 kind: Config
@@ -117,7 +124,7 @@ clusters:
 - name: kache
   cluster:
     server: {server}
-    insecure-skip-tls-verify: true
+    {trust}
 users:
 - name: kache-admin
   user:
