@@ -50,7 +50,7 @@ doc:
 # Provision both control planes, each built once and then cached: etcd and kube-apiserver
 # v1.20.2 from Debian's source, and etcd 3.5 with the modern server from Debian sid's packages.
 control-plane:
-    bash scripts/provision-control-plane.sh >/dev/null
+    bash crates/kache-testenv/provision/legacy.sh >/dev/null
     bash crates/kache-testenv/provision/modern.sh >/dev/null
 
 # The live demo against a local control plane (or KACHE_USE_EXISTING_CLUSTER=1 with KUBECONFIG).

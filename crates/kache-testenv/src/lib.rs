@@ -51,7 +51,7 @@
 //!    `etcdctl`, needed by the etcd fault tools, is taken from there or from `PATH`).
 //! 2. kache's cache: `$KACHE_CACHE_DIR`, else `$XDG_CACHE_HOME/kache`, else `~/.cache/kache`,
 //!    then `assets-v1.20.2/`.
-//! 3. Provisioning: the embedded `scripts/provision-control-plane.sh` installs etcd and builds
+//! 3. Provisioning: the embedded `provision/legacy.sh` installs etcd and builds
 //!    kube-apiserver once into that cache (several minutes; progress on stderr). Set
 //!    `KACHE_PROVISION=0` to get [`Error::BinariesNotFound`] instead, and run
 //!    `just control-plane` ahead of time.
