@@ -43,9 +43,14 @@ examples: control-plane
     cargo build -q -p kache-examples --examples
     for f in examples/*.rs; do echo "== example $(basename "$f" .rs)"; cargo run -q -p kache-examples --example "$(basename "$f" .rs)"; done
 
-# Build the docs with warnings as errors.
+# The second build is of the libraries' docs as docs.rs builds them: without this workspace's
+# Kubernetes version, with the feature their `[package.metadata.docs.rs]` names.
+
+# Build the docs with warnings as errors, also as docs.rs builds them.
 doc:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+    K8S_OPENAPI_ENABLED_VERSION= RUSTDOCFLAGS="-D warnings" cargo doc --no-deps \
+        -p kache-watch -p kache-store -p kache-testenv --features k8s-openapi/latest
 
 # Provision both control planes, each built once and then cached: etcd and kube-apiserver
 # v1.20.2 from Debian's source, and etcd 3.5 with the modern server from Debian sid's packages.
