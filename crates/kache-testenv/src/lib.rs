@@ -68,6 +68,13 @@
 //!
 //! On an existing cluster the fault tools return [`Error::Unsupported`] and
 //! [`TestEnv::client_unprivileged`] impersonates `kache-unprivileged`.
+//!
+//! # TLS
+//!
+//! This crate builds its own clients, so it chooses their TLS stack: kube-client's `rustls-tls`
+//! and `ring` features. Cargo unifies features, so every kube-client in a build that includes
+//! kache-testenv has them too; as a dev-dependency (what a test harness is for) that choice
+//! stays out of your library's and your binary's own builds.
 
 mod apiserver;
 mod assets;
