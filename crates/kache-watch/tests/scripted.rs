@@ -43,6 +43,8 @@ fn show(item: Result<Event<ConfigMap>, Error>) -> String {
         Err(Error::InvalidObject { field, .. }) => format!("InvalidObject {field}"),
         Err(Error::NoResourceVersion) => "NoResourceVersion".into(),
         Err(Error::InitialEventsTimeout(_)) => "InitialEventsTimeout".into(),
+        // `Error` is non-exhaustive: a variant added later shows as its message.
+        Err(other) => other.to_string(),
     }
 }
 
