@@ -6,8 +6,8 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# Everything CI checks: formatting, lints, unit, doc, end-to-end and fault tests, examples, docs.
-ci: fmt-check lint test e2e examples doc
+# Everything CI checks: formatting, lints, tests, packaging, e2e and fault tests, examples, docs.
+ci: fmt-check lint test package e2e examples doc
 
 # Format the code.
 fmt:
@@ -24,6 +24,13 @@ lint:
 # Unit, property and doc tests (no cluster needed).
 test:
     cargo test -p kache-watch -p kache-store
+
+# Cargo packages workspace members as one set, so their dependencies on each other resolve
+# before any of them is on crates.io.
+
+# Package the library crates as crates.io would get them, and build each from its package alone.
+package:
+    cargo package --allow-dirty -p kache-watch -p kache-store -p kache-testenv
 
 # End-to-end and fault tests against both local control planes (provisioned on first use):
 # kache-testenv's own tests once per server, kache-tests' suites on each server in one run.
