@@ -6,8 +6,8 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# Everything CI checks: formatting, lints, unit, doc, end-to-end and fault tests, examples, docs.
-ci: fmt-check lint test e2e examples doc
+# Everything CI checks: formatting, lints, tests, packaging, e2e and fault tests, examples, docs.
+ci: fmt-check lint test package e2e examples doc
 
 # Format the code.
 fmt:
@@ -24,6 +24,13 @@ lint:
 # Unit, property and doc tests (no cluster needed).
 test:
     cargo test -p kache-watch -p kache-store
+
+# Cargo packages workspace members as one set, so their dependencies on each other resolve
+# before any of them is on crates.io.
+
+# Package the library crates as crates.io would get them, and build each from its package alone.
+package:
+    cargo package --allow-dirty -p kache-watch -p kache-store -p kache-testenv
 
 # End-to-end and fault tests against both local control planes (provisioned on first use):
 # kache-testenv's own tests once per server, kache-tests' suites on each server in one run.
@@ -43,14 +50,19 @@ examples: control-plane
     cargo build -q -p kache-examples --examples
     for f in examples/*.rs; do echo "== example $(basename "$f" .rs)"; cargo run -q -p kache-examples --example "$(basename "$f" .rs)"; done
 
-# Build the docs with warnings as errors.
+# The second build is of the libraries' docs as docs.rs builds them: without this workspace's
+# Kubernetes version, with the feature their `[package.metadata.docs.rs]` names.
+
+# Build the docs with warnings as errors, also as docs.rs builds them.
 doc:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+    K8S_OPENAPI_ENABLED_VERSION= RUSTDOCFLAGS="-D warnings" cargo doc --no-deps \
+        -p kache-watch -p kache-store -p kache-testenv --features k8s-openapi/latest
 
 # Provision both control planes, each built once and then cached: etcd and kube-apiserver
 # v1.20.2 from Debian's source, and etcd 3.5 with the modern server from Debian sid's packages.
 control-plane:
-    bash scripts/provision-control-plane.sh >/dev/null
+    bash crates/kache-testenv/provision/legacy.sh >/dev/null
     bash crates/kache-testenv/provision/modern.sh >/dev/null
 
 # The live demo against a local control plane (or KACHE_USE_EXISTING_CLUSTER=1 with KUBECONFIG).

@@ -822,3 +822,16 @@ pub async fn churn(
     }
     ops
 }
+
+// The code of the README and of docs/consistency.md, compiled and checked as doctests here,
+// in a crate that is never published (a library's package holds only its own folder).
+
+/// The README's code.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
+/// The code of docs/consistency.md.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/consistency.md")]
+pub struct ConsistencyDoctests;

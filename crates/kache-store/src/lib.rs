@@ -154,13 +154,3 @@ pub use writer::{Writer, store};
 
 #[cfg(test)]
 mod tests;
-
-/// The README's code, compiled and checked as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-pub struct ReadmeDoctests;
-
-/// The code of docs/consistency.md, compiled as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../../docs/consistency.md")]
-pub struct ConsistencyDoctests;

@@ -7,11 +7,8 @@ use std::process::Stdio;
 use crate::error::{Error, Result};
 use crate::server::Server;
 
-/// The Kubernetes version the legacy provisioning script builds.
-pub(crate) const KUBERNETES_VERSION: &str = "1.20.2";
-
 /// The provisioning scripts, embedded so a fresh checkout can bootstrap itself from `cargo test`.
-const LEGACY_SCRIPT: &str = include_str!("../../../scripts/provision-control-plane.sh");
+const LEGACY_SCRIPT: &str = include_str!("../provision/legacy.sh");
 const MODERN_SCRIPT: &str = include_str!("../provision/modern.sh");
 
 /// The modern server's Go sources, written out for the script to build (it keys its cache
@@ -91,10 +88,11 @@ impl Assets {
             });
         }
         tracing::info!(
-            "no cached control plane binaries; provisioning kube-apiserver v{KUBERNETES_VERSION} \
-             (the first build takes several minutes)"
+            "no cached control plane binaries; provisioning kube-apiserver v{} \
+             (the first build takes several minutes)",
+            legacy_version()
         );
-        let dir = run_script(LEGACY_SCRIPT, "provision-control-plane.sh", &[]).await?;
+        let dir = run_script(LEGACY_SCRIPT, "legacy.sh", &[]).await?;
         Self::in_dir(&dir, "kube-apiserver").ok_or_else(|| Error::Provision {
             reason: format!(
                 "{} holds no etcd and kube-apiserver after provisioning",
@@ -124,6 +122,16 @@ impl Assets {
     }
 }
 
+/// The Kubernetes version the legacy script builds, from its `K8S_VERSION=` line: the script
+/// is the one place it is written, and it keys the cache folder by it.
+fn legacy_version() -> &'static str {
+    LEGACY_SCRIPT
+        .lines()
+        .find_map(|line| line.strip_prefix("K8S_VERSION="))
+        .map(str::trim)
+        .expect("provision/legacy.sh sets K8S_VERSION (checked by a unit test)")
+}
+
 /// `${KACHE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kache}/assets-v<version>`, as in the script.
 fn cache_dir() -> Option<PathBuf> {
     let non_empty = |name: &str| {
@@ -134,7 +142,7 @@ fn cache_dir() -> Option<PathBuf> {
     let root = non_empty("KACHE_CACHE_DIR")
         .or_else(|| non_empty("XDG_CACHE_HOME").map(|d| d.join("kache")))
         .or_else(|| non_empty("HOME").map(|d| d.join(".cache").join("kache")))?;
-    Some(root.join(format!("assets-v{KUBERNETES_VERSION}")))
+    Some(root.join(format!("assets-v{}", legacy_version())))
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -200,4 +208,22 @@ async fn run_script(script: &str, name: &str, envs: &[(&str, &Path)]) -> Result<
         reason: "the script printed no assets folder".to_owned(),
         source: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::legacy_version;
+
+    #[test]
+    fn legacy_version_is_read_from_the_script() {
+        let version = legacy_version();
+        let parts: Vec<&str> = version.split('.').collect();
+        assert_eq!(parts.len(), 3, "{version:?}");
+        assert!(
+            parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
+            "{version:?}"
+        );
+    }
 }

@@ -17,9 +17,9 @@ pub enum Error {
     /// No `etcd` and `kube-apiserver` were found and provisioning was turned off
     /// (`KACHE_PROVISION=0`) or pointed somewhere empty.
     #[error(
-        "control plane binaries not found: {reason}; run `just control-plane` (or \
-         scripts/provision-control-plane.sh), or set KUBEBUILDER_ASSETS to a folder holding \
-         etcd and kube-apiserver"
+        "control plane binaries not found: {reason}; run `just control-plane` in kache's \
+         repository (or crates/kache-testenv/provision/legacy.sh), or set KUBEBUILDER_ASSETS \
+         to a folder holding etcd and kube-apiserver"
     )]
     BinariesNotFound {
         /// Where the binaries were looked for.

@@ -51,7 +51,7 @@
 //!    `etcdctl`, needed by the etcd fault tools, is taken from there or from `PATH`).
 //! 2. kache's cache: `$KACHE_CACHE_DIR`, else `$XDG_CACHE_HOME/kache`, else `~/.cache/kache`,
 //!    then `assets-v1.20.2/`.
-//! 3. Provisioning: the embedded `scripts/provision-control-plane.sh` installs etcd and builds
+//! 3. Provisioning: the embedded `provision/legacy.sh` installs etcd and builds
 //!    kube-apiserver once into that cache (several minutes; progress on stderr). Set
 //!    `KACHE_PROVISION=0` to get [`Error::BinariesNotFound`] instead, and run
 //!    `just control-plane` ahead of time.
@@ -68,6 +68,13 @@
 //!
 //! On an existing cluster the fault tools return [`Error::Unsupported`] and
 //! [`TestEnv::client_unprivileged`] impersonates `kache-unprivileged`.
+//!
+//! # TLS
+//!
+//! This crate builds its own clients, so it chooses their TLS stack: kube-client's `rustls-tls`
+//! and `ring` features. Cargo unifies features, so every kube-client in a build that includes
+//! kache-testenv has them too; as a dev-dependency (what a test harness is for) that choice
+//! stays out of your library's and your binary's own builds.
 
 mod apiserver;
 mod assets;

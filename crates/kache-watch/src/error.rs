@@ -7,6 +7,7 @@ use kube_client::core::Status;
 /// ([`WatchStreamExt::default_backoff`](crate::WatchStreamExt::default_backoff)) so that a
 /// persistent error (a missing permission, a server that is down) does not become a busy loop.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A LIST request (one page of the initial list) failed; the list restarts from `Init`.
     #[error("failed to list objects: {0}")]
