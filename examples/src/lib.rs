@@ -3,7 +3,7 @@
 //!
 //! Run one with `cargo run -p kache-examples --example <name>`.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, io::IsTerminal, time::Duration};
 
 use kache_testenv::TestEnv;
 
@@ -12,13 +12,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Logs to stderr; `RUST_LOG` sets the filter. By default: progress of the control plane,
 /// warnings from kache, and nothing from kube-client, whose failures kache's watcher already
-/// reports as error items.
+/// reports as error items. Colours only on a terminal: a log file gets plain text.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "warn,kache_testenv=info,kube_client=off".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
