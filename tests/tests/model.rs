@@ -1,4 +1,5 @@
-//! Fuzzing the event-application path against a model, through `reflect` and subscribers.
+//! A property test of the event-application path against a model, through `reflect` and
+//! subscribers (proptest: random interleavings, shrunk on failure).
 //!
 //! kache-store's own model test applies events with the synchronous `Writer::apply`. This one
 //! drives the asynchronous path users run: a source stream (events, including malformed-ish
@@ -12,7 +13,7 @@
 //! never resynced. At the end the writer is dropped and every subscriber must end with exactly
 //! the final store.
 //!
-//! `KACHE_FUZZ_CASES` sets the number of cases (default 256, under a second).
+//! `KACHE_MODEL_CASES` sets the number of cases (default 256, under a second).
 
 use std::{
     collections::BTreeMap,
@@ -347,7 +348,7 @@ impl Harness {
 }
 
 fn cases() -> u32 {
-    std::env::var("KACHE_FUZZ_CASES")
+    std::env::var("KACHE_MODEL_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(256)
