@@ -165,6 +165,9 @@ struct Watcher<A: ApiMode> {
     list_next: bool,
     /// `Ok` items yielded so far, which places each progress report in the stream.
     yielded: u64,
+    /// The resume point at which the server last answered a watch with an ERROR event other
+    /// than 410: a second such answer at the same point relists instead of resuming again.
+    failed_resume: Option<String>,
 }
 
 fn run<A>(api: A, config: Config) -> impl Stream<Item = Result<Event<A::Value>>> + Send
@@ -176,6 +179,7 @@ where
         config,
         streaming: Streaming::Untried,
         list_next: false,
+        failed_resume: None,
         yielded: 0,
     };
     futures::stream::unfold((watcher, State::Empty), |(mut watcher, state)| async move {
@@ -415,7 +419,16 @@ impl<A: ApiMode> Watcher<A> {
                         let next = if status.code == 410 {
                             debug!("watch expired (410 Gone); relisting");
                             State::Empty
+                        } else if self.failed_resume.as_deref() == Some(resource_version.as_str()) {
+                            // The same answer twice at the same point: resuming cannot get
+                            // past it (a 1.36 server says 500 "PrevKv=nil" when a delete at
+                            // the resume point was compacted away), so relist, as client-go
+                            // does after any watch error.
+                            info!(%resource_version, code = status.code, "watch failed twice at the same resourceVersion; relisting");
+                            self.failed_resume = None;
+                            State::Empty
                         } else {
+                            self.failed_resume = Some(resource_version.clone());
                             State::Listed { resource_version }
                         };
                         (Some(Err(log_error(Error::WatchError(status)))), next)
