@@ -72,6 +72,11 @@
 //! updates). Long reads (`state`, `find`) hold the shared lock while they copy `Arc`s, and
 //! the writer waits for them.
 //!
+//! **User code and the lock.** No user code runs while the store's lock is held, so none can
+//! deadlock on it: a [`Store::find`] predicate runs on a snapshot of one generation after the
+//! lock is released, and may read the store. (The lock is fair: a read made under it would
+//! queue behind a waiting writer, which waits for that very read.)
+//!
 //! **Staleness.** The store is as current as the events applied to it: it lags the API
 //! server by the watch latency, and may miss deletes while the watch is down until the next
 //! relist repairs it. Act on it as a cache; re-check with the API server when it matters.
