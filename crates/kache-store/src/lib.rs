@@ -74,8 +74,19 @@
 //!
 //! **User code and the lock.** No user code runs while the store's lock is held, so none can
 //! deadlock on it: a [`Store::find`] predicate runs on a snapshot of one generation after the
-//! lock is released, and may read the store. (The lock is fair: a read made under it would
-//! queue behind a waiting writer, which waits for that very read.)
+//! lock is released, and the transform and index functions run in the writer before it takes
+//! the lock; each may read the store. (The lock is fair: a read made under it would queue
+//! behind a waiting writer, which waits for that very read.) What still runs under a shared
+//! lock is `K`'s [`Resource::meta`](kube_client::Resource::meta), to compare an object's uid
+//! or resourceVersion: an implementation that read a store could deadlock, and the derived
+//! ones never do.
+//!
+//! **Panics in user code** never corrupt the store or lose an event silently. A transform or
+//! index function that panics leaves the event (or the index being added) unapplied, every
+//! object and index exactly as before, and the panic propagates to whoever applied the event;
+//! through [`reflect`](ReflectExt::reflect) it fails the task polling the stream, and the
+//! dropped writer ends the subscribers and fails pending waits. See [`Writer`]'s User code
+//! section. A panicking `find` predicate holds no lock and changes nothing.
 //!
 //! **Staleness.** The store is as current as the events applied to it: it lags the API
 //! server by the watch latency, and may miss deletes while the watch is down until the next

@@ -73,7 +73,8 @@ fn snapshot(events: &[String]) -> Vec<String> {
     middle
 }
 
-fn relist(writer: &mut Writer<ConfigMap>, objs: impl IntoIterator<Item = ConfigMap>) {
+/// A complete relist of `objs`: `Init`, one `InitApply` each, `InitDone`.
+pub(super) fn relist(writer: &mut Writer<ConfigMap>, objs: impl IntoIterator<Item = ConfigMap>) {
     writer.apply(Event::Init);
     for obj in objs {
         writer.apply(Event::InitApply(obj));
