@@ -66,9 +66,11 @@
 //! `InitDone`) is built off to the side, objects and indexes together, and made visible by
 //! one pointer swap at `InitDone`, so a read sees the whole previous list or the whole new
 //! one, never a mix; objects absent from the new list disappear at that instant. `Apply`
-//! and `Delete` between relists are visible as soon as [`Writer::apply`] returns. Two
-//! separate reads may see different generations. The old generation is freed after the
-//! swap, outside the lock, so readers wait only for the swap itself (and for single-key
+//! and `Delete` are visible as soon as [`Writer::apply`] returns; during a relist they also
+//! apply to the generation being built, so its `InitDone` keeps them (see
+//! [`Writer::apply`]). Two separate reads may see different generations. The old generation
+//! is freed after the swap, outside the lock, so readers wait only for the swap itself (and
+//! for single-key
 //! updates). Long reads (`state`, `find`) hold the shared lock while they copy `Arc`s, and
 //! the writer waits for them.
 //!

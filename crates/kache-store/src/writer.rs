@@ -241,7 +241,8 @@ where
     /// Applies one event to the store and returns it with its object shared with the store.
     ///
     /// The object is moved into an `Arc`, never deep-cloned:
-    /// - `Apply` inserts or replaces the object and returns the stored `Arc`.
+    /// - `Apply` inserts or replaces the object and returns the stored `Arc`. During a relist it
+    ///   also goes into the generation being built, so `InitDone` keeps it.
     /// - `Delete` removes the object (a delete of an unknown object changes nothing) and
     ///   returns the event's own object, which carries its final state. During a relist it
     ///   also removes the object from the generation being built.
@@ -254,6 +255,13 @@ where
     ///   and marks the store ready. An `InitDone` with no generation in progress changes no
     ///   object (it only marks the store ready): a duplicate `InitDone` must not empty the
     ///   store.
+    ///
+    /// An `Apply` or `Delete` between `Init` and `InitDone` is a change readers see at once,
+    /// and one the list may predate, so it also applies to the generation being built:
+    /// `InitDone` neither undoes an `Apply` (bringing back an older listed copy, or dropping
+    /// an object created since) nor resurrects a deleted object, and subscribers hear each
+    /// change once. kache-watch's watcher sends neither during a list (a streaming list's
+    /// delete aside), but a source that merges event streams may.
     ///
     /// Subscribers are sent the resulting change without waiting: a full
     /// [`Delivery::Backpressure`] subscriber is resynced rather than waited for. Use
@@ -387,6 +395,11 @@ where
             (state.seq, replaced)
         };
         if let Some(relist) = &mut self.relist {
+            // An apply during a relist also goes into the generation being built, as a delete
+            // leaves it: otherwise `InitDone` would undo a change readers have already seen
+            // (an older listed copy comes back, an object created since disappears), with no
+            // event to tell subscribers. The same `Arc`, so the relist diff sees no change.
+            relist.objects.insert(key.clone(), Arc::clone(&new));
             // Readers still see the generation from before the relist began, which this
             // version does not describe: it counts once the new generation is visible.
             relist.version.advance(version_of(new.as_ref()));

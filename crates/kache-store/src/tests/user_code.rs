@@ -10,8 +10,8 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt, stream};
 use k8s_openapi::api::core::v1::ConfigMap;
 
-use super::subscriber::{cm, relist};
-use crate::{Error, Event, ReflectExt, ResourceVersion, Store, Writer, store};
+use super::subscriber::{cm, relist, versions};
+use crate::{Error, Event, ReflectExt, ResourceVersion, Writer, store};
 
 /// How long a call that must not deadlock may take.
 const BOUND: Duration = Duration::from_secs(10);
@@ -69,17 +69,6 @@ fn version(cm: &ConfigMap) -> Vec<String> {
     cm.metadata.resource_version.iter().cloned().collect()
 }
 
-/// The store as sorted `name@rv`.
-fn shown(store: &Store<ConfigMap>) -> Vec<String> {
-    let mut objs: Vec<_> = store
-        .state()
-        .iter()
-        .map(|cm| format!("{}@{}", name(cm), version(cm).concat()))
-        .collect();
-    objs.sort();
-    objs
-}
-
 /// An index function (values: the name) that panics while `armed` is set.
 fn trap(armed: &Arc<AtomicBool>) -> impl Fn(&ConfigMap) -> Vec<String> + Send + Sync + 'static {
     let armed = Arc::clone(armed);
@@ -133,7 +122,7 @@ fn panicking_with_index_drops_the_writer_and_leaves_the_store_as_it_was() {
     let armed = Arc::new(AtomicBool::new(true));
     let broken = trap(&armed);
     assert!(panics(move || drop(writer.with_index("broken", broken))));
-    assert_eq!(shown(&store), ["a@1", "b@2"]);
+    assert_eq!(versions(&store), ["a@1", "b@2"]);
     assert_eq!(store.index_names(), ["version"]);
     assert_eq!(store.by_index("version", "2").map(|objs| objs.len()), Ok(1));
     // The writer went with the panic, as a dropped writer: waits fail rather than hang.
@@ -158,7 +147,7 @@ fn panicking_index_function_leaves_each_event_unapplied() {
     assert!(panics(|| drop(writer.apply(Event::Apply(cm("a", 3))))));
     assert!(panics(|| drop(writer.apply(Event::Apply(cm("c", 4))))));
     assert!(panics(|| drop(writer.apply(Event::Delete(cm("b", 5))))));
-    assert_eq!(shown(&store), ["a@1", "b@2"]);
+    assert_eq!(versions(&store), ["a@1", "b@2"]);
     assert_eq!(store.resource_version().as_deref(), Some("2"));
     assert!(changes.next().now_or_never().is_none(), "no change to hear");
     armed.store(false, SeqCst);
@@ -172,11 +161,11 @@ fn panicking_index_function_leaves_each_event_unapplied() {
     armed.store(true, SeqCst);
     assert!(panics(|| drop(writer.apply(Event::Delete(cm("b", 8))))));
     assert!(panics(|| drop(writer.apply(Event::InitDone))));
-    assert_eq!(shown(&store), ["a@1", "b@2"]);
+    assert_eq!(versions(&store), ["a@1", "b@2"]);
     armed.store(false, SeqCst);
     writer.assert_indexes_exact();
     writer.apply(Event::InitDone);
-    assert_eq!(shown(&store), ["a@6", "b@7"]);
+    assert_eq!(versions(&store), ["a@6", "b@7"]);
     writer.assert_indexes_exact();
     let heard: Vec<_> = (0..2)
         .filter_map(|_| changes.next().now_or_never().flatten())
@@ -199,12 +188,16 @@ fn panicking_transform_leaves_each_event_unapplied() {
     assert!(panics(|| drop(writer.apply(Event::Delete(cm("b", 4))))));
     writer.apply(Event::Init);
     assert!(panics(|| drop(writer.apply(Event::InitApply(cm("a", 5))))));
-    assert_eq!(shown(&store), ["a@1", "b@2"]);
+    assert_eq!(versions(&store), ["a@1", "b@2"]);
     assert_eq!(store.resource_version().as_deref(), Some("2"));
     armed.store(false, SeqCst);
     writer.apply(Event::InitApply(cm("b", 6)));
     writer.apply(Event::InitDone);
-    assert_eq!(shown(&store), ["b@6"], "the relist holds what it was given");
+    assert_eq!(
+        versions(&store),
+        ["b@6"],
+        "the relist holds what it was given"
+    );
 }
 
 #[tokio::test]
@@ -234,7 +227,7 @@ async fn panic_under_reflect_fails_its_task_and_ends_the_writer() {
         .await
         .expect("the task ends");
     assert!(failed.is_err_and(|err| err.is_panic()));
-    assert_eq!(shown(&store), ["a@1"]);
+    assert_eq!(versions(&store), ["a@1"]);
     assert_eq!(store.by_index("trap", "a").map(|objs| objs.len()), Ok(1));
     let heard: Vec<_> = changes.by_ref().collect().await;
     assert_eq!(heard.len(), 3, "the sync, then the end: {heard:?}");
