@@ -81,14 +81,14 @@ async fn retries_against_a_server_that_drops_every_connection_are_spaced() {
 
 #[tokio::test]
 async fn a_backoff_adapter_replaces_the_watchers_own_wait() {
-    // 50, 100, 200 ms: a fourth request at 350 ms. Were the watcher's own wait (800 ms or
-    // more) added, there would be one.
+    // 50, 100, 200 ms: a fourth request at 350 ms (at least two, on a loaded machine). Were
+    // the watcher's own wait (600 ms or more) added, there would be one.
     let quick = Backoff::default()
         .initial(Duration::from_millis(50))
         .jitter(0.0);
     let errors = errors_within_period(Config::default(), dead_port(), Some(quick)).await;
     assert!(
-        (3..=5).contains(&errors),
+        (2..=5).contains(&errors),
         "{errors} failed requests in {PERIOD:?}"
     );
 }
