@@ -7,6 +7,9 @@
 //!   N objects: the steady state of a watch;
 //! - `get`: one lookup by namespace and name, keys in random order;
 //! - `state`: a snapshot of every object;
+//! - `find-*`: `find` with a predicate that matches nothing (a full scan) and one that matches
+//!   one object in 500 (an early exit); kache runs it on a snapshot, after the lock is
+//!   released, kube-runtime under its lock;
 //! - `filter-*`: the objects with one label value (kache: an index; kube-runtime: a scan) and
 //!   the objects of one namespace (kache: the built-in namespace index; kube-runtime: a scan).
 //!
@@ -206,13 +209,14 @@ fn apply(c: &mut Criterion, rows: &mut Vec<Row>) {
     group.finish();
 }
 
-/// Both stores filled with the same `n` `ConfigMap`s; kache's has an `app` label index.
-fn filled(
-    n: usize,
-) -> (
+/// A kache store and a kube-runtime store holding the same objects.
+type Stores = (
     kache_store::Store<ConfigMap>,
     kube_runtime::reflector::Store<ConfigMap>,
-) {
+);
+
+/// Both stores filled with the same `n` `ConfigMap`s; kache's has an `app` label index.
+fn filled(n: usize) -> Stores {
     let objects = world(n, 1, config_map);
     let (kache, writer) = kache_store::store::<ConfigMap>();
     let mut writer = writer.with_index("app", |cm: &ConfigMap| {
@@ -293,6 +297,8 @@ fn reads(c: &mut Criterion, rows: &mut Vec<Row>) {
     }
     group.finish();
 
+    finds(c, rows, &stores);
+
     for (name, what) in [("filter-label", "label"), ("filter-namespace", "namespace")] {
         let mut group = c.benchmark_group(name);
         group
@@ -321,6 +327,38 @@ fn reads(c: &mut Criterion, rows: &mut Vec<Row>) {
                 param: *n,
                 per_iter: 1,
                 unit: "lookup",
+            });
+        }
+        group.finish();
+    }
+}
+
+/// `find` with a predicate that matches nothing, and one that matches one object in 500.
+fn finds(c: &mut Criterion, rows: &mut Vec<Row>, stores: &[(usize, Stores)]) {
+    for (name, matches) in [("find-none", false), ("find-label", true)] {
+        let mut group = c.benchmark_group(name);
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(1));
+        for (n, (kache, kube)) in stores {
+            // One object in 500 carries this label value; no object carries the other.
+            let app = if matches {
+                app_of(17)
+            } else {
+                "none".to_owned()
+            };
+            group.bench_with_input(BenchmarkId::new("kache", n), n, |b, _| {
+                b.iter(|| kache.find(|cm| cm.labels().get("app") == Some(&app)));
+            });
+            group.bench_with_input(BenchmarkId::new("kube-runtime", n), n, |b, _| {
+                b.iter(|| kube.find(|cm| cm.labels().get("app") == Some(&app)));
+            });
+            rows.push(Row {
+                group: name.to_owned(),
+                param: *n,
+                per_iter: 1,
+                unit: "find",
             });
         }
         group.finish();

@@ -109,6 +109,10 @@ impl Model {
         Ok(match *op {
             Op::Apply(n) => {
                 self.visible.insert(key(n), self.rv.to_string());
+                // During a relist, an apply also goes into the generation being built.
+                if let Some(relist) = &mut self.relist {
+                    relist.insert(key(n), self.rv.to_string());
+                }
                 Event::Apply(cm(NAMES[n], self.rv))
             }
             Op::Delete(n) => {

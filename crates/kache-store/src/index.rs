@@ -25,8 +25,16 @@ pub(crate) type IndexFn<K> = Arc<dyn Fn(&K) -> Vec<String> + Send + Sync>;
 pub(crate) type KeySet = HashSet<ObjectKey, RandomState>;
 
 /// Value to keys, for one index.
+#[cfg_attr(test, derive(Debug))]
 pub(crate) struct Postings<V> {
     map: HashMap<V, KeySet, RandomState>,
+}
+
+#[cfg(test)]
+impl<V: Hash + Eq> PartialEq for Postings<V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.map == other.map
+    }
 }
 
 impl<V> Default for Postings<V> {
@@ -128,19 +136,6 @@ impl<K> IndexFns<K> {
         changes
     }
 
-    /// The postings of one index over `objects`.
-    pub(crate) fn build_one(&self, index: usize, objects: &ObjectMap<K>) -> Postings<String> {
-        let mut postings = Postings::default();
-        if let Some((_, f)) = self.fns.get(index) {
-            for (key, obj) in objects {
-                for value in f(obj) {
-                    postings.insert(value, key);
-                }
-            }
-        }
-        postings
-    }
-
     /// All indexes over `objects`: used to build a relist generation off to the side.
     pub(crate) fn build(&self, objects: &ObjectMap<K>) -> Indexes {
         let mut indexes = Indexes::default();
@@ -150,15 +145,26 @@ impl<K> IndexFns<K> {
         indexes.custom = self
             .fns
             .iter()
-            .enumerate()
-            .map(|(i, (name, _))| (name.clone(), self.build_one(i, objects)))
+            .map(|(name, f)| (name.clone(), build_postings(f, objects)))
             .collect();
         indexes
     }
 }
 
+/// The postings of the index function `f` over `objects`.
+pub(crate) fn build_postings<K>(f: &IndexFn<K>, objects: &ObjectMap<K>) -> Postings<String> {
+    let mut postings = Postings::default();
+    for (key, obj) in objects {
+        for value in f(obj) {
+            postings.insert(value, key);
+        }
+    }
+    postings
+}
+
 /// The indexes of one store generation; swapped together with its objects.
 #[derive(Default)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 pub(crate) struct Indexes {
     by_namespace: Postings<Arc<str>>,
     /// Same order as the writer's `IndexFns`; few enough that a linear name search wins.

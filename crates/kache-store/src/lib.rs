@@ -66,11 +66,29 @@
 //! `InitDone`) is built off to the side, objects and indexes together, and made visible by
 //! one pointer swap at `InitDone`, so a read sees the whole previous list or the whole new
 //! one, never a mix; objects absent from the new list disappear at that instant. `Apply`
-//! and `Delete` between relists are visible as soon as [`Writer::apply`] returns. Two
-//! separate reads may see different generations. The old generation is freed after the
-//! swap, outside the lock, so readers wait only for the swap itself (and for single-key
+//! and `Delete` are visible as soon as [`Writer::apply`] returns; during a relist they also
+//! apply to the generation being built, so its `InitDone` keeps them (see
+//! [`Writer::apply`]). Two separate reads may see different generations. The old generation
+//! is freed after the swap, outside the lock, so readers wait only for the swap itself (and
+//! for single-key
 //! updates). Long reads (`state`, `find`) hold the shared lock while they copy `Arc`s, and
 //! the writer waits for them.
+//!
+//! **User code and the lock.** No user code runs while the store's lock is held, so none can
+//! deadlock on it: a [`Store::find`] predicate runs on a snapshot of one generation after the
+//! lock is released, and the transform and index functions run in the writer before it takes
+//! the lock; each may read the store. (The lock is fair: a read made under it would queue
+//! behind a waiting writer, which waits for that very read.) What still runs under a shared
+//! lock is `K`'s [`Resource::meta`](kube_client::Resource::meta), to compare an object's uid
+//! or resourceVersion: an implementation that read a store could deadlock, and the derived
+//! ones never do.
+//!
+//! **Panics in user code** never corrupt the store or lose an event silently. A transform or
+//! index function that panics leaves the event (or the index being added) unapplied, every
+//! object and index exactly as before, and the panic propagates to whoever applied the event;
+//! through [`reflect`](ReflectExt::reflect) it fails the task polling the stream, and the
+//! dropped writer ends the subscribers and fails pending waits. See [`Writer`]'s User code
+//! section. A panicking `find` predicate holds no lock and changes nothing.
 //!
 //! **Staleness.** The store is as current as the events applied to it: it lags the API
 //! server by the watch latency, and may miss deletes while the watch is down until the next

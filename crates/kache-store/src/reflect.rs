@@ -63,8 +63,12 @@ where
         // A `match` rather than nested `map`s: each `map` would move the event once more.
         let item = match item {
             Poll::Ready(Some(Ok(event))) => {
+                let applied = this.writer.apply_buffered(event);
+                // Counted once applied: an event whose transform or index function panicked
+                // was not, and a point after it must never count (polled again, the stream
+                // then stays one behind the watcher's count: its points are never used).
                 *this.received += 1;
-                Poll::Ready(Some(Ok(this.writer.apply_buffered(event))))
+                Poll::Ready(Some(Ok(applied)))
             }
             Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
             Poll::Ready(None) => Poll::Ready(None),

@@ -130,18 +130,34 @@ impl<K> Store<K> {
         self.shared.state.read().objects.values().cloned().collect()
     }
 
-    /// Some cached object for which `predicate` holds.
+    /// Some cached object for which `predicate` holds, from one generation of the store.
     ///
-    /// The read lock is held while `predicate` runs: keep it cheap.
+    /// `predicate` runs after the lock is released, on a snapshot of the generation (as
+    /// [`Store::state`] takes it), so it may read this store (`get`, `len`, even `find`) and
+    /// take as long as it likes without holding up the writer or other readers. The price is
+    /// the snapshot: one `Arc` clone per object, wherever the match is. To look objects up by
+    /// a value again and again, register an index ([`Writer::add_index`](crate::Writer::add_index)).
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let store = writer.as_reader();
+    /// for name in ["a", "b"] {
+    ///     let mut cm = ConfigMap::default();
+    ///     cm.metadata.name = Some(name.into());
+    ///     writer.apply(Event::Apply(cm));
+    /// }
+    /// // The predicate may read the store it searches.
+    /// let found = store.find(|cm| cm.metadata.name.as_deref() == Some("b") && store.len() == 2);
+    /// assert!(found.is_some());
+    /// ```
     #[must_use]
     pub fn find(&self, mut predicate: impl FnMut(&K) -> bool) -> Option<Arc<K>> {
-        self.shared
-            .state
-            .read()
-            .objects
-            .values()
-            .find(|obj| predicate(obj))
-            .cloned()
+        // Not under the lock: parking_lot's lock is fair, so a read the predicate makes would
+        // queue behind a waiting writer, which waits for this read: a deadlock.
+        self.state().into_iter().find(|obj| predicate(obj))
     }
 
     /// The number of cached objects.

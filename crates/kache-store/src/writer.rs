@@ -9,7 +9,7 @@ use kube_client::Resource;
 use tokio::sync::watch;
 use tracing::{debug, trace, warn};
 
-use crate::index::{IndexFns, ObjectMap};
+use crate::index::{IndexFn, IndexFns, ObjectMap, build_postings};
 use crate::key::ObjectKey;
 use crate::store::{Shared, State, Store};
 use crate::subscriber::{self, DEFAULT_BUFFER, Delivery, Msg, Publisher, Subscriber};
@@ -35,6 +35,21 @@ where
 /// There is one writer per store, so a relist from one event stream can never interleave
 /// with another's. Dropping the writer ends subscriber streams and makes a pending
 /// [`Store::wait_until_ready`] fail.
+///
+/// # User code
+///
+/// The transform ([`Writer::with_transform`]) and the index functions
+/// ([`Writer::add_index`]) run on the caller's thread, in [`Writer::apply`] (or the stream
+/// that calls it) and in [`Writer::add_index`], with no lock held: they may read the store.
+///
+/// If one panics, the panic propagates to that caller, and the event (or the new index) is
+/// not applied: the objects, every index, the relist in progress, the version and what
+/// subscribers hear are exactly as before the call. Nothing is lost silently: through
+/// [`reflect`](crate::ReflectExt::reflect), the panic unwinds the task that polls it, and the
+/// writer dropped on the way ends the subscriber streams and fails pending waits with
+/// [`Error::WriterDropped`](crate::Error::WriterDropped). A caller that catches the panic
+/// (`std::panic::catch_unwind`) keeps a usable writer and a consistent store that misses
+/// that one event until a later event or relist brings the object up to date.
 pub struct Writer<K> {
     // `Arc`: the state is shared with every `Store` clone.
     shared: Arc<Shared<K>>,
@@ -150,7 +165,8 @@ where
     /// and save memory. Replaces an earlier transform.
     ///
     /// The transform runs on `Apply`, `InitApply` and `Delete` objects, before the key is
-    /// computed: it must not change the name or namespace.
+    /// computed: it must not change the name or namespace. A panic in it leaves the event
+    /// unapplied (see [User code](Writer#user-code)).
     #[must_use]
     pub fn with_transform(mut self, transform: impl FnMut(&mut K) + Send + 'static) -> Self {
         self.transform = Some(Box::new(transform));
@@ -159,6 +175,11 @@ where
 
     /// Registers an index: `index` returns the values under which an object is found by
     /// [`Store::by_index`]`(name, value)`. Builder form of [`Writer::add_index`].
+    ///
+    /// # Panics
+    ///
+    /// If `index` panics on an object already stored. The writer is then dropped, with the
+    /// effects of a dropped writer; the store keeps its objects and indexes as they were.
     #[must_use]
     pub fn with_index(
         mut self,
@@ -177,23 +198,51 @@ where
     /// progress is indexed when it completes. Registering a name again replaces that index.
     /// The function must be deterministic: it is called again on the stored object to find
     /// the values to remove when the object changes or goes away.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let store = writer.as_reader();
+    /// let mut cm = ConfigMap::default();
+    /// cm.metadata.name = Some("settings".into());
+    /// cm.data = Some([("tier".to_owned(), "web".to_owned())].into());
+    /// writer.apply(Event::Apply(cm));
+    /// writer.add_index("tier", |cm: &ConfigMap| {
+    ///     cm.data.iter().flatten().filter(|(k, _)| *k == "tier").map(|(_, v)| v.clone()).collect()
+    /// });
+    /// assert_eq!(store.by_index("tier", "web")?.len(), 1);
+    /// # Ok::<(), kache_store::Error>(())
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `index` panics on an object already stored. Nothing changes then: the index is not
+    /// registered, and every other index is as it was.
     pub fn add_index(
         &mut self,
         name: impl Into<String>,
         index: impl Fn(&K) -> Vec<String> + Send + Sync + 'static,
     ) {
         let name = name.into();
-        let pos = self.fns.set(name.clone(), Arc::new(index));
-        // A shared lock suffices to read: this writer is the only one that mutates.
-        let postings = self.fns.build_one(pos, &self.shared.state.read().objects);
+        let index: IndexFn<K> = Arc::new(index);
+        // The objects are copied out so that `index` runs with no lock held (see the crate's
+        // Consistency section); nothing can change them meanwhile, since only this writer
+        // mutates. The index is built before it is registered: if `index` panics, nothing
+        // has changed.
+        let objects = self.shared.state.read().objects.clone();
+        let postings = build_postings(&index, &objects);
+        let pos = self.fns.set(name.clone(), index);
         let replaced = self.shared.state.write().indexes.set(pos, name, postings);
-        drop(replaced);
+        drop((replaced, objects));
     }
 
     /// Applies one event to the store and returns it with its object shared with the store.
     ///
     /// The object is moved into an `Arc`, never deep-cloned:
-    /// - `Apply` inserts or replaces the object and returns the stored `Arc`.
+    /// - `Apply` inserts or replaces the object and returns the stored `Arc`. During a relist it
+    ///   also goes into the generation being built, so `InitDone` keeps it.
     /// - `Delete` removes the object (a delete of an unknown object changes nothing) and
     ///   returns the event's own object, which carries its final state. During a relist it
     ///   also removes the object from the generation being built.
@@ -207,9 +256,21 @@ where
     ///   object (it only marks the store ready): a duplicate `InitDone` must not empty the
     ///   store.
     ///
+    /// An `Apply` or `Delete` between `Init` and `InitDone` is a change readers see at once,
+    /// and one the list may predate, so it also applies to the generation being built:
+    /// `InitDone` neither undoes an `Apply` (bringing back an older listed copy, or dropping
+    /// an object created since) nor resurrects a deleted object, and subscribers hear each
+    /// change once. kache-watch's watcher sends neither during a list (a streaming list's
+    /// delete aside), but a source that merges event streams may.
+    ///
     /// Subscribers are sent the resulting change without waiting: a full
     /// [`Delivery::Backpressure`] subscriber is resynced rather than waited for. Use
     /// [`Writer::apply_async`] or [`reflect`](crate::ReflectExt::reflect) to wait for them.
+    ///
+    /// # Panics
+    ///
+    /// If the transform or an index function panics. The event is then not applied: the
+    /// store and the writer are as they were (see [User code](Writer#user-code)).
     pub fn apply(&mut self, event: Event<K>) -> Event<Arc<K>> {
         self.publisher.force_flush();
         let applied = self.apply_buffered(event);
@@ -334,6 +395,11 @@ where
             (state.seq, replaced)
         };
         if let Some(relist) = &mut self.relist {
+            // An apply during a relist also goes into the generation being built, as a delete
+            // leaves it: otherwise `InitDone` would undo a change readers have already seen
+            // (an older listed copy comes back, an object created since disappears), with no
+            // event to tell subscribers. The same `Arc`, so the relist diff sees no change.
+            relist.objects.insert(key.clone(), Arc::clone(&new));
             // Readers still see the generation from before the relist began, which this
             // version does not describe: it counts once the new generation is visible.
             relist.version.advance(version_of(new.as_ref()));
@@ -350,13 +416,6 @@ where
 
     fn delete_object(&mut self, obj: K) -> Arc<K> {
         let (key, obj) = self.prepare(obj);
-        // A delete during a relist (a streaming list may report one) also removes the object
-        // from the generation being built, or `InitDone` would bring it back.
-        // Its version, as in `apply_object`, counts once the new generation is visible.
-        if let Some(relist) = &mut self.relist {
-            relist.objects.remove(&key);
-            relist.version.advance(version_of(&obj));
-        }
         // As in `apply_object`: index changes are planned before the write lock, and only when
         // a custom index exists.
         let changes = if self.fns.is_empty() {
@@ -367,6 +426,15 @@ where
                 .map(|old| self.fns.plan(Some(old), None))
                 .unwrap_or_default()
         };
+        // Nothing changes before this point, so that a panicking transform or index function
+        // leaves the event unapplied.
+        // A delete during a relist (a streaming list may report one) also removes the object
+        // from the generation being built, or `InitDone` would bring it back.
+        // Its version, as in `apply_object`, counts once the new generation is visible.
+        if let Some(relist) = &mut self.relist {
+            relist.objects.remove(&key);
+            relist.version.advance(version_of(&obj));
+        }
         let (seq, removed) = {
             let mut state = self.shared.state.write();
             let removed = state.objects.remove(&key);
@@ -415,7 +483,9 @@ where
     }
 
     fn finish_relist(&mut self) {
-        let Some(relist) = self.relist.take() else {
+        // Indexes for the new generation are built here, with no lock held, and before the
+        // relist is taken: if an index function panics, the relist is still in progress.
+        let Some(mut indexes) = self.relist.as_ref().map(|r| self.fns.build(&r.objects)) else {
             warn!("InitDone without a relist in progress; no object changes");
             let became_ready = {
                 let mut state = self.shared.state.write();
@@ -433,12 +503,13 @@ where
             }
             return;
         };
-        let Relist {
+        let Some(Relist {
             mut objects,
             version,
-        } = relist;
-        // Indexes for the new generation are built here, with no lock held.
-        let mut indexes = self.fns.build(&objects);
+        }) = self.relist.take()
+        else {
+            unreachable!("a relist is in progress: its indexes were just built");
+        };
         let len = objects.len();
         let (seq, lock_held) = {
             let mut state = self.shared.state.write();
@@ -514,5 +585,15 @@ impl<K> Drop for Writer<K> {
         self.publisher.force_flush();
         // After the last change: a waiter that finds the store closed has seen its final state.
         self.shared.waiters.close();
+    }
+}
+
+#[cfg(test)]
+impl<K> Writer<K> {
+    /// Panics unless every index of the visible generation, the namespace index and each
+    /// registered one in order, is exactly what a rebuild from its objects gives.
+    pub(crate) fn assert_indexes_exact(&self) {
+        let state = self.shared.state.read();
+        assert_eq!(state.indexes, self.fns.build(&state.objects));
     }
 }

@@ -1,4 +1,5 @@
 use std::{
+    cell::Cell,
     future::Future,
     hash::{BuildHasher, RandomState},
     pin::Pin,
@@ -14,6 +15,9 @@ use tokio::time::{Instant, Sleep};
 ///
 /// The defaults follow kube-runtime and client-go: start at 800 ms, double up to 30 s, jitter
 /// each delay by up to ±25 %, and start again from the bottom once 120 s pass without an error.
+/// The [`watcher`](crate::watcher) waits with them after an error
+/// ([`Config::retry_backoff`](crate::Config::retry_backoff)); give it other values with
+/// [`WatchStreamExt::backoff`](crate::WatchStreamExt::backoff).
 ///
 /// ```
 /// use std::time::Duration;
@@ -33,6 +37,8 @@ pub struct Backoff {
     jitter: f64,
     reset_after: Duration,
     current: Option<Duration>,
+    /// When the last error was met, to start over after `reset_after` without one.
+    last_error: Option<Instant>,
     rng: u64,
 }
 
@@ -45,6 +51,7 @@ impl Default for Backoff {
             jitter: 0.25,
             reset_after: Duration::from_secs(120),
             current: None,
+            last_error: None,
             // A per-process random seed, without a dependency on a random number crate.
             rng: RandomState::new().hash_one(0_u8) | 1,
         }
@@ -92,6 +99,19 @@ impl Backoff {
         self.current = None;
     }
 
+    /// The delay to wait after an error met at `now`: the next in the sequence, which starts
+    /// over first if the previous error is `reset_after` old.
+    pub(crate) fn delay_after_error(&mut self, now: Instant) -> Duration {
+        if self
+            .last_error
+            .is_some_and(|last| now.duration_since(last) >= self.reset_after)
+        {
+            self.reset();
+        }
+        self.last_error = Some(now);
+        self.next_delay()
+    }
+
     /// The next delay in the sequence.
     pub fn next_delay(&mut self) -> Duration {
         let base = match self.current {
@@ -115,6 +135,12 @@ impl Backoff {
 pin_project! {
     /// A stream that waits, with a growing delay, before polling its inner stream again after
     /// an error. Made by [`WatchStreamExt::backoff`](crate::WatchStreamExt::backoff).
+    ///
+    /// A [`watcher`](crate::watcher) that this stream polls (directly, or through adapters
+    /// that poll it from within their own poll, such as `reflect`, `map` or `modify`) leaves
+    /// the waiting to it: the watcher's own [`Config::retry_backoff`](crate::Config::retry_backoff)
+    /// stands aside, so each error is followed by this stream's wait alone. A watcher polled
+    /// elsewhere (on another task, behind a channel) keeps its own wait, and the two add up.
     #[must_use = "streams do nothing unless polled"]
     #[derive(Debug)]
     pub struct StreamBackoff<S> {
@@ -123,7 +149,6 @@ pin_project! {
         backoff: Backoff,
         #[pin]
         sleep: Option<Sleep>,
-        last_error: Option<Instant>,
     }
 }
 
@@ -133,8 +158,37 @@ impl<S> StreamBackoff<S> {
             stream,
             backoff,
             sleep: None,
-            last_error: None,
         }
+    }
+}
+
+thread_local! {
+    // Thread-local for the reason `progress` gives: a poll runs on one thread from start to
+    // end, so a watcher polled inside a `StreamBackoff`'s poll is the one it spaces.
+
+    /// How many `StreamBackoff`s are polling their inner stream on this thread.
+    static SPACING: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether a [`StreamBackoff`] encloses the current poll: it waits after each error before it
+/// polls again, so a watcher inside it need not.
+pub(crate) fn spaced_by_adapter() -> bool {
+    SPACING.get() > 0
+}
+
+/// Marks a `StreamBackoff`'s poll of its inner stream, until dropped (on unwind too).
+struct Spacing;
+
+impl Spacing {
+    fn enter() -> Self {
+        SPACING.set(SPACING.get() + 1);
+        Self
+    }
+}
+
+impl Drop for Spacing {
+    fn drop(&mut self) {
+        SPACING.set(SPACING.get() - 1);
     }
 }
 
@@ -147,17 +201,12 @@ impl<S: TryStream> Stream for StreamBackoff<S> {
             ready!(sleep.poll(cx));
             this.sleep.set(None);
         }
-        let item = ready!(this.stream.try_poll_next(cx));
+        let item = {
+            let _spacing = Spacing::enter();
+            ready!(this.stream.try_poll_next(cx))
+        };
         if let Some(Err(_)) = &item {
-            let now = Instant::now();
-            if this
-                .last_error
-                .is_some_and(|last| now.duration_since(last) >= this.backoff.reset_after)
-            {
-                this.backoff.reset();
-            }
-            *this.last_error = Some(now);
-            let delay = this.backoff.next_delay();
+            let delay = this.backoff.delay_after_error(Instant::now());
             tracing::debug!(?delay, "backing off after a watcher error");
             this.sleep.set(Some(tokio::time::sleep(delay)));
         }
@@ -192,6 +241,18 @@ mod tests {
                 "{d:?}"
             );
         }
+    }
+
+    #[test]
+    fn delays_after_errors_start_over_after_a_healthy_period() {
+        let mut b = Backoff::default()
+            .jitter(0.0)
+            .reset_after(Duration::from_secs(10));
+        let start = tokio::time::Instant::now();
+        let after = |secs| start + Duration::from_secs(secs);
+        assert_eq!(b.delay_after_error(after(0)), Duration::from_millis(800));
+        assert_eq!(b.delay_after_error(after(9)), Duration::from_millis(1600));
+        assert_eq!(b.delay_after_error(after(19)), Duration::from_millis(800));
     }
 
     #[tokio::test(start_paused = true)]

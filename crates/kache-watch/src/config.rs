@@ -29,6 +29,7 @@ pub enum InitialListStrategy {
 ///     .initial_list_strategy(InitialListStrategy::ListWatch);
 /// assert_eq!(config.page_size, Some(100));
 /// assert!(config.bookmarks);
+/// assert!(config.retry_backoff);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -49,6 +50,19 @@ pub struct Config {
     /// How long a streaming list may run without its closing bookmark before the watcher
     /// gives up on it and falls back to a paged list. Default 5 minutes.
     pub initial_events_timeout: Duration,
+    /// Wait before a request that follows an error, as client-go's reflector does, so that a
+    /// failing server is never hammered. Default on.
+    ///
+    /// The waits are [`Backoff::default`](crate::Backoff)'s: 800 ms, doubling up to 30 s, with
+    /// jitter, starting over once 120 s pass without an error. A backoff adapter that polls
+    /// the watcher ([`WatchStreamExt::backoff`](crate::WatchStreamExt::backoff) or
+    /// [`default_backoff`](crate::WatchStreamExt::default_backoff), which is how to choose
+    /// other delays) takes over: after each error its own wait is the only one.
+    ///
+    /// Off ([`Config::disable_retry_backoff`]), the watcher retries at once, only returning
+    /// to the runtime first (so other tasks run and an abort lands): for a consumer that
+    /// spaces its polls after an error itself.
+    pub retry_backoff: bool,
 }
 
 impl Default for Config {
@@ -61,6 +75,7 @@ impl Default for Config {
             bookmarks: true,
             initial_list_strategy: InitialListStrategy::Auto,
             initial_events_timeout: Duration::from_secs(300),
+            retry_backoff: true,
         }
     }
 }
@@ -120,6 +135,15 @@ impl Config {
     #[must_use]
     pub fn initial_events_timeout(mut self, timeout: Duration) -> Self {
         self.initial_events_timeout = timeout;
+        self
+    }
+
+    /// Turns off the wait before a request that follows an error
+    /// ([`Config::retry_backoff`]). Not recommended unless the consumer waits after an error
+    /// itself: the watcher then retries a failing server as fast as it is polled.
+    #[must_use]
+    pub fn disable_retry_backoff(mut self) -> Self {
+        self.retry_backoff = false;
         self
     }
 

@@ -3,9 +3,9 @@ use kube_client::core::Status;
 /// What went wrong while listing or watching.
 ///
 /// Every error is reported as an item of the [`watcher`](crate::watcher) stream, which keeps
-/// going afterwards: none of these ends the stream. Pair the stream with a backoff
-/// ([`WatchStreamExt::default_backoff`](crate::WatchStreamExt::default_backoff)) so that a
-/// persistent error (a missing permission, a server that is down) does not become a busy loop.
+/// going afterwards: none of these ends the stream. The watcher waits before the request that
+/// follows an error ([`Config::retry_backoff`](crate::Config::retry_backoff)), so a persistent
+/// error (a missing permission, a server that is down) never becomes a busy loop.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -12,6 +12,10 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event<K> {
     /// An object was added or modified.
+    ///
+    /// An `Apply` may arrive between `Init` and `InitDone` from a source that merges event
+    /// streams (the [`watcher`](crate::watcher) sends none there): it is a change the list
+    /// may predate, so a consumer keeps it in the list being built, as kache-store does.
     Apply(K),
     /// An object was deleted.
     ///

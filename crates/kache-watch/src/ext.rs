@@ -6,6 +6,10 @@ use crate::{Backoff, Event, StreamBackoff};
 pub trait WatchStreamExt: Stream {
     /// Waits before polling again after an error, with [`Backoff::default`]: exponential from
     /// 800 ms to 30 s, with jitter, reset after 120 s without errors.
+    ///
+    /// A [`watcher`](crate::watcher) already waits so by default
+    /// ([`Config::retry_backoff`](crate::Config::retry_backoff)); polled through this adapter,
+    /// it leaves the waiting to the adapter, so the two never add up (see [`StreamBackoff`]).
     fn default_backoff(self) -> StreamBackoff<Self>
     where
         Self: TryStream + Sized,
@@ -13,7 +17,8 @@ pub trait WatchStreamExt: Stream {
         StreamBackoff::new(self, Backoff::default())
     }
 
-    /// Waits before polling again after an error, with the given backoff.
+    /// Waits before polling again after an error, with the given backoff: the way to give a
+    /// [`watcher`](crate::watcher) other delays than its own, which this adapter replaces.
     fn backoff(self, backoff: Backoff) -> StreamBackoff<Self>
     where
         Self: TryStream + Sized,

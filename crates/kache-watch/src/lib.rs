@@ -36,8 +36,12 @@
 //! # Errors
 //! Every [`Error`] is yielded as an item and the stream continues: a LIST failure restarts the
 //! list (with a new `Init`), a WATCH failure resumes from the last resourceVersion, a `410 Gone`
-//! relists. Use [`WatchStreamExt::default_backoff`] so that persistent errors are retried at a
-//! gentle pace.
+//! relists. The request that follows an error waits first, with an exponential backoff
+//! ([`Config::retry_backoff`], on by default, as client-go's reflector; kube-runtime's watcher
+//! retries at once unless given a backoff), so a persistent error is retried at a gentle pace
+//! whoever polls the stream. [`WatchStreamExt::backoff`] chooses other delays: the adapter's
+//! wait then replaces the watcher's own. Before each request the stream returns to the
+//! runtime, so a task driving it can be aborted whatever the server does.
 
 mod backoff;
 mod config;

@@ -1,4 +1,4 @@
-use std::{collections::VecDeque, fmt::Debug, future::Future};
+use std::{collections::VecDeque, fmt::Debug, future::Future, task::Poll};
 
 use futures::{Stream, StreamExt, stream::BoxStream};
 use kube_client::{
@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tracing::{debug, info, trace, warn};
 
+use crate::backoff::{self, Backoff};
 use crate::error::status_code;
 use crate::progress::{self, Progress};
 use crate::{Config, Error, Event, InitialListStrategy, Result};
@@ -25,9 +26,14 @@ const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 ///   advance it), without a relist;
 /// - a `410 Gone` (an ERROR event on the watch, or an expired continue token on a LIST page)
 ///   starts over with `Init` and a full relist;
-/// - every error is yielded as an `Err` item and the stream goes on, so pair it with
-///   [`default_backoff`](crate::WatchStreamExt::default_backoff) to avoid a busy loop on a
-///   persistent error.
+/// - every error is yielded as an `Err` item and the stream goes on. The request that follows
+///   an error waits first ([`Config::retry_backoff`], on by default), so a persistent error
+///   is never a busy loop; a backoff adapter
+///   ([`default_backoff`](crate::WatchStreamExt::default_backoff)) that polls the watcher
+///   replaces that wait with its own.
+///
+/// Before each request the stream returns to the runtime at least once, so a task that drives
+/// it can be aborted, and other tasks run, even when every request fails at once.
 ///
 /// Objects missing `metadata.name` are skipped with an [`Error::InvalidObject`] item; a watch
 /// event missing `metadata.resourceVersion` also makes the watcher relist, since the resume
@@ -148,6 +154,37 @@ enum State<K> {
     },
 }
 
+impl<K> State<K> {
+    /// Whether the next step starts with a request to the server.
+    fn requests(&self) -> bool {
+        match self {
+            State::Empty | State::Listed { .. } => true,
+            State::Listing {
+                continue_token,
+                objects,
+                ..
+            } => objects.is_empty() && continue_token.is_some(),
+            State::StreamingList { .. } | State::Watching { .. } => false,
+        }
+    }
+}
+
+/// Returns to the runtime once: returns `Pending` after waking its own task, so the runtime
+/// runs other tasks (and lands an abort) before it polls this one again. Like tokio's
+/// `yield_now`, without requiring tokio's runtime feature.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
+}
+
 /// What the server accepted, learned while running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Streaming {
@@ -168,6 +205,11 @@ struct Watcher<A: ApiMode> {
     /// The resume point at which the server last answered a watch with an ERROR event other
     /// than 410: a second such answer at the same point relists instead of resuming again.
     failed_resume: Option<String>,
+    /// The last item yielded was an error: the next request waits first. Not every error is
+    /// followed by a request (an invalid object in a list page is not).
+    after_error: bool,
+    /// How long to wait before that request; `None` when [`Config::retry_backoff`] is off.
+    retry: Option<Backoff>,
 }
 
 fn run<A>(api: A, config: Config) -> impl Stream<Item = Result<Event<A::Value>>> + Send
@@ -175,16 +217,19 @@ where
     A: ApiMode + 'static,
 {
     let watcher = Watcher {
+        retry: config.retry_backoff.then(Backoff::default),
         api,
         config,
         streaming: Streaming::Untried,
         list_next: false,
         failed_resume: None,
         yielded: 0,
+        after_error: false,
     };
     futures::stream::unfold((watcher, State::Empty), |(mut watcher, state)| async move {
         let (item, state) = watcher.step(state).await;
         watcher.yielded += u64::from(item.is_ok());
+        watcher.after_error = item.is_err();
         Some((item, (watcher, state)))
     })
 }
@@ -196,10 +241,34 @@ impl<A: ApiMode> Watcher<A> {
         mut state: State<A::Value>,
     ) -> (Result<Event<A::Value>>, State<A::Value>) {
         loop {
+            if state.requests() {
+                self.before_request().await;
+            }
             match self.step_once(state).await {
                 (Some(item), next) => return (item, next),
                 (None, next) => state = next,
             }
+        }
+    }
+
+    /// Returns to the runtime before each request, after waiting if the request follows an
+    /// error (see [`Config::retry_backoff`]).
+    ///
+    /// A request can fail without waiting for anything (a client whose connection tasks are
+    /// gone, as at runtime shutdown). Each such failure is an item, and a consumer that polls
+    /// again at once (`for_each`) used to keep one poll of its task running forever: retrying
+    /// at full speed, never returning to the runtime, so the task could not even be aborted.
+    /// Now no request starts without the task having returned `Pending` since the last one.
+    async fn before_request(&mut self) {
+        let after_error = std::mem::take(&mut self.after_error);
+        match &mut self.retry {
+            // A backoff adapter polling this watcher has waited after the error already.
+            Some(backoff) if after_error && !backoff::spaced_by_adapter() => {
+                let delay = backoff.delay_after_error(Instant::now());
+                debug!(?delay, "waiting before a retry after an error");
+                tokio::time::sleep(delay).await;
+            }
+            _ => yield_now().await,
         }
     }
 

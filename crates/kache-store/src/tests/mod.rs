@@ -1,4 +1,5 @@
 mod model;
 mod subscriber;
 mod unit;
+mod user_code;
 mod wait;

@@ -116,6 +116,10 @@ impl Model {
                 let obj = make(n, m, l, self.rv);
                 self.visible.insert(obj.key.clone(), obj.clone());
                 self.reach(obj.rv);
+                // An apply also goes into the generation being built, so `InitDone` keeps it.
+                if let Some(relist) = &mut self.relist {
+                    relist.insert(obj.key.clone(), obj.clone());
+                }
                 Event::Apply(obj.to_cm())
             }
             Op::Delete(n, m) => {

@@ -27,7 +27,7 @@ pub(super) fn cm(name: &str, rv: impl std::fmt::Display) -> ConfigMap {
 }
 
 /// An event as `Kind name@rv`, for readable assertions.
-fn show(event: &Event<Arc<ConfigMap>>) -> String {
+pub(super) fn show(event: &Event<Arc<ConfigMap>>) -> String {
     let obj = |o: &ConfigMap| {
         format!(
             "{}@{}",
@@ -44,8 +44,19 @@ fn show(event: &Event<Arc<ConfigMap>>) -> String {
     }
 }
 
+/// The store's objects as sorted `name@rv`.
+pub(super) fn versions(store: &Store<ConfigMap>) -> Vec<String> {
+    let mut objs: Vec<_> = store
+        .state()
+        .into_iter()
+        .map(|obj| show(&Event::Apply(obj))["Apply ".len()..].to_owned())
+        .collect();
+    objs.sort();
+    objs
+}
+
 /// Everything the subscriber can yield without waiting, and whether it ended.
-fn drain(sub: &mut Subscriber<ConfigMap>) -> (Vec<String>, bool) {
+pub(super) fn drain(sub: &mut Subscriber<ConfigMap>) -> (Vec<String>, bool) {
     let mut out = Vec::new();
     loop {
         match sub.next().now_or_never() {
@@ -73,7 +84,8 @@ fn snapshot(events: &[String]) -> Vec<String> {
     middle
 }
 
-fn relist(writer: &mut Writer<ConfigMap>, objs: impl IntoIterator<Item = ConfigMap>) {
+/// A complete relist of `objs`: `Init`, one `InitApply` each, `InitDone`.
+pub(super) fn relist(writer: &mut Writer<ConfigMap>, objs: impl IntoIterator<Item = ConfigMap>) {
     writer.apply(Event::Init);
     for obj in objs {
         writer.apply(Event::InitApply(obj));

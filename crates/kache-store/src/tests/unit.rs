@@ -7,6 +7,7 @@ use futures::{FutureExt, StreamExt, stream};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube_client::api::ObjectMeta;
 
+use super::subscriber::{drain, versions};
 use crate::{Error, Event, ObjectKey, ReflectExt, Store, Writer, store};
 
 fn cm(ns: Option<&str>, name: &str, rv: u64) -> ConfigMap {
@@ -110,6 +111,33 @@ fn delete_during_relist_keeps_the_object_out_of_the_new_generation() {
     );
     assert!(store.get(Some("ns"), "b").is_some());
     assert_eq!(store.len(), 1);
+}
+
+#[test]
+fn apply_during_relist_is_kept_at_init_done_as_a_delete_stays_out() {
+    let (store, mut writer) = store();
+    relist(
+        &mut writer,
+        [cm(Some("ns"), "a", 1), cm(Some("ns"), "b", 2)],
+    );
+    let mut changes = store.subscribe();
+    assert_eq!(drain(&mut changes).0.len(), 4, "the snapshot");
+    writer.apply(Event::Init);
+    writer.apply(Event::InitApply(cm(Some("ns"), "a", 1)));
+    writer.apply(Event::InitApply(cm(Some("ns"), "b", 2)));
+    // Changes that arrive while the relist is being built are visible at once...
+    writer.apply(Event::Apply(cm(Some("ns"), "a", 3)));
+    writer.apply(Event::Apply(cm(Some("ns"), "c", 4)));
+    writer.apply(Event::Delete(cm(Some("ns"), "b", 5)));
+    assert_eq!(versions(&store), ["a@3", "c@4"]);
+    // ...and `InitDone` neither undoes nor resurrects them.
+    writer.apply(Event::InitDone);
+    assert_eq!(versions(&store), ["a@3", "c@4"]);
+    assert_eq!(
+        drain(&mut changes).0,
+        ["Apply a@3", "Apply c@4", "Delete b@5"],
+        "each change once, and nothing at InitDone"
+    );
 }
 
 #[test]
