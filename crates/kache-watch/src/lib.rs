@@ -31,15 +31,20 @@
 //! # Progress without events
 //! Bookmarks and the resourceVersion of a completed list advance how far a watch has reached
 //! without any object changing. They are not [`Event`]s: the watcher reports them to the
-//! consumer that polls it, through [`observe_progress`]; [`Progress`] says why.
+//! consumer that polls it, through [`observe_progress`]; [`Progress`] says why. In the same
+//! way, [`observe_activity`] tells it which WATCH requests started or resumed and how many
+//! bookmarks arrived ([`Activity`]), for metrics.
 //!
 //! # Errors
 //! Every [`Error`] is yielded as an item and the stream continues: a LIST failure restarts the
 //! list (with a new `Init`), a WATCH failure resumes from the last resourceVersion, a `410 Gone`
 //! relists. Use [`WatchStreamExt::default_backoff`] so that persistent errors are retried at a
-//! gentle pace.
+//! gentle pace. [`Error::class`] sorts errors for metrics and health checks ([`ErrorClass`]):
+//! `403` and `404` do not heal by retrying.
 
+mod activity;
 mod backoff;
+mod class;
 mod config;
 mod error;
 mod event;
@@ -47,7 +52,9 @@ mod ext;
 mod progress;
 mod watcher;
 
+pub use activity::{Activity, observe_activity};
 pub use backoff::{Backoff, StreamBackoff};
+pub use class::ErrorClass;
 pub use config::{Config, InitialListStrategy};
 pub use error::{Error, Result};
 pub use event::Event;
