@@ -8,6 +8,7 @@ use kache_watch::{Event, Progress, observe_progress};
 use kube_client::Resource;
 use pin_project_lite::pin_project;
 
+use crate::health::Observer;
 use crate::writer::Writer;
 
 pin_project! {
@@ -22,6 +23,9 @@ pin_project! {
     /// (backoff, `modify`, `map_ok`). An adapter that drops items only stops the bookmarks
     /// from counting; one that adds `Ok` items of its own must not sit in between.
     ///
+    /// It keeps the store's [`Health`](crate::Health) (errors in a row, the last one, one
+    /// warning per streak) and, with the `metrics` feature, counts what the watch does.
+    ///
     /// Created by [`reflector`] or [`ReflectExt::reflect`].
     #[must_use = "streams do nothing unless polled"]
     pub struct Reflect<St, K> {
@@ -32,6 +36,8 @@ pin_project! {
         received: u64,
         // A point reported before the items it follows have all been received.
         pending: Option<Progress>,
+        // Health and metrics: see health.rs.
+        observer: Observer,
     }
 }
 
@@ -47,6 +53,8 @@ impl<St, K, E> Stream for Reflect<St, K>
 where
     St: Stream<Item = Result<Event<K>, E>>,
     K: Resource + Send + Sync + 'static,
+    // `'static`: the health tells the watcher's errors apart by type (`Any`).
+    E: 'static,
 {
     type Item = Result<Event<Arc<K>>, E>;
 
@@ -54,8 +62,10 @@ where
         let this = self.project();
         // Backpressure subscribers must have room for the previous event before the next one
         // is applied.
-        ready!(this.writer.poll_flush(cx));
-        let (item, reached) = observe_progress(|| this.stream.poll_next(cx));
+        ready!(this.observer.poll_flush(this.writer, cx));
+        let (item, reached) = this.observer.observe(&this.writer.shared, || {
+            observe_progress(|| this.stream.poll_next(cx))
+        });
         if reached.is_some() {
             // A later point supersedes an earlier one still waiting.
             *this.pending = reached;
@@ -64,9 +74,13 @@ where
         let item = match item {
             Poll::Ready(Some(Ok(event))) => {
                 *this.received += 1;
+                this.observer.on_event(&event, &this.writer.shared);
                 Poll::Ready(Some(Ok(this.writer.apply_buffered(event))))
             }
-            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
+            Poll::Ready(Some(Err(err))) => {
+                this.observer.on_error(&err, &this.writer.shared);
+                Poll::Ready(Some(Err(err)))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         };
@@ -96,6 +110,7 @@ where
         writer,
         received: 0,
         pending: None,
+        observer: Observer::default(),
     }
 }
 
