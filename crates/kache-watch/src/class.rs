@@ -30,13 +30,14 @@ pub enum ErrorClass {
     Gone,
     /// Any other `4xx` answer (`400`, `422`, `429` ...).
     ClientError,
-    /// A `5xx` answer, or a status that is neither `4xx` nor `5xx`.
+    /// A `5xx` answer (or a `1xx` to `3xx` status where an error was expected).
     ServerError,
     /// No answer: the connection failed, was reset or timed out, TLS or client-side
     /// authentication failed, or a streaming list never finished.
     Network,
-    /// An answer that could not be used: undecodable bytes, or an object or list missing a
-    /// field the watcher needs.
+    /// An answer that could not be used: undecodable bytes, an error whose status the client
+    /// could not read (code 0: kube-client turns an error body that is JSON but not a
+    /// `Status` into an empty one), or an object or list missing a field the watcher needs.
     Decode,
 }
 
@@ -79,7 +80,8 @@ impl ErrorClass {
             404 => Self::NotFound,
             410 => Self::Gone,
             400..=499 => Self::ClientError,
-            _ => Self::ServerError,
+            100..=399 | 500..=599 => Self::ServerError,
+            _ => Self::Decode,
         }
     }
 }
@@ -145,6 +147,7 @@ mod tests {
             (429, ErrorClass::ClientError),
             (500, ErrorClass::ServerError),
             (503, ErrorClass::ServerError),
+            (0, ErrorClass::Decode),
         ] {
             assert_eq!(status(code).class(), class, "watch error {code}");
             assert_eq!(api(code).class(), class, "list failure {code}");
