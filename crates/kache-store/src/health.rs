@@ -371,21 +371,23 @@ impl Observer {
         writer.poll_flush(cx)
     }
 
-    /// Runs one poll of the watch stream (noting what the watcher did with the `metrics`
-    /// feature).
+    /// Runs one poll of the watch stream. A WATCH the server accepts ends a streak of errors
+    /// as an `Ok` item does (a resumed watch yields nothing until something changes), so
+    /// during a streak the poll is observed; with the `metrics` feature, always.
     #[inline]
-    #[cfg_attr(
-        not(feature = "metrics"),
-        expect(clippy::unused_self, reason = "the metrics feature uses it")
-    )]
     pub(crate) fn observe<K, R>(&mut self, shared: &Shared<K>, poll: impl FnOnce() -> R) -> R {
         #[cfg(feature = "metrics")]
-        return self.metrics.observe(&shared.metrics, poll);
+        let (out, activity) = self.metrics.observe(&shared.metrics, poll);
         #[cfg(not(feature = "metrics"))]
-        {
-            let _ = shared;
-            poll()
+        let (out, activity) = if self.streak == 0 {
+            (poll(), kache_watch::Activity::default())
+        } else {
+            kache_watch::observe_activity(poll)
+        };
+        if self.streak != 0 && activity.watch_starts + activity.watch_resumes > 0 {
+            self.recovered(shared);
         }
+        out
     }
 
     /// Notes an `Ok` item.

@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use kache_watch::{ErrorClass, Event, observe_activity};
+use kache_watch::{Activity, ErrorClass, Event, observe_activity};
 use kube_client::Resource;
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
@@ -255,7 +255,11 @@ impl ReflectMetrics {
     }
 
     #[inline]
-    pub(crate) fn observe<R>(&mut self, metrics: &CacheMetrics, poll: impl FnOnce() -> R) -> R {
+    pub(crate) fn observe<R>(
+        &mut self,
+        metrics: &CacheMetrics,
+        poll: impl FnOnce() -> R,
+    ) -> (R, Activity) {
         if self.started.is_none() {
             self.started = Some(Instant::now());
         }
@@ -272,7 +276,7 @@ impl ReflectMetrics {
                 metrics.last_bookmark.store(clock::now(), Relaxed);
             }
         }
-        out
+        (out, activity)
     }
 
     #[inline]
