@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::{Either, select};
-use kache_watch::ErrorClass;
+use kache_watch::{Activity, ErrorClass};
 use kube_client::Resource;
 use parking_lot::RwLock;
 use tokio::sync::watch;
@@ -371,23 +371,38 @@ impl Observer {
         writer.poll_flush(cx)
     }
 
-    /// Runs one poll of the watch stream. A WATCH the server accepts ends a streak of errors
-    /// as an `Ok` item does (a resumed watch yields nothing until something changes), so
-    /// during a streak the poll is observed; with the `metrics` feature, always.
+    /// Whether [`reflect`](crate::ReflectExt::reflect) must note what the watcher does
+    /// around its next poll. A WATCH the server accepts ends a streak of errors as an `Ok`
+    /// item does (a resumed watch yields nothing until something changes), so it must
+    /// during a streak; with the `metrics` feature, always.
     #[inline]
-    pub(crate) fn observe<K, R>(&mut self, shared: &Shared<K>, poll: impl FnOnce() -> R) -> R {
+    pub(crate) fn observes_polls(&self) -> bool {
+        cfg!(feature = "metrics") || self.streak != 0
+    }
+
+    /// Before an observed poll: the watch's activity totals so far.
+    // Read around the poll rather than through a closure that wraps it, so that the poll's
+    // item is written once, where the caller wants it.
+    #[inline]
+    #[cfg_attr(
+        not(feature = "metrics"),
+        expect(clippy::unused_self, reason = "the metrics feature uses it")
+    )]
+    pub(crate) fn before_poll(&mut self) -> Activity {
         #[cfg(feature = "metrics")]
-        let (out, activity) = self.metrics.observe(&shared.metrics, poll);
-        #[cfg(not(feature = "metrics"))]
-        let (out, activity) = if self.streak == 0 {
-            (poll(), kache_watch::Activity::default())
-        } else {
-            kache_watch::observe_activity(poll)
-        };
+        self.metrics.before_poll();
+        Activity::so_far()
+    }
+
+    /// After the poll: notes what the watcher did since [`Observer::before_poll`].
+    #[inline]
+    pub(crate) fn after_poll<K>(&mut self, before: Activity, shared: &Shared<K>) {
+        let activity = Activity::so_far().since(before);
+        #[cfg(feature = "metrics")]
+        shared.metrics.on_activity(activity);
         if self.streak != 0 && activity.watch_starts + activity.watch_resumes > 0 {
             self.recovered(shared);
         }
-        out
     }
 
     /// Notes an `Ok` item.

@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use kache_watch::{Activity, ErrorClass, Event, observe_activity};
+use kache_watch::{Activity, ErrorClass, Event};
 use kube_client::Resource;
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
@@ -203,6 +203,21 @@ impl CacheMetrics {
         self.events[index].fetch_add(1, Relaxed);
         self.last_event.store(clock::now(), Relaxed);
     }
+
+    /// Counts what the watcher did during a poll.
+    #[inline]
+    pub(crate) fn on_activity(&self, activity: Activity) {
+        if activity.is_empty() {
+            return;
+        }
+        self.watch_starts.fetch_add(activity.watch_starts, Relaxed);
+        self.watch_resumes
+            .fetch_add(activity.watch_resumes, Relaxed);
+        if activity.bookmarks > 0 {
+            self.bookmarks.fetch_add(activity.bookmarks, Relaxed);
+            self.last_bookmark.store(clock::now(), Relaxed);
+        }
+    }
 }
 
 /// A named subscriber, as the collector reads it.
@@ -254,29 +269,12 @@ impl ReflectMetrics {
         flushed
     }
 
+    /// Before each poll: the first one starts the clock of the first sync.
     #[inline]
-    pub(crate) fn observe<R>(
-        &mut self,
-        metrics: &CacheMetrics,
-        poll: impl FnOnce() -> R,
-    ) -> (R, Activity) {
+    pub(crate) fn before_poll(&mut self) {
         if self.started.is_none() {
             self.started = Some(Instant::now());
         }
-        let (out, activity) = observe_activity(poll);
-        if !activity.is_empty() {
-            metrics
-                .watch_starts
-                .fetch_add(activity.watch_starts, Relaxed);
-            metrics
-                .watch_resumes
-                .fetch_add(activity.watch_resumes, Relaxed);
-            if activity.bookmarks > 0 {
-                metrics.bookmarks.fetch_add(activity.bookmarks, Relaxed);
-                metrics.last_bookmark.store(clock::now(), Relaxed);
-            }
-        }
-        (out, activity)
     }
 
     #[inline]

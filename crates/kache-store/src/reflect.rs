@@ -49,23 +49,38 @@ impl<St, K> fmt::Debug for Reflect<St, K> {
     }
 }
 
-impl<St, K, E> Stream for Reflect<St, K>
+impl<St, K, E> Reflect<St, K>
 where
     St: Stream<Item = Result<Event<K>, E>>,
     K: Resource + Send + Sync + 'static,
-    // `'static`: the health tells the watcher's errors apart by type (`Any`).
     E: 'static,
 {
-    type Item = Result<Event<Arc<K>>, E>;
+    /// A poll that also notes what the watcher did (see `Observer::observes_polls`): rare
+    /// without the `metrics` feature, so kept apart from the plain one.
+    #[cfg_attr(not(feature = "metrics"), cold, inline(never))]
+    fn poll_observed(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Event<Arc<K>>, E>>> {
+        self.poll_item::<true>(cx)
+    }
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    // The observed poll is a copy of its own: code around the poll of the inner stream made
+    // the compiler copy each event (hundreds of bytes) once more.
+    #[inline]
+    fn poll_item<const OBSERVED: bool>(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Event<Arc<K>>, E>>> {
         let this = self.project();
         // Backpressure subscribers must have room for the previous event before the next one
         // is applied.
         ready!(this.observer.poll_flush(this.writer, cx));
-        let (item, reached) = this.observer.observe(&this.writer.shared, || {
-            observe_progress(|| this.stream.poll_next(cx))
-        });
+        let before = OBSERVED.then(|| this.observer.before_poll());
+        let (item, reached) = observe_progress(|| this.stream.poll_next(cx));
+        if let Some(before) = before {
+            this.observer.after_poll(before, &this.writer.shared);
+        }
         if reached.is_some() {
             // A later point supersedes an earlier one still waiting.
             *this.pending = reached;
@@ -89,6 +104,25 @@ where
             this.writer.apply_progress(&point.resource_version);
         }
         item
+    }
+}
+
+impl<St, K, E> Stream for Reflect<St, K>
+where
+    St: Stream<Item = Result<Event<K>, E>>,
+    K: Resource + Send + Sync + 'static,
+    // `'static`: the health tells the watcher's errors apart by type (`Any`).
+    E: 'static,
+{
+    type Item = Result<Event<Arc<K>>, E>;
+
+    #[inline]
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.observer.observes_polls() {
+            self.poll_observed(cx)
+        } else {
+            self.poll_item::<false>(cx)
+        }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -38,7 +38,28 @@ impl Activity {
         *self == Self::default()
     }
 
-    fn since(self, before: Self) -> Self {
+    /// The running totals of this thread: everything the watchers polled on it have done so
+    /// far. Read them before and after a poll, and [`since`](Self::since) gives what the
+    /// poll did; [`observe_activity`] does both around a closure. This form leaves the
+    /// poll's item where the caller wants it, with no closure in between.
+    ///
+    /// ```
+    /// use kache_watch::Activity;
+    ///
+    /// let before = Activity::so_far();
+    /// // ... poll a watch stream ...
+    /// assert!(Activity::so_far().since(before).is_empty());
+    /// ```
+    #[inline]
+    #[must_use]
+    pub fn so_far() -> Self {
+        TOTALS.get()
+    }
+
+    /// What happened between `before` (an earlier [`so_far`](Self::so_far) on the same
+    /// thread) and these totals.
+    #[must_use]
+    pub fn since(self, before: Self) -> Self {
         Self {
             watch_starts: self.watch_starts - before.watch_starts,
             watch_resumes: self.watch_resumes - before.watch_resumes,
