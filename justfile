@@ -17,13 +17,16 @@ fmt:
 fmt-check:
     cargo fmt --all -- --check
 
-# Clippy on every target, warnings as errors.
+# Clippy on every target, warnings as errors; kache-store also without its `metrics` feature
+# (the workspace build turns it on for the examples and tests).
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
+    cargo clippy -p kache-store --all-targets -- -D warnings
 
-# Unit, property and doc tests (no cluster needed).
+# Unit, property and doc tests (no cluster needed), kache-store with and without `metrics`.
 test:
     cargo test -p kache-watch -p kache-store
+    cargo test -p kache-store --features metrics
 
 # End-to-end and fault tests against both local control planes (provisioned on first use):
 # kache-testenv's own tests once per server, kache-tests' suites on each server in one run.
