@@ -17,18 +17,20 @@ fmt:
 fmt-check:
     cargo fmt --all -- --check
 
-# Clippy on every target, warnings as errors.
+# Clippy on every target, warnings as errors; kache-store also without its `metrics` feature
+# (the workspace build turns it on for the examples and tests).
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
+    cargo clippy -p kache-store --all-targets -- -D warnings
 
-# Unit, property and doc tests (no cluster needed).
+# Unit, property and doc tests (no cluster needed), kache-store with and without `metrics`.
 test:
     cargo test -p kache-watch -p kache-store
-
-# Cargo packages workspace members as one set, so their dependencies on each other resolve
-# before any of them is on crates.io.
+    cargo test -p kache-store --features metrics
 
 # Package the library crates as crates.io would get them, and build each from its package alone.
+# Cargo packages workspace members as one set, so their dependencies on each other resolve
+# before any of them is on crates.io.
 package:
     cargo package --allow-dirty -p kache-watch -p kache-store -p kache-testenv
 

@@ -17,14 +17,15 @@ use std::{
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kache_examples::{BoxError, init_tracing, wait_for};
-use kache_store::{ReflectExt, Store, Subscriber, Writer};
+use kache_examples::{BoxError, exposition::Exposition, init_tracing, wait_for};
+use kache_store::{Metrics, ReflectExt, Store, Subscriber, Writer};
 use kache_testenv::{Proxy, TestEnv};
 use kache_watch::{Backoff, Config, Event, WatchStreamExt, watcher};
 use kube_client::{
     Api, ResourceExt,
     api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
 };
+use prometheus_client::registry::Registry;
 use serde_json::json;
 
 const TEAMS: [&str; 3] = ["red", "green", "blue"];
@@ -140,6 +141,55 @@ async fn delete(api: &Api<ConfigMap>, names: impl Iterator<Item = String>) -> Re
     .await
 }
 
+/// A few of the cache's metrics, from a scrape (the text of `registry`).
+fn print_metrics(text: &str) -> Result<(), BoxError> {
+    let scrape = Exposition::parse(text)?;
+    let nonzero = |name: &str, label: &str| {
+        let parts: Vec<String> = scrape
+            .matching(name, &[])
+            .filter(|s| s.value > 0.0)
+            .map(|s| format!("{} {}", s.labels[label], s.value))
+            .collect();
+        parts.join(", ")
+    };
+    println!(
+        "  metrics (a scrape of the registry, {} samples):",
+        scrape.samples.len()
+    );
+    println!(
+        "    kache_events_total         {}",
+        nonzero("kache_events_total", "type")
+    );
+    println!(
+        "    kache_relists_total        {}",
+        nonzero("kache_relists_total", "cause")
+    );
+    println!(
+        "    kache_errors_total         {}",
+        nonzero("kache_errors_total", "class")
+    );
+    println!(
+        "    kache_watch_starts_total   {}",
+        nonzero("kache_watch_starts_total", "cache")
+    );
+    println!(
+        "    kache_watch_resumes_total  {}",
+        nonzero("kache_watch_resumes_total", "cache")
+    );
+    println!(
+        "    kache_subscriber_resyncs_total {}",
+        nonzero("kache_subscriber_resyncs_total", "subscriber")
+    );
+    let c = [("cache", "configmaps")];
+    let seconds = |name| scrape.value(name, &c).unwrap_or(f64::NAN);
+    println!(
+        "    first sync {:.3} s, writer waited {:.3} s on backpressure",
+        seconds("kache_initial_sync_duration_seconds"),
+        seconds("kache_backpressure_wait_seconds_total"),
+    );
+    Ok(())
+}
+
 #[tokio::main]
 #[allow(clippy::too_many_lines)] // a demo reads best as one story, top to bottom
 async fn main() -> Result<(), BoxError> {
@@ -173,16 +223,29 @@ async fn main() -> Result<(), BoxError> {
         },
         &ns,
     );
-    let writer = Writer::new().with_index("team", team_of).with_buffer(64);
+    // Its metrics go to a Prometheus registry (an operator serves it on /metrics: see the
+    // operator_metrics example), under the name "configmaps".
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let writer = Writer::new()
+        .with_index("team", team_of)
+        .with_buffer(64)
+        .with_metrics(&metrics, "configmaps");
     let store: Store<ConfigMap> = writer.as_reader();
 
     // 3. Three subscribers: one audits every change, one answers "how big is this object's
     //    team?" from the index on each change, and one is slow (10 ms per event).
     let names = ["audit", "team-lookup", "slow"];
     let stats: Vec<Arc<Stats>> = names.iter().map(|_| Arc::default()).collect();
-    follow(writer.subscribe(), stats[0].clone(), None, |_| {});
+    follow(
+        writer.subscribe().with_metrics(names[0]),
+        stats[0].clone(),
+        None,
+        |_| {},
+    );
     let lookup_store = store.clone();
-    follow(writer.subscribe(), stats[1].clone(), None, move |event| {
+    let team_lookup = writer.subscribe().with_metrics(names[1]);
+    follow(team_lookup, stats[1].clone(), None, move |event| {
         if let Event::Apply(cm) = event {
             let team = team_of(cm).pop().unwrap_or_default();
             let _size = lookup_store
@@ -191,7 +254,7 @@ async fn main() -> Result<(), BoxError> {
         }
     });
     follow(
-        writer.subscribe(),
+        writer.subscribe().with_metrics(names[2]),
         stats[2].clone(),
         Some(Duration::from_millis(10)),
         |_| {},
@@ -259,8 +322,14 @@ async fn main() -> Result<(), BoxError> {
         }
     });
 
-    store.wait_until_ready().await?;
-    println!("store ready: {} objects", store.len());
+    println!("health before the first sync: {}", store.health());
+    // Fails fast if the server refuses the watch (RBAC, a missing resource).
+    store.wait_until_ready_or_fail().await?;
+    println!(
+        "store ready: {} objects; health: {}",
+        store.len(),
+        store.health()
+    );
 
     // 4. Changes: update 200, add 100, delete 100.
     update(&api, named("cm", 0..200)).await?;
@@ -280,6 +349,7 @@ async fn main() -> Result<(), BoxError> {
         println!("cut the watcher off, deleted 50 objects, compacted etcd at revision {revision}");
         proxy.restore();
         wait_for("the relist", || async { relists.load(Relaxed) >= 2 }).await?;
+        println!("health after the relist: {}", store.health());
     }
 
     // 6. Everyone converges on the server's state.
@@ -302,6 +372,9 @@ async fn main() -> Result<(), BoxError> {
     })
     .await?;
     tokio::time::sleep(Duration::from_millis(600)).await; // one more line of the live view
+    // Scraped while the subscribers still run: a dropped one leaves the metrics.
+    let mut scraped = String::new();
+    prometheus_client::encoding::text::encode(&mut scraped, &registry)?;
     view.abort();
     reflector.abort();
 
@@ -329,6 +402,8 @@ async fn main() -> Result<(), BoxError> {
             store.by_index("team", team)?.len()
         );
     }
+    println!("  health             {}", store.health());
+    print_metrics(&scraped)?;
     if existing {
         Api::<Namespace>::all(env.client())
             .delete(&ns, &DeleteParams::default())

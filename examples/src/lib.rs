@@ -2,6 +2,12 @@
 //! cluster with `KACHE_USE_EXISTING_CLUSTER=1` and `KUBECONFIG`), does its work, and exits.
 //!
 //! Run one with `cargo run -p kache-examples --example <name>`.
+//!
+//! [`probes`] serves an operator's `/metrics` and `/readyz` and scrapes them, and
+//! [`exposition`] reads a scrape; the end-to-end tests use both.
+
+pub mod exposition;
+pub mod probes;
 
 use std::{future::Future, io::IsTerminal, time::Duration};
 

@@ -32,6 +32,18 @@ pub enum Error {
         /// The version at fault.
         version: String,
     },
+    /// The watch feeding the store was refused with `403 Forbidden` or `404 Not Found`
+    /// before the store's first sync; see
+    /// [`Store::wait_until_ready_or_fail`](crate::Store::wait_until_ready_or_fail). Retrying
+    /// will not help until someone changes the cluster (RBAC rules, an installed CRD).
+    #[error("the watch was refused ({class}) before the first sync: {message}")]
+    WatchRefused {
+        /// [`Forbidden`](kache_watch::ErrorClass::Forbidden) or
+        /// [`NotFound`](kache_watch::ErrorClass::NotFound).
+        class: kache_watch::ErrorClass,
+        /// The watcher's error, as it displays.
+        message: String,
+    },
 }
 
 /// The result type of `kache-store`.

@@ -58,6 +58,16 @@
 //! # }
 //! ```
 //!
+//! # Health and metrics
+//!
+//! [`Store::health`] says whether the cache has synced and, when its watch keeps failing,
+//! why: the last error and its class, since when, how many attempts in a row. A watch that
+//! the API server refuses (`403`, `404`) logs one warning per streak rather than one line
+//! per retry, and [`Store::wait_until_ready_or_fail`] lets start-up fail fast on it. With the
+//! `metrics` feature, `Metrics` reports every cache on a `prometheus-client` registry
+//! (events, relists by cause, errors by class, objects, ages, subscribers' lag); without it,
+//! none of that code is compiled. The metrics are listed in `docs/observability.md`.
+//!
 //! # Consistency
 //!
 //! **Readers.** Every [`Store`] read (`get`, `state`, `find`, `len`, `by_namespace`,
@@ -152,8 +162,11 @@
 //! the last generation.
 
 mod error;
+mod health;
 mod index;
 mod key;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod reflect;
 mod store;
 mod subscriber;
@@ -162,8 +175,11 @@ mod wait;
 mod writer;
 
 pub use error::{Error, Result};
+pub use health::{Failing, Health};
 pub use kache_watch::Event;
 pub use key::ObjectKey;
+#[cfg(feature = "metrics")]
+pub use metrics::Metrics;
 pub use reflect::{Reflect, ReflectExt, reflector};
 pub use store::Store;
 pub use subscriber::{DEFAULT_BUFFER, Delivery, Subscriber, SubscriberHandle};

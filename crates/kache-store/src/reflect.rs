@@ -8,6 +8,7 @@ use kache_watch::{Event, Progress, observe_progress};
 use kube_client::Resource;
 use pin_project_lite::pin_project;
 
+use crate::health::Observer;
 use crate::writer::Writer;
 
 pin_project! {
@@ -22,6 +23,9 @@ pin_project! {
     /// (backoff, `modify`, `map_ok`). An adapter that drops items only stops the bookmarks
     /// from counting; one that adds `Ok` items of its own must not sit in between.
     ///
+    /// It keeps the store's [`Health`](crate::Health) (errors in a row, the last one, one
+    /// warning per streak) and, with the `metrics` feature, counts what the watch does.
+    ///
     /// Created by [`reflector`] or [`ReflectExt::reflect`].
     #[must_use = "streams do nothing unless polled"]
     pub struct Reflect<St, K> {
@@ -32,6 +36,8 @@ pin_project! {
         received: u64,
         // A point reported before the items it follows have all been received.
         pending: Option<Progress>,
+        // Health and metrics: see health.rs.
+        observer: Observer,
     }
 }
 
@@ -43,19 +49,38 @@ impl<St, K> fmt::Debug for Reflect<St, K> {
     }
 }
 
-impl<St, K, E> Stream for Reflect<St, K>
+impl<St, K, E> Reflect<St, K>
 where
     St: Stream<Item = Result<Event<K>, E>>,
     K: Resource + Send + Sync + 'static,
+    E: 'static,
 {
-    type Item = Result<Event<Arc<K>>, E>;
+    /// A poll that also notes what the watcher did (see `Observer::observes_polls`): rare
+    /// without the `metrics` feature, so kept apart from the plain one.
+    #[cfg_attr(not(feature = "metrics"), cold, inline(never))]
+    fn poll_observed(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Event<Arc<K>>, E>>> {
+        self.poll_item::<true>(cx)
+    }
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    // The observed poll is a copy of its own: code around the poll of the inner stream made
+    // the compiler copy each event (hundreds of bytes) once more.
+    #[inline]
+    fn poll_item<const OBSERVED: bool>(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Event<Arc<K>>, E>>> {
         let this = self.project();
         // Backpressure subscribers must have room for the previous event before the next one
         // is applied.
-        ready!(this.writer.poll_flush(cx));
+        ready!(this.observer.poll_flush(this.writer, cx));
+        let before = OBSERVED.then(|| this.observer.before_poll());
         let (item, reached) = observe_progress(|| this.stream.poll_next(cx));
+        if let Some(before) = before {
+            this.observer.after_poll(before, &this.writer.shared);
+        }
         if reached.is_some() {
             // A later point supersedes an earlier one still waiting.
             *this.pending = reached;
@@ -63,6 +88,7 @@ where
         // A `match` rather than nested `map`s: each `map` would move the event once more.
         let item = match item {
             Poll::Ready(Some(Ok(event))) => {
+                this.observer.on_event(&event, &this.writer.shared);
                 let applied = this.writer.apply_buffered(event);
                 // Counted once applied: an event whose transform or index function panicked
                 // was not, and a point after it must never count (polled again, the stream
@@ -70,7 +96,10 @@ where
                 *this.received += 1;
                 Poll::Ready(Some(Ok(applied)))
             }
-            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
+            Poll::Ready(Some(Err(err))) => {
+                this.observer.on_error(&err, &this.writer.shared);
+                Poll::Ready(Some(Err(err)))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         };
@@ -79,6 +108,25 @@ where
             this.writer.apply_progress(&point.resource_version);
         }
         item
+    }
+}
+
+impl<St, K, E> Stream for Reflect<St, K>
+where
+    St: Stream<Item = Result<Event<K>, E>>,
+    K: Resource + Send + Sync + 'static,
+    // `'static`: the health tells the watcher's errors apart by type (`Any`).
+    E: 'static,
+{
+    type Item = Result<Event<Arc<K>>, E>;
+
+    #[inline]
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.observer.observes_polls() {
+            self.poll_observed(cx)
+        } else {
+            self.poll_item::<false>(cx)
+        }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -100,6 +148,7 @@ where
         writer,
         received: 0,
         pending: None,
+        observer: Observer::default(),
     }
 }
 

@@ -49,6 +49,10 @@ pub(crate) struct Shared<K> {
     pub(crate) hub: Hub<K>,
     /// Tasks waiting for the store to reflect a write; closed when the writer is dropped.
     pub(crate) waiters: Waiters,
+    // Observability hooks: see health.rs and metrics.rs.
+    pub(crate) health: crate::health::HealthState,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: crate::metrics::CacheMetrics,
 }
 
 impl<K: Resource> Shared<K> {

@@ -193,6 +193,14 @@ impl<K> Publisher<K> {
     }
 }
 
+// For metrics: the live subscribers, counted without touching the channels' queues.
+#[cfg(feature = "metrics")]
+impl<K> Hub<K> {
+    pub(crate) fn subscribers(&self) -> usize {
+        self.resync.receiver_count() + self.backpressure.receiver_count()
+    }
+}
+
 #[cfg(test)]
 impl<K> Publisher<K> {
     /// Messages held by the (resync, backpressure) channels.
@@ -230,7 +238,7 @@ pub struct Subscriber<K> {
     rx: Receiver<Msg<K>>,
     _room: RoomGuard<K>,
     // `Arc`: a subscriber reads snapshots from the same state as every store handle.
-    shared: Arc<Shared<K>>,
+    pub(crate) shared: Arc<Shared<K>>,
     delivery: Delivery,
     phase: Phase<K>,
     /// Messages numbered at or below this are already in the last snapshot.
@@ -240,10 +248,10 @@ pub struct Subscriber<K> {
     /// A relist batch being delivered, and the index of its next event.
     batch: Option<(Batch<K>, usize)>,
     synced: watch::Sender<bool>,
-    // `Arc`: shared with every `SubscriberHandle`.
-    stats: Arc<Stats>,
-    // `Arc`: shared with every `SubscriberHandle`, whose waits follow it.
-    handover: Arc<Handover>,
+    // `Arc`: shared with every `SubscriberHandle` (and metrics).
+    pub(crate) stats: Arc<Stats>,
+    // `Arc`: shared with every `SubscriberHandle`, whose waits follow it (and metrics).
+    pub(crate) handover: Arc<Handover>,
 }
 
 enum Phase<K> {
@@ -253,8 +261,8 @@ enum Phase<K> {
 }
 
 #[derive(Default)]
-struct Stats {
-    resyncs: AtomicU64,
+pub(crate) struct Stats {
+    pub(crate) resyncs: AtomicU64,
 }
 
 /// Wakes a writer waiting on a backpressure subscriber when that subscriber goes away.

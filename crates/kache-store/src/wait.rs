@@ -184,6 +184,20 @@ impl Handover {
         self.waiters.wake();
     }
 
+    /// How many changes the store has made visible, up to `store_seq`, that have not been
+    /// handed over (all of them before the first snapshot); for metrics.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn lag(&self, store_seq: u64) -> u64 {
+        let position = self.position.load(SeqCst);
+        store_seq.saturating_sub(position.saturating_sub(1))
+    }
+
+    /// Whether the subscriber is gone (its waits were closed).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn is_closed(&self) -> bool {
+        self.waiters.closed.load(SeqCst)
+    }
+
     /// Waits until every change up to `seq` has been handed over.
     pub(crate) async fn reach(&self, seq: u64) -> Result<()> {
         self.waiters

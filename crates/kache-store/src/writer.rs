@@ -52,7 +52,7 @@ where
 /// that one event until a later event or relist brings the object up to date.
 pub struct Writer<K> {
     // `Arc`: the state is shared with every `Store` clone.
-    shared: Arc<Shared<K>>,
+    pub(crate) shared: Arc<Shared<K>>,
     ready_tx: watch::Sender<bool>,
     /// The generation being listed, between `Init` and `InitDone`; readers never see it.
     relist: Option<Relist<K>>,
@@ -121,6 +121,9 @@ where
                 ready: ready_rx,
                 hub,
                 waiters: Waiters::default(),
+                health: crate::health::HealthState::default(),
+                #[cfg(feature = "metrics")]
+                metrics: crate::metrics::CacheMetrics::default(),
             }),
             ready_tx,
             relist: None,
@@ -310,6 +313,8 @@ where
                 Event::InitDone
             }
         };
+        #[cfg(feature = "metrics")]
+        self.shared.metrics.on_event(&applied);
         // Nothing visible changes before `InitDone`: no waiter to wake.
         if !matches!(applied, Event::Init | Event::InitApply(_)) {
             self.shared.waiters.wake();

@@ -31,7 +31,9 @@
 //! # Progress without events
 //! Bookmarks and the resourceVersion of a completed list advance how far a watch has reached
 //! without any object changing. They are not [`Event`]s: the watcher reports them to the
-//! consumer that polls it, through [`observe_progress`]; [`Progress`] says why.
+//! consumer that polls it, through [`observe_progress`]; [`Progress`] says why. In the same
+//! way, [`observe_activity`] tells it which WATCH requests started or resumed and how many
+//! bookmarks arrived ([`Activity`]), for metrics.
 //!
 //! # Errors
 //! Every [`Error`] is yielded as an item and the stream continues: a LIST failure restarts the
@@ -42,8 +44,12 @@
 //! whoever polls the stream. [`WatchStreamExt::backoff`] chooses other delays: the adapter's
 //! wait then replaces the watcher's own. Before each request the stream returns to the
 //! runtime, so a task driving it can be aborted whatever the server does.
+//! [`Error::class`] sorts errors for metrics and health checks ([`ErrorClass`]): `403` and
+//! `404` do not heal by retrying.
 
+mod activity;
 mod backoff;
+mod class;
 mod config;
 mod error;
 mod event;
@@ -51,7 +57,9 @@ mod ext;
 mod progress;
 mod watcher;
 
+pub use activity::{Activity, observe_activity};
 pub use backoff::{Backoff, StreamBackoff};
+pub use class::ErrorClass;
 pub use config::{Config, InitialListStrategy};
 pub use error::{Error, Result};
 pub use event::Event;

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tracing::{debug, info, trace, warn};
 
+use crate::activity;
 use crate::backoff::{self, Backoff};
 use crate::error::status_code;
 use crate::progress::{self, Progress};
@@ -210,6 +211,9 @@ struct Watcher<A: ApiMode> {
     after_error: bool,
     /// How long to wait before that request; `None` when [`Config::retry_backoff`] is off.
     retry: Option<Backoff>,
+    /// The next WATCH from `State::Listed` follows a completed paged list (a start), not a
+    /// dropped watch (a resume). For [`activity`] only.
+    after_list: bool,
 }
 
 fn run<A>(api: A, config: Config) -> impl Stream<Item = Result<Event<A::Value>>> + Send
@@ -225,6 +229,7 @@ where
         failed_resume: None,
         yielded: 0,
         after_error: false,
+        after_list: false,
     };
     futures::stream::unfold((watcher, State::Empty), |(mut watcher, state)| async move {
         let (item, state) = watcher.step(state).await;
@@ -303,6 +308,7 @@ impl<A: ApiMode> Watcher<A> {
                 match self.api.watch(&params, "").await {
                     Ok(stream) => {
                         debug!("streaming list started");
+                        activity::watch_accepted(false);
                         let deadline = Instant::now() + self.config.initial_events_timeout;
                         (
                             Some(Ok(Event::Init)),
@@ -354,6 +360,7 @@ impl<A: ApiMode> Watcher<A> {
                     (None, Some(resource_version)) => {
                         debug!(%resource_version, "list complete");
                         self.reached(&resource_version, 1);
+                        self.after_list = true;
                         (
                             Some(Ok(Event::InitDone)),
                             State::Listed { resource_version },
@@ -437,6 +444,7 @@ impl<A: ApiMode> Watcher<A> {
                 match self.api.watch(&params, &resource_version).await {
                     Ok(stream) => {
                         trace!(%resource_version, "watch started");
+                        activity::watch_accepted(!std::mem::take(&mut self.after_list));
                         (
                             None,
                             State::Watching {
@@ -476,6 +484,7 @@ impl<A: ApiMode> Watcher<A> {
                         trace!(resource_version = %bookmark.metadata.resource_version, "bookmark");
                         let resource_version = bookmark.metadata.resource_version;
                         self.reached(&resource_version, 0);
+                        activity::bookmark();
                         (
                             None,
                             State::Watching {
@@ -594,7 +603,9 @@ fn refuses_streaming(err: &kube_client::Error) -> bool {
 /// Logs an error at a level that matches how much a person should care, and returns it.
 fn log_error(err: Error) -> Error {
     match err.status_code() {
-        Some(403) => warn!(error = %err, "permission denied; check the RBAC rules for this watch"),
+        // Every retry meets it again: the error item says it each time, and a consumer that
+        // tracks a streak (kache-store's health) warns once.
+        Some(403) => debug!(error = %err, "permission denied; check the RBAC rules for this watch"),
         Some(410) => debug!(error = %err, "resource version expired"),
         _ => debug!(error = %err, "watcher error"),
     }

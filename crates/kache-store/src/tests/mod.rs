@@ -1,3 +1,6 @@
+mod health;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod model;
 mod subscriber;
 mod unit;
