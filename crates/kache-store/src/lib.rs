@@ -176,6 +176,11 @@ mod tests;
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
 
+/// The code of docs/observability.md, compiled as doctests (it needs the `metrics` feature).
+#[cfg(all(doctest, feature = "metrics"))]
+#[doc = include_str!("../../../docs/observability.md")]
+pub struct ObservabilityDoctests;
+
 /// The code of docs/consistency.md, compiled as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/consistency.md")]
