@@ -835,3 +835,8 @@ pub struct ReadmeDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/consistency.md")]
 pub struct ConsistencyDoctests;
+
+/// The code of docs/observability.md (kache-store's `metrics` feature is on in this crate).
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/observability.md")]
+pub struct ObservabilityDoctests;
