@@ -34,6 +34,22 @@ fn status_code(error: &kube_client::Error) -> Option<u16> {
     }
 }
 
+/// A fresh namespace named after `prefix`, an `Api` for it, and the resourceVersion of the
+/// `ConfigMap` `cm-0` created there first.
+async fn first_version(env: &TestEnv, prefix: &str) -> (String, Api<ConfigMap>, String) {
+    let namespace = env
+        .create_namespace(prefix)
+        .await
+        .expect("create a namespace");
+    let api = Api::<ConfigMap>::namespaced(env.client(), &namespace);
+    let old = create(&api, "cm-0")
+        .await
+        .metadata
+        .resource_version
+        .expect("a resourceVersion");
+    (namespace, api, old)
+}
+
 /// A WATCH from `version` gets one ERROR event with `410 Gone`.
 async fn assert_watch_is_gone(api: &Api<ConfigMap>, version: &str) {
     let mut events = api
@@ -146,16 +162,7 @@ async fn compaction_without_watch_cache_expires_old_resource_versions() {
         .start()
         .await
         .expect("start a control plane");
-    let namespace = env
-        .create_namespace("compaction")
-        .await
-        .expect("create a namespace");
-    let api = Api::<ConfigMap>::namespaced(env.client(), &namespace);
-    let old = create(&api, "cm-0")
-        .await
-        .metadata
-        .resource_version
-        .expect("a resourceVersion");
+    let (_, api, old) = first_version(&env, "compaction").await;
     for name in ["cm-1", "cm-2", "cm-3"] {
         create(&api, name).await;
     }
@@ -185,16 +192,7 @@ async fn compaction_without_watch_cache_expires_old_resource_versions() {
 #[tokio::test]
 async fn compaction_and_restart_with_watch_cache_expire_old_resource_versions() {
     let env = TestEnv::start().await.expect("start a control plane");
-    let namespace = env
-        .create_namespace("compaction-cached")
-        .await
-        .expect("create a namespace");
-    let api = Api::<ConfigMap>::namespaced(env.client(), &namespace);
-    let old = create(&api, "cm-0")
-        .await
-        .metadata
-        .resource_version
-        .expect("a resourceVersion");
+    let (namespace, api, old) = first_version(&env, "compaction-cached").await;
     create(&api, "cm-1").await;
     env.compact_etcd().await.expect("compact etcd");
     env.restart_apiserver().await.expect("restart");
