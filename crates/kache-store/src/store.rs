@@ -2,68 +2,17 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
+use futures::future::{Either, select};
 use kube_client::Resource;
-use parking_lot::RwLock;
-use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::index::{Indexes, KeySet, ObjectMap};
+use crate::health::Health;
+use crate::index::{KeySet, ObjectMap};
 use crate::key::{KeyRef, KeyView, ObjectKey};
-use crate::subscriber::{Delivery, Hub, Subscriber};
-use crate::version::{Reached, ResourceVersion};
-use crate::wait::{Target, Waiters};
-
-/// One generation of the store, with the bookkeeping that must change atomically with it.
-pub(crate) struct State<K> {
-    pub(crate) objects: ObjectMap<K>,
-    pub(crate) indexes: Indexes,
-    /// Sequence number of the last change made visible (an apply, a delete, or a relist).
-    /// Kept under the same lock as `objects` so a snapshot and its seq are taken together.
-    pub(crate) seq: u64,
-    pub(crate) ready: bool,
-    /// The newest resourceVersion this generation reflects. Kept under the same lock as
-    /// `objects`, so a reader that sees a version also sees every change up to it.
-    pub(crate) version: Reached,
-}
-
-impl<K> Default for State<K> {
-    fn default() -> Self {
-        Self {
-            objects: ObjectMap::default(),
-            indexes: Indexes::default(),
-            seq: 0,
-            ready: false,
-            version: Reached::Nothing,
-        }
-    }
-}
-
-/// What the writer and every reader share.
-pub(crate) struct Shared<K> {
-    /// A `parking_lot::RwLock`: readers never contend with each other, the lock is not poisoned by
-    /// a panicking reader, and the writer only holds it for O(1) swaps or single-key updates.
-    pub(crate) state: RwLock<State<K>>,
-    /// Flips to `true` once; closed when the writer is dropped, which is how
-    /// `wait_until_ready` learns that readiness will never come.
-    pub(crate) ready: watch::Receiver<bool>,
-    pub(crate) hub: Hub<K>,
-    /// Tasks waiting for the store to reflect a write; closed when the writer is dropped.
-    pub(crate) waiters: Waiters,
-    // Observability hooks: see health.rs and metrics.rs.
-    pub(crate) health: crate::health::HealthState,
-    #[cfg(feature = "metrics")]
-    pub(crate) metrics: crate::metrics::CacheMetrics,
-}
-
-impl<K: Resource> Shared<K> {
-    /// Waits until the store meets `target`; returns the sequence number of the generation
-    /// that met it.
-    pub(crate) async fn wait(&self, target: &Target) -> Result<u64> {
-        self.waiters
-            .until(|| target.check(&self.state.read()), Error::WriterDropped)
-            .await
-    }
-}
+use crate::shared::Shared;
+use crate::subscriber::{Delivery, Subscriber};
+use crate::version::ResourceVersion;
+use crate::wait::Target;
 
 /// A read handle to the cache of objects of kind `K`.
 ///
@@ -74,7 +23,14 @@ impl<K: Resource> Shared<K> {
 /// Consistency section for what a read can observe.
 pub struct Store<K> {
     // `Arc`: readers on many tasks share one state with the writer.
-    pub(crate) shared: Arc<Shared<K>>,
+    shared: Arc<Shared<K>>,
+}
+
+impl<K> Store<K> {
+    /// A read handle on `shared`.
+    pub(crate) fn new(shared: Arc<Shared<K>>) -> Self {
+        Self { shared }
+    }
 }
 
 impl<K> Clone for Store<K> {
@@ -182,7 +138,7 @@ impl<K> Store<K> {
     /// it is complete.
     #[must_use]
     pub fn is_ready(&self) -> bool {
-        *self.shared.ready.borrow()
+        self.shared.is_ready()
     }
 
     /// Waits until the store has completed its first list.
@@ -195,12 +151,7 @@ impl<K> Store<K> {
     /// [`Error::WriterDropped`] if the writer is dropped before the store became ready. Once
     /// ready, this returns `Ok` immediately, even after the writer is gone.
     pub async fn wait_until_ready(&self) -> Result<()> {
-        let mut ready = self.shared.ready.clone();
-        ready
-            .wait_for(|ready| *ready)
-            .await
-            .map(drop)
-            .map_err(|_| Error::WriterDropped)
+        self.shared.wait_until_ready().await
     }
 
     /// The newest resourceVersion the store reflects, as the server wrote it: see
@@ -300,6 +251,57 @@ impl<K> Store<K> {
             .names()
             .map(str::to_owned)
             .collect()
+    }
+}
+
+impl<K> Store<K> {
+    /// The cache's health: whether it has synced, and whether its watch is failing now (the
+    /// last error, since when, how many in a row). The watch's errors are known when it feeds
+    /// the store through [`reflect`](crate::ReflectExt::reflect).
+    ///
+    /// ```
+    /// use futures::{StreamExt, stream};
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, ReflectExt, Writer};
+    /// use kache_watch::{Error, ErrorClass};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let writer = Writer::<ConfigMap>::new().with_name("config");
+    /// let store = writer.as_reader();
+    /// let items = stream::iter([Err(Error::NoResourceVersion), Err(Error::NoResourceVersion)]);
+    /// items.reflect(writer).for_each(|_| async {}).await;
+    ///
+    /// let failing = store.health().failing.expect("two errors in a row");
+    /// assert_eq!((failing.attempts, failing.class), (2, Some(ErrorClass::Decode)));
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn health(&self) -> Health {
+        Health {
+            name: self.shared.health.name(),
+            synced: self.is_ready(),
+            failing: self.shared.health.failing(),
+        }
+    }
+
+    /// Waits until the store has completed its first list, like [`Store::wait_until_ready`],
+    /// but fails as soon as the watch is refused with `403 Forbidden` or `404 Not Found`
+    /// before that: the cases that retrying does not heal. Use it at start-up to exit with
+    /// a clear error rather than wait forever for a permission that was never granted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WatchRefused`] on such a refusal, with the server's message;
+    /// [`Error::WriterDropped`] if the writer is dropped before the store became ready.
+    pub async fn wait_until_ready_or_fail(&self) -> Result<()> {
+        let ready = std::pin::pin!(self.shared.wait_until_ready());
+        let refused = std::pin::pin!(self.shared.health.refused());
+        // Readiness first: a store that is ready is ready, whatever its watch does now.
+        match select(ready, refused).await {
+            Either::Left((ready, _)) => ready,
+            Either::Right((refusal, _)) => Err(refusal),
+        }
     }
 }
 
@@ -415,4 +417,18 @@ fn resolve<K>(objects: &ObjectMap<K>, keys: Option<&KeySet>) -> Vec<Arc<K>> {
         .flatten()
         .filter_map(|key| objects.get(key).cloned())
         .collect()
+}
+
+#[cfg(test)]
+impl<K> Store<K> {
+    /// How many waits on this store are registered.
+    pub(crate) fn waiters(&self) -> usize {
+        self.shared.waiters.count()
+    }
+
+    /// Index entries of the visible generation that name no object of it.
+    pub(crate) fn stale_index_entries(&self) -> usize {
+        let state = self.shared.state.read();
+        state.indexes.stale_entries(&state.objects)
+    }
 }

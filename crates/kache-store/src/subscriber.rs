@@ -1,8 +1,9 @@
-//! Change streams for any number of readers sharing one writer.
+//! The consumer side of the fan-out: change streams for any number of readers sharing one
+//! writer, and handles to follow them.
 //!
 //! Each change the writer makes visible gets a sequence number, stored with the objects under
-//! the same lock. The writer broadcasts the change, tagged with its number, on a bounded
-//! channel *after* making it visible. A subscriber takes a snapshot and its number in one read
+//! the same lock; the writer broadcasts it, tagged with its number, *after* making it visible
+//! (see the `fanout` module). A subscriber takes a snapshot and its number in one read
 //! of the store and then skips every message numbered at or below it: a message numbered
 //! above it was sent after the snapshot, so the subscriber's receiver (created before the
 //! snapshot) holds it, unless it overflowed, in which case the subscriber resyncs.
@@ -11,21 +12,21 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
-use async_broadcast::{InactiveReceiver, Receiver, RecvError, Sender};
+use async_broadcast::{Receiver, RecvError};
 use futures::Stream;
-use futures::task::AtomicWaker;
 use kache_watch::Event;
 use kube_client::Resource;
 use tokio::sync::watch;
 use tracing::debug;
 
 use crate::error::{Error, Result};
-use crate::store::Shared;
+use crate::fanout::{Batch, Msg, Payload};
+use crate::shared::Shared;
 use crate::version::ResourceVersion;
-use crate::wait::{Handover, Target};
+use crate::wait::{Handover, Stats, Target};
 
 /// How many changes a subscriber can fall behind by default; see
 /// [`Writer::with_buffer`](crate::Writer::with_buffer).
@@ -47,179 +48,6 @@ pub enum Delivery {
     /// [`Writer::apply`](crate::Writer::apply) never blocks: if a backpressure subscriber is
     /// full when it runs, that subscriber is resynced like a [`Delivery::Resync`] one.
     Backpressure,
-}
-
-/// A change message: its sequence number and its events.
-pub(crate) struct Msg<K> {
-    seq: u64,
-    payload: Payload<K>,
-}
-
-/// One event for a live change, or the batch of a relist (which may be empty when it only
-/// announces readiness). `Arc<[_]>` so every subscriber shares one batch.
-enum Payload<K> {
-    One(Event<Arc<K>>),
-    Many(Batch<K>),
-}
-
-type Batch<K> = Arc<[Event<Arc<K>>]>;
-
-// Manual impls: `derive` would require `K: Clone`, and only `Arc`s are cloned here.
-impl<K> Clone for Msg<K> {
-    fn clone(&self) -> Self {
-        let payload = match &self.payload {
-            Payload::One(event) => Payload::One(event.clone()),
-            Payload::Many(events) => Payload::Many(Arc::clone(events)),
-        };
-        Self {
-            seq: self.seq,
-            payload,
-        }
-    }
-}
-
-impl<K> Msg<K> {
-    pub(crate) fn one(seq: u64, event: Event<Arc<K>>) -> Self {
-        Self {
-            seq,
-            payload: Payload::One(event),
-        }
-    }
-
-    pub(crate) fn many(seq: u64, events: Vec<Event<Arc<K>>>) -> Self {
-        Self {
-            seq,
-            payload: Payload::Many(events.into()),
-        }
-    }
-}
-
-/// The subscription side of the channels, shared by the writer and every store handle.
-pub(crate) struct Hub<K> {
-    /// Inactive receivers keep the channels open with no subscriber and let any store handle
-    /// subscribe later; they hold no messages, so they cost nothing.
-    resync: InactiveReceiver<Msg<K>>,
-    backpressure: InactiveReceiver<Msg<K>>,
-    /// Wakes a writer waiting for a backpressure subscriber to make room.
-    pub(crate) room: AtomicWaker,
-}
-
-/// The sending side, owned by the writer alone so that dropping it ends every subscriber.
-pub(crate) struct Publisher<K> {
-    resync: Sender<Msg<K>>,
-    backpressure: Sender<Msg<K>>,
-    /// A change not yet accepted by the backpressure channel.
-    pending: Option<Msg<K>>,
-}
-
-pub(crate) fn channels<K>(capacity: usize) -> (Hub<K>, Publisher<K>) {
-    let capacity = capacity.max(1);
-    let (mut resync, resync_rx) = async_broadcast::broadcast(capacity);
-    resync.set_overflow(true);
-    resync.set_await_active(false);
-    let (mut backpressure, backpressure_rx) = async_broadcast::broadcast(capacity);
-    backpressure.set_await_active(false);
-    (
-        Hub {
-            resync: resync_rx.deactivate(),
-            backpressure: backpressure_rx.deactivate(),
-            room: AtomicWaker::new(),
-        },
-        Publisher {
-            resync,
-            backpressure,
-            pending: None,
-        },
-    )
-}
-
-impl<K> Publisher<K> {
-    pub(crate) fn set_capacity(&mut self, capacity: usize) {
-        self.resync.set_capacity(capacity.max(1));
-        self.backpressure.set_capacity(capacity.max(1));
-    }
-
-    /// Whether anyone listens. Checked *after* a change is made visible: a subscriber that
-    /// joined earlier is counted, and one joining later sees the change in its snapshot.
-    pub(crate) fn has_subscribers(&self) -> bool {
-        self.resync.receiver_count() > 0 || self.backpressure.receiver_count() > 0
-    }
-
-    /// Sends `msg` to resync subscribers (never blocks: overflow drops their oldest message)
-    /// and queues it for backpressure subscribers. The previous pending message must have
-    /// been flushed.
-    pub(crate) fn publish(&mut self, msg: Msg<K>) {
-        if self.backpressure.receiver_count() > 0 {
-            self.pending = Some(msg.clone());
-        }
-        if let Ok(Some(_)) = self.resync.try_broadcast(msg) {
-            debug!("a subscriber fell a full buffer behind and will be resynced");
-        }
-    }
-
-    /// Tries to hand the pending message to backpressure subscribers; `Pending` (with `cx`
-    /// registered on `room`) while one of them is full.
-    pub(crate) fn poll_flush(&mut self, room: &AtomicWaker, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(msg) = self.pending.take() else {
-            return Poll::Ready(());
-        };
-        // Register before trying, so room freed in between still wakes us.
-        room.register(cx.waker());
-        match self.backpressure.try_broadcast(msg) {
-            Err(async_broadcast::TrySendError::Full(msg)) => {
-                self.pending = Some(msg);
-                Poll::Pending
-            }
-            // Delivered, or nobody left to deliver to.
-            _ => Poll::Ready(()),
-        }
-    }
-
-    /// Delivers the pending message without waiting: if a backpressure subscriber is full,
-    /// its oldest message is dropped, so it resyncs.
-    pub(crate) fn force_flush(&mut self) {
-        let Some(msg) = self.pending.take() else {
-            return;
-        };
-        if let Err(async_broadcast::TrySendError::Full(msg)) = self.backpressure.try_broadcast(msg)
-        {
-            tracing::warn!(
-                "a backpressure subscriber is full on a path that cannot wait; it will be resynced"
-            );
-            self.backpressure.set_overflow(true);
-            let _ = self.backpressure.try_broadcast(msg);
-            self.backpressure.set_overflow(false);
-        }
-    }
-}
-
-// For metrics: the live subscribers, counted without touching the channels' queues.
-#[cfg(feature = "metrics")]
-impl<K> Hub<K> {
-    pub(crate) fn subscribers(&self) -> usize {
-        self.resync.receiver_count() + self.backpressure.receiver_count()
-    }
-}
-
-#[cfg(test)]
-impl<K> Publisher<K> {
-    /// Messages held by the (resync, backpressure) channels.
-    pub(crate) fn buffered(&self) -> (usize, usize) {
-        (self.resync.len(), self.backpressure.len())
-    }
-}
-
-impl<K> fmt::Debug for Publisher<K> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Publisher")
-            .field("resync_subscribers", &self.resync.receiver_count())
-            .field(
-                "backpressure_subscribers",
-                &self.backpressure.receiver_count(),
-            )
-            .field("pending", &self.pending.is_some())
-            .finish()
-    }
 }
 
 /// A stream of the changes to a store, speaking the same [`Event`] protocol as the watcher.
@@ -260,11 +88,6 @@ enum Phase<K> {
     Live,
 }
 
-#[derive(Default)]
-pub(crate) struct Stats {
-    pub(crate) resyncs: AtomicU64,
-}
-
 /// Wakes a writer waiting on a backpressure subscriber when that subscriber goes away.
 struct RoomGuard<K> {
     shared: Option<Arc<Shared<K>>>,
@@ -273,7 +96,7 @@ struct RoomGuard<K> {
 impl<K> Drop for RoomGuard<K> {
     fn drop(&mut self) {
         if let Some(shared) = &self.shared {
-            shared.hub.room.wake();
+            shared.hub.made_room();
         }
     }
 }
@@ -282,8 +105,8 @@ impl<K> Subscriber<K> {
     pub(crate) fn new(shared: Arc<Shared<K>>, delivery: Delivery) -> Self {
         // The receiver is created before any snapshot is taken; see the module docs.
         let rx = match delivery {
-            Delivery::Resync => shared.hub.resync.activate_cloned(),
-            Delivery::Backpressure => shared.hub.backpressure.activate_cloned(),
+            Delivery::Resync => shared.hub.resync_receiver(),
+            Delivery::Backpressure => shared.hub.backpressure_receiver(),
         };
         let room = RoomGuard {
             shared: (delivery == Delivery::Backpressure).then(|| Arc::clone(&shared)),
@@ -348,7 +171,7 @@ impl<K> Subscriber<K> {
     fn received(&self) {
         if self.delivery == Delivery::Backpressure {
             // A slot may have been freed: let a waiting writer retry.
-            self.shared.hub.room.wake();
+            self.shared.hub.made_room();
         }
     }
 

@@ -6,15 +6,15 @@ use ahash::RandomState;
 
 use kache_watch::Event;
 use kube_client::Resource;
-use tokio::sync::watch;
 use tracing::{debug, trace, warn};
 
+use crate::fanout::{self, Msg, Publisher};
 use crate::index::{IndexFn, IndexFns, ObjectMap, build_postings};
 use crate::key::ObjectKey;
-use crate::store::{Shared, State, Store};
-use crate::subscriber::{self, DEFAULT_BUFFER, Delivery, Msg, Publisher, Subscriber};
+use crate::shared::Shared;
+use crate::store::Store;
+use crate::subscriber::{DEFAULT_BUFFER, Delivery, Subscriber};
 use crate::version::Reached;
-use crate::wait::Waiters;
 
 /// Creates a store: a [`Store`] to read from and the [`Writer`] that fills it.
 ///
@@ -53,12 +53,11 @@ where
 pub struct Writer<K> {
     // `Arc`: the state is shared with every `Store` clone.
     pub(crate) shared: Arc<Shared<K>>,
-    ready_tx: watch::Sender<bool>,
     /// The generation being listed, between `Init` and `InitDone`; readers never see it.
     relist: Option<Relist<K>>,
     fns: IndexFns<K>,
     transform: Option<Transform<K>>,
-    pub(crate) publisher: Publisher<K>,
+    publisher: Publisher<K>,
 }
 
 /// A user function applied to each object before it is stored.
@@ -83,12 +82,7 @@ impl<K> Default for Relist<K> {
 impl<K> fmt::Debug for Writer<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Writer")
-            .field(
-                "store",
-                &Store {
-                    shared: Arc::clone(&self.shared),
-                },
-            )
+            .field("store", &Store::new(Arc::clone(&self.shared)))
             .field("relisting", &self.relist.as_ref().map(|r| r.objects.len()))
             .field("indexes", &self.fns)
             .field("transform", &self.transform.is_some())
@@ -113,19 +107,9 @@ where
     /// A writer for a new, empty, not yet ready store.
     #[must_use]
     pub fn new() -> Self {
-        let (ready_tx, ready_rx) = watch::channel(false);
-        let (hub, publisher) = subscriber::channels(DEFAULT_BUFFER);
+        let (hub, publisher) = fanout::channels(DEFAULT_BUFFER);
         Self {
-            shared: Arc::new(Shared {
-                state: parking_lot::RwLock::new(State::default()),
-                ready: ready_rx,
-                hub,
-                waiters: Waiters::default(),
-                health: crate::health::HealthState::default(),
-                #[cfg(feature = "metrics")]
-                metrics: crate::metrics::CacheMetrics::default(),
-            }),
-            ready_tx,
+            shared: Arc::new(Shared::new(hub)),
             relist: None,
             fns: IndexFns::default(),
             transform: None,
@@ -159,9 +143,7 @@ where
     /// A read handle to this writer's store. Call it as often as needed, or clone the result.
     #[must_use]
     pub fn as_reader(&self) -> Store<K> {
-        Store {
-            shared: Arc::clone(&self.shared),
-        }
+        Store::new(Arc::clone(&self.shared))
     }
 
     /// Changes every object before it is stored, for example to drop `metadata.managedFields`
@@ -173,6 +155,14 @@ where
     #[must_use]
     pub fn with_transform(mut self, transform: impl FnMut(&mut K) + Send + 'static) -> Self {
         self.transform = Some(Box::new(transform));
+        self
+    }
+
+    /// Names this cache in its [`Health`](crate::Health) and its log lines. With the `metrics` feature,
+    /// `Writer::with_metrics` names it too, with the name of its `cache` label.
+    #[must_use]
+    pub fn with_name(self, name: &str) -> Self {
+        self.shared.health.set_name(name);
         self
     }
 
@@ -295,7 +285,7 @@ where
 
     /// Waits until every backpressure subscriber has taken the last change.
     pub(crate) fn poll_flush(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        self.publisher.poll_flush(&self.shared.hub.room, cx)
+        self.publisher.poll_flush(&self.shared.hub, cx)
     }
 
     /// Applies `event`, queueing the change for backpressure subscribers; the caller flushes.
@@ -499,7 +489,6 @@ where
                 state.seq += u64::from(became_ready);
                 became_ready.then_some(state.seq)
             };
-            self.ready_tx.send_replace(true);
             if let Some(seq) = became_ready
                 && self.publisher.has_subscribers()
             {
@@ -528,7 +517,6 @@ where
             state.version.merge(version);
             (state.seq, locked.elapsed())
         };
-        self.ready_tx.send_replace(true);
         let old_len = objects.len();
         if self.publisher.has_subscribers() {
             // Diffed after the swap, off the write lock: `objects` is now the old generation.
@@ -600,5 +588,10 @@ impl<K> Writer<K> {
     pub(crate) fn assert_indexes_exact(&self) {
         let state = self.shared.state.read();
         assert_eq!(state.indexes, self.fns.build(&state.objects));
+    }
+
+    /// Messages held by the (resync, backpressure) channels.
+    pub(crate) fn buffered(&self) -> (usize, usize) {
+        self.publisher.buffered()
     }
 }

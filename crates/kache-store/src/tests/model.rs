@@ -188,14 +188,7 @@ fn set(objs: &[std::sync::Arc<ConfigMap>]) -> BTreeSet<Obj> {
 }
 
 fn check(store: &Store<ConfigMap>, model: &Model) -> Result<(), TestCaseError> {
-    {
-        let state = store.shared.state.read();
-        prop_assert_eq!(
-            state.indexes.stale_entries(&state.objects),
-            0,
-            "stale index entries"
-        );
-    }
+    prop_assert_eq!(store.stale_index_entries(), 0, "stale index entries");
     let expected: BTreeSet<Obj> = model.visible.values().cloned().collect();
     prop_assert_eq!(set(&store.state()), expected.clone());
     prop_assert_eq!(store.len(), model.visible.len());

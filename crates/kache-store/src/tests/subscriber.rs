@@ -312,15 +312,11 @@ fn dropped_subscriber_frees_its_buffer() {
     drain(&mut sub);
     writer.apply(Event::Apply(cm("a", 1)));
     writer.apply(Event::Apply(cm("b", 2)));
-    assert_eq!(writer.publisher.buffered(), (2, 0));
+    assert_eq!(writer.buffered(), (2, 0));
     drop(sub);
-    assert_eq!(writer.publisher.buffered(), (0, 0));
+    assert_eq!(writer.buffered(), (0, 0));
     writer.apply(Event::Apply(cm("c", 3)));
-    assert_eq!(
-        writer.publisher.buffered(),
-        (0, 0),
-        "no subscriber, nothing buffered"
-    );
+    assert_eq!(writer.buffered(), (0, 0), "no subscriber, nothing buffered");
 }
 
 #[test]
