@@ -207,5 +207,8 @@ pub use subscriber::{DEFAULT_BUFFER, Delivery, Subscriber, SubscriberHandle};
 pub use version::ResourceVersion;
 pub use writer::{Writer, store};
 
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod testing;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
-//! Model-based property test: random event sequences applied to the store and to a plain
-//! `BTreeMap` model must leave the same visible state, lengths, index lookups and reached
-//! version.
+//! The model of the store, the one executable spec of what applying events does: plain
+//! `BTreeMap`s, as the store is documented. Used here by a property test (random event
+//! sequences applied to the store and to the model must leave the same visible state, lengths,
+//! index lookups and reached version) and by `subscriber.rs` and `reflect_model.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -89,7 +90,7 @@ pub(super) fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(super) struct Model {
     pub(super) visible: BTreeMap<Key, Obj>,
     relist: Option<BTreeMap<Key, Obj>>,
@@ -171,6 +172,15 @@ impl Model {
             &mut self.reached
         };
         *reached = (*reached).max(rv);
+    }
+
+    /// `namespace/name` → resourceVersion of the visible objects, as
+    /// [`stored_versions`](crate::testing::stored_versions) reads a store.
+    pub(super) fn versions(&self) -> BTreeMap<String, String> {
+        self.visible
+            .values()
+            .map(|obj| (crate::testing::key_of(&obj.to_cm()), obj.rv.to_string()))
+            .collect()
     }
 
     fn get(&self, ns: Option<&str>, name: &str) -> Option<&Obj> {
