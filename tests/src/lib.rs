@@ -780,18 +780,14 @@ pub async fn churn(
     ops
 }
 
-// The code of the README and of docs/consistency.md, compiled and checked as doctests here,
-// in a crate that is never published (a library's package holds only its own folder).
+// The code of the README and of docs/observability.md, compiled and checked as doctests here,
+// in a crate that is never published (a library's package holds only its own folder). The
+// design notes that were in docs/ (consistency, architecture) are kache-store's rustdoc now.
 
 /// The README's code.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
-
-/// The code of docs/consistency.md.
-#[cfg(doctest)]
-#[doc = include_str!("../../docs/consistency.md")]
-pub struct ConsistencyDoctests;
 
 /// The code of docs/observability.md (kache-store's `metrics` feature is on in this crate).
 #[cfg(doctest)]

@@ -58,6 +58,10 @@
 //! # }
 //! ```
 //!
+//! The [`consistency`] module explains the rules below with the situations an operator
+//! meets; [`architecture`] follows one event through the crates and lays out this crate's
+//! modules.
+//!
 //! # Health and metrics
 //!
 //! [`Store::health`] says whether the cache has synced and, when its watch keeps failing,
@@ -161,21 +165,7 @@
 //! write the store has not reached, fails with [`Error::WriterDropped`]; stores keep serving
 //! the last generation.
 
-// The module graph has no cycle; from the bottom up, each layer imports only layers below it
-// (`grep -n '^use crate::' src/*.rs` shows it):
-// 1. `error`, `key`, `version`, `index` (keys to objects), `health` (the public health types
-//    and the health every handle shares), `fanout` (messages, channels, publishing: it knows
-//    nothing of the store).
-// 2. `state`: one generation: objects, indexes, change number, readiness, version reached.
-// 3. `wait`: waiters, targets checked against a `State`, a subscriber's hand-over and stats;
-//    `counters`: each cache's metric counters (`metrics` feature).
-// 4. `shared`: what the writer and every reader share: the state under its lock, the fan-out
-//    hub, the waiters, health and counters. Readiness is told there, once.
-// 5. `subscriber`: the consumer stream and its handle.
-// 6. `store`: the read handle.
-// 7. `writer`: the only handle that changes the state.
-// 8. `observer` (what `reflect` notes besides events), `metrics` (the collector).
-// 9. `reflect`.
+// The modules form layers without an import cycle: see the `architecture` module.
 #[cfg(feature = "metrics")]
 mod counters;
 mod error;
@@ -210,5 +200,14 @@ pub use writer::{Writer, store};
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;
+
+// Design notes, rendered by rustdoc (their code is compiled and run as doctests).
+
+#[doc = include_str!("docs/architecture.md")]
+pub mod architecture {}
+
+#[doc = include_str!("docs/consistency.md")]
+pub mod consistency {}
+
 #[cfg(test)]
 mod tests;

@@ -33,6 +33,18 @@ use crate::wait::{Handover, Stats, Target};
 pub const DEFAULT_BUFFER: usize = 1024;
 
 /// What happens when a subscriber falls a full buffer behind the writer.
+///
+/// ```
+/// use k8s_openapi::api::core::v1::ConfigMap;
+/// use kache_store::{Delivery, Writer};
+///
+/// let writer = Writer::<ConfigMap>::new();
+/// // A cache that only needs the current state: resynced when it falls behind.
+/// let view = writer.subscribe();
+/// // An audit log that needs every change: the writer waits for it.
+/// let audit = writer.subscribe_with(Delivery::Backpressure);
+/// assert_eq!((view.delivery(), audit.delivery()), (Delivery::Resync, Delivery::Backpressure));
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Delivery {
@@ -128,6 +140,16 @@ impl<K> Subscriber<K> {
 
     /// A handle to follow this subscriber from elsewhere (readiness, resyncs, waits for its
     /// consumer to see a write).
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::Writer;
+    ///
+    /// let writer = Writer::<ConfigMap>::new();
+    /// let subscriber = writer.subscribe();
+    /// let handle = subscriber.handle(); // cloneable; the subscriber moves to its own task
+    /// assert!(!handle.is_synced());
+    /// ```
     #[must_use]
     pub fn handle(&self) -> SubscriberHandle<K> {
         SubscriberHandle {
@@ -139,12 +161,29 @@ impl<K> Subscriber<K> {
     }
 
     /// Whether this subscriber has yielded the `InitDone` of its first snapshot.
+    ///
+    /// ```
+    /// use futures::{FutureExt, StreamExt};
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let mut subscriber = writer.subscribe();
+    /// writer.apply(Event::Init);
+    /// writer.apply(Event::InitDone);
+    /// assert!(!subscriber.is_synced(), "the store is, but it has not yielded its snapshot yet");
+    /// while subscriber.next().now_or_never().flatten().is_some() {}
+    /// assert!(subscriber.is_synced());
+    /// ```
     #[must_use]
     pub fn is_synced(&self) -> bool {
         *self.synced.borrow()
     }
 
     /// How many times this subscriber fell behind and was resynced.
+    ///
+    /// See [`Writer::with_buffer`](crate::Writer::with_buffer) for a subscriber that falls
+    /// behind and is resynced.
     #[must_use]
     pub fn resyncs(&self) -> u64 {
         self.stats.resyncs.load(Ordering::Relaxed)
@@ -153,6 +192,24 @@ impl<K> Subscriber<K> {
     /// How many changes (applies, deletes, relists) the store has made visible that this
     /// subscriber has not yet taken in. Zero when caught up; before its first snapshot, the
     /// number of changes the store has made.
+    ///
+    /// ```
+    /// use futures::{FutureExt, StreamExt};
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let mut subscriber = writer.subscribe();
+    /// writer.apply(Event::Init);
+    /// writer.apply(Event::InitDone);
+    /// assert_eq!(subscriber.lag(), 1, "the first sync, not yet taken in");
+    /// while subscriber.next().now_or_never().flatten().is_some() {}
+    /// assert_eq!(subscriber.lag(), 0);
+    /// let mut cm = ConfigMap::default();
+    /// cm.metadata.name = Some("a".into());
+    /// writer.apply(Event::Apply(cm));
+    /// assert_eq!(subscriber.lag(), 1);
+    /// ```
     #[must_use]
     pub fn lag(&self) -> u64 {
         self.shared
@@ -163,6 +220,14 @@ impl<K> Subscriber<K> {
     }
 
     /// The delivery policy of this subscriber.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Delivery, Writer};
+    ///
+    /// let writer = Writer::<ConfigMap>::new();
+    /// assert_eq!(writer.subscribe().delivery(), Delivery::Resync);
+    /// ```
     #[must_use]
     pub fn delivery(&self) -> Delivery {
         self.delivery
@@ -306,12 +371,52 @@ impl<K> Clone for SubscriberHandle<K> {
 impl<K> SubscriberHandle<K> {
     /// Whether the subscriber has yielded the `InitDone` of its first snapshot. Never goes
     /// back to `false`, even while a later resync is being delivered.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let mut subscriber = writer.subscribe();
+    /// let handle = subscriber.handle();
+    /// writer.apply(Event::Init);
+    /// writer.apply(Event::InitDone);
+    /// assert_eq!(subscriber.next().await, Some(Event::Init));
+    /// assert!(!handle.is_synced());
+    /// assert_eq!(subscriber.next().await, Some(Event::InitDone));
+    /// assert!(handle.is_synced());
+    /// # }
+    /// ```
     #[must_use]
     pub fn is_synced(&self) -> bool {
         *self.synced.borrow()
     }
 
     /// Waits until the subscriber has yielded the `InitDone` of its first snapshot.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), kache_store::Error> {
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let mut subscriber = writer.subscribe();
+    /// let handle = subscriber.handle();
+    /// // The consumer runs on its own task; start-up waits until it has the whole state.
+    /// let consumer = tokio::spawn(async move { while subscriber.next().await.is_some() {} });
+    /// writer.apply(Event::Init);
+    /// writer.apply(Event::InitDone);
+    /// handle.synced().await?;
+    /// drop(writer);
+    /// consumer.await.unwrap();
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -326,6 +431,16 @@ impl<K> SubscriberHandle<K> {
     }
 
     /// How many times the subscriber fell behind and was resynced.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::Writer;
+    ///
+    /// let writer = Writer::<ConfigMap>::new();
+    /// let subscriber = writer.subscribe();
+    /// let handle = subscriber.handle();
+    /// assert_eq!((handle.resyncs(), subscriber.resyncs()), (0, 0));
+    /// ```
     #[must_use]
     pub fn resyncs(&self) -> u64 {
         self.stats.resyncs.load(Ordering::Relaxed)
