@@ -22,6 +22,7 @@ use std::{
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
+use kache_store::testing::Replay;
 use kache_store::{ReflectExt, Store, Subscriber, Writer};
 pub use kache_testenv::{Server, TestEnv};
 use kache_watch::{Backoff, Config, Event, WatchStreamExt, watcher};
@@ -360,38 +361,16 @@ pub async fn listed_versions(api: &Api<ConfigMap>) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// `namespace/name` of an object.
-#[must_use]
-pub fn key_of(cm: &ConfigMap) -> String {
-    format!(
-        "{}/{}",
-        cm.metadata.namespace.as_deref().unwrap_or_default(),
-        cm.metadata.name.as_deref().unwrap_or_default()
-    )
-}
-
-/// The resourceVersion of an object.
-#[must_use]
-pub fn version_of(cm: &ConfigMap) -> String {
-    cm.metadata.resource_version.clone().unwrap_or_default()
-}
+/// `namespace/name` of an object, its resourceVersion, and those of every object in a store:
+/// the same as the replay of subscriber events uses.
+pub use kache_store::testing::{key_of, stored_versions, version_of};
 
 /// The partition tool: cuts a client off from the API server while the server keeps running.
 pub use kache_testenv::Proxy;
 
-/// `(namespace/name, resourceVersion)` of every object in `store`.
-#[must_use]
-pub fn stored_versions(store: &Store<ConfigMap>) -> BTreeMap<String, String> {
-    store
-        .state()
-        .iter()
-        .map(|cm| (key_of(cm), version_of(cm)))
-        .collect()
-}
-
-/// A subscriber's view of the store, rebuilt from the events it received as the protocol
-/// says: `Init` clears a buffer, `InitApply` fills it, `InitDone` swaps it in, `Apply`
-/// inserts, `Delete` removes. Cheap to clone; clones share the view.
+/// A subscriber's view of the store: kache-store's one replay of subscriber events
+/// ([`Replay`]), the keys of the deletes it heard, and whether its stream ended. Cheap to
+/// clone; clones share the view.
 #[derive(Clone, Debug)]
 pub struct View {
     // `Arc<Mutex>`: the following task writes, the test reads.
@@ -401,8 +380,10 @@ pub struct View {
 impl Default for View {
     fn default() -> Self {
         let state = ViewState {
+            replay: Replay::default(),
+            deleted: Vec::new(),
             keep_deleted: true,
-            ..ViewState::default()
+            ended: false,
         };
         Self {
             inner: Arc::new(Mutex::new(state)),
@@ -410,14 +391,10 @@ impl Default for View {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ViewState {
-    current: BTreeMap<String, String>,
-    building: Option<BTreeMap<String, String>>,
-    events: u64,
-    inits: u64,
+    replay: Replay<ConfigMap>,
     deleted: Vec<String>,
-    deletes: u64,
     /// Whether to keep the keys of `Delete` events (not in soak runs: they would grow).
     keep_deleted: bool,
     ended: bool,
@@ -427,35 +404,15 @@ impl View {
     /// Applies one received event to the view.
     ///
     /// # Panics
-    /// If a previous holder of the lock panicked.
+    /// If a previous holder of the lock panicked, or if the event breaks the subscriber's
+    /// protocol (see [`Replay`]).
     pub fn apply(&self, event: &Event<Arc<ConfigMap>>) {
         let mut view = self.inner.lock().unwrap();
-        view.events += 1;
-        match event {
-            Event::Init => {
-                view.inits += 1;
-                view.building = Some(BTreeMap::new());
-            }
-            Event::InitApply(cm) => {
-                view.building
-                    .get_or_insert_default()
-                    .insert(key_of(cm), version_of(cm));
-            }
-            Event::InitDone => {
-                if let Some(built) = view.building.take() {
-                    view.current = built;
-                }
-            }
-            Event::Apply(cm) => {
-                view.current.insert(key_of(cm), version_of(cm));
-            }
-            Event::Delete(cm) => {
-                view.current.remove(&key_of(cm));
-                view.deletes += 1;
-                if view.keep_deleted {
-                    view.deleted.push(key_of(cm));
-                }
-            }
+        view.replay.apply(event);
+        if let Event::Delete(cm) = event
+            && view.keep_deleted
+        {
+            view.deleted.push(key_of(cm.as_ref()));
         }
     }
 
@@ -465,7 +422,7 @@ impl View {
     /// If a previous holder of the lock panicked.
     #[must_use]
     pub fn versions(&self) -> BTreeMap<String, String> {
-        self.inner.lock().unwrap().current.clone()
+        self.inner.lock().unwrap().replay.versions()
     }
 
     /// Events received so far.
@@ -474,7 +431,7 @@ impl View {
     /// If a previous holder of the lock panicked.
     #[must_use]
     pub fn events(&self) -> u64 {
-        self.inner.lock().unwrap().events
+        self.inner.lock().unwrap().replay.events()
     }
 
     /// `Init`s received so far: the first snapshot plus one per resync.
@@ -483,7 +440,7 @@ impl View {
     /// If a previous holder of the lock panicked.
     #[must_use]
     pub fn inits(&self) -> u64 {
-        self.inner.lock().unwrap().inits
+        self.inner.lock().unwrap().replay.inits()
     }
 
     /// Keys of the `Delete` events received so far, in order (empty for a view from
@@ -502,7 +459,7 @@ impl View {
     /// If a previous holder of the lock panicked.
     #[must_use]
     pub fn deletes(&self) -> u64 {
-        self.inner.lock().unwrap().deletes
+        self.inner.lock().unwrap().replay.deletes()
     }
 
     /// Whether the subscriber's stream has ended.
@@ -823,18 +780,14 @@ pub async fn churn(
     ops
 }
 
-// The code of the README and of docs/consistency.md, compiled and checked as doctests here,
-// in a crate that is never published (a library's package holds only its own folder).
+// The code of the README and of docs/observability.md, compiled and checked as doctests here,
+// in a crate that is never published (a library's package holds only its own folder). The
+// design notes that were in docs/ (consistency, architecture) are kache-store's rustdoc now.
 
 /// The README's code.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
-
-/// The code of docs/consistency.md.
-#[cfg(doctest)]
-#[doc = include_str!("../../docs/consistency.md")]
-pub struct ConsistencyDoctests;
 
 /// The code of docs/observability.md (kache-store's `metrics` feature is on in this crate).
 #[cfg(doctest)]

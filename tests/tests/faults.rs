@@ -206,7 +206,7 @@ on_each_server! {
         let mut first_attempt = BTreeSet::new();
         for _ in 0..3 {
             match next().await {
-                Ok(Event::InitApply(cm)) => assert!(first_attempt.insert(key_of(&cm))),
+                Ok(Event::InitApply(cm)) => assert!(first_attempt.insert(key_of(cm.as_ref()))),
                 other => panic!("expected InitApply, got {other:?}"),
             }
         }
@@ -220,7 +220,7 @@ on_each_server! {
         loop {
             match next().await {
                 Ok(Event::InitApply(cm)) => {
-                    assert!(first_attempt.insert(key_of(&cm)), "no duplicate in a list");
+                    assert!(first_attempt.insert(key_of(cm.as_ref())), "no duplicate in a list");
                 }
                 Err(Error::InitialListFailed(e)) => {
                     assert!(
@@ -238,7 +238,7 @@ on_each_server! {
         loop {
             match next().await {
                 Ok(Event::InitApply(cm)) => {
-                    assert!(relisted.insert(key_of(&cm)), "listed {} twice", key_of(&cm));
+                    assert!(relisted.insert(key_of(cm.as_ref())), "listed {} twice", key_of(cm.as_ref()));
                 }
                 Ok(Event::InitDone) => break,
                 other => panic!("expected InitApply or InitDone, got {other:?}"),

@@ -16,10 +16,9 @@ use crate::key::ObjectKey;
 /// The objects of one store generation, by key.
 pub(crate) type ObjectMap<K> = HashMap<ObjectKey, Arc<K>, RandomState>;
 
-/// A user index function: the values under which an object is indexed.
-///
-/// `Arc` so a relist can hand the same functions to the generation it builds off to the side.
-pub(crate) type IndexFn<K> = Arc<dyn Fn(&K) -> Vec<String> + Send + Sync>;
+/// A user index function: the values under which an object is indexed. Owned by the writer
+/// alone, which runs it (a relist's indexes are built from the same functions, by reference).
+pub(crate) type IndexFn<K> = Box<dyn Fn(&K) -> Vec<String> + Send + Sync>;
 
 /// The keys of the objects that carry a value.
 pub(crate) type KeySet = HashSet<ObjectKey, RandomState>;
@@ -114,8 +113,8 @@ impl<K> IndexFns<K> {
     pub(crate) fn plan(&self, old: Option<&K>, new: Option<&K>) -> Vec<IndexChange> {
         let mut changes = Vec::new();
         for (index, (_, f)) in self.fns.iter().enumerate() {
-            let old_values = old.map(|o| f(o)).unwrap_or_default();
-            let new_values = new.map(|n| f(n)).unwrap_or_default();
+            let old_values = old.map(f).unwrap_or_default();
+            let new_values = new.map(f).unwrap_or_default();
             let removed: Vec<String> = old_values
                 .iter()
                 .filter(|v| !new_values.contains(v))

@@ -58,6 +58,10 @@
 //! # }
 //! ```
 //!
+//! The [`consistency`] module explains the rules below with the situations an operator
+//! meets; [`architecture`] follows one event through the crates and lays out this crate's
+//! modules.
+//!
 //! # Health and metrics
 //!
 //! [`Store::health`] says whether the cache has synced and, when its watch keeps failing,
@@ -161,13 +165,20 @@
 //! write the store has not reached, fails with [`Error::WriterDropped`]; stores keep serving
 //! the last generation.
 
+// The modules form layers without an import cycle: see the `architecture` module.
+#[cfg(feature = "metrics")]
+mod counters;
 mod error;
+mod fanout;
 mod health;
 mod index;
 mod key;
 #[cfg(feature = "metrics")]
 mod metrics;
+mod observer;
 mod reflect;
+mod shared;
+mod state;
 mod store;
 mod subscriber;
 mod version;
@@ -185,6 +196,18 @@ pub use store::Store;
 pub use subscriber::{DEFAULT_BUFFER, Delivery, Subscriber, SubscriberHandle};
 pub use version::ResourceVersion;
 pub use writer::{Writer, store};
+
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod testing;
+
+// Design notes, rendered by rustdoc (their code is compiled and run as doctests).
+
+#[doc = include_str!("docs/architecture.md")]
+pub mod architecture {}
+
+#[doc = include_str!("docs/consistency.md")]
+pub mod consistency {}
 
 #[cfg(test)]
 mod tests;

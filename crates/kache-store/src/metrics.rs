@@ -1,18 +1,14 @@
 //! Prometheus metrics for caches, on a `prometheus-client` registry (the `metrics` feature).
 //!
-//! Each store keeps plain atomic counters next to its state; the writer and
-//! [`reflect`](crate::ReflectExt::reflect) bump them (one relaxed add per event, a clock read
-//! per event for the age of the last one). Nothing is registered per cache: one
+//! Each store keeps plain atomic counters next to its state (see the `counters` module).
+//! Nothing is registered per cache: one
 //! [`Metrics`] collector reads every live cache at scrape time, so gauges such as the number
 //! of objects or a subscriber's lag are exact at the scrape, and a dropped cache disappears.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
-use kache_watch::{Activity, ErrorClass, Event};
+use kache_watch::ErrorClass;
 use kube_client::Resource;
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
@@ -21,9 +17,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use tracing::warn;
 
-use crate::store::Shared;
-use crate::subscriber::{Stats, Subscriber};
-use crate::wait::Handover;
+use crate::counters::{CAUSES, EVENT_TYPES, Snapshot, StateFigures, unique_name};
+use crate::shared::Shared;
+use crate::subscriber::Subscriber;
 use crate::writer::Writer;
 
 /// The metrics of every cache attached to it, as one `prometheus-client` collector.
@@ -102,17 +98,6 @@ impl Metrics {
     }
 }
 
-/// `name`, or `name-2`, `name-3` ... whichever is not taken.
-fn unique_name(name: &str, taken: &[String]) -> String {
-    let mut unique = name.to_owned();
-    let mut n = 1;
-    while taken.contains(&unique) {
-        n += 1;
-        unique = format!("{name}-{n}");
-    }
-    unique
-}
-
 impl<K> Writer<K>
 where
     K: Resource + Send + Sync + 'static,
@@ -140,220 +125,12 @@ impl<K> Subscriber<K> {
     /// The series disappear when the subscriber is dropped.
     #[must_use]
     pub fn with_metrics(self, name: &str) -> Self {
-        let mut subscribers = self.shared.metrics.subscribers.lock();
-        subscribers.retain(|probe| !probe.handover.is_closed());
-        let taken: Vec<String> = subscribers.iter().map(|s| s.name.clone()).collect();
-        subscribers.push(SubscriberProbe {
-            name: unique_name(name, &taken),
-            stats: Arc::clone(&self.stats),
-            handover: Arc::clone(&self.handover),
-        });
-        drop(subscribers);
+        self.shared.metrics.name_subscriber(
+            name,
+            Arc::clone(&self.stats),
+            Arc::clone(&self.handover),
+        );
         self
-    }
-}
-
-/// Event types, in the order of [`CacheMetrics::events`].
-const EVENT_TYPES: [&str; 5] = ["init", "init_apply", "init_done", "apply", "delete"];
-
-/// Why a list started, in the order of [`CacheMetrics::relists`].
-#[derive(Clone, Copy)]
-enum Cause {
-    /// The cache's first list.
-    FirstSync,
-    /// A `410 Gone` since the previous `Init`: the version to resume from expired.
-    Gone,
-    /// The previous list had not reached its `InitDone`.
-    UnfinishedList,
-    /// Any other: a watch event without a resourceVersion, an object without a name.
-    Other,
-}
-
-const CAUSES: [&str; 4] = ["first_sync", "gone", "unfinished_list", "other"];
-
-/// The counters of one cache, kept next to its state.
-#[derive(Default)]
-pub(crate) struct CacheMetrics {
-    events: [AtomicU64; 5],
-    relists: [AtomicU64; 4],
-    watch_starts: AtomicU64,
-    watch_resumes: AtomicU64,
-    bookmarks: AtomicU64,
-    errors: [AtomicU64; ErrorClass::ALL.len()],
-    backpressure_nanos: AtomicU64,
-    /// When the last event was applied / bookmark arrived, as [`Clock`] ticks (0: never).
-    last_event: AtomicU64,
-    last_bookmark: AtomicU64,
-    /// How long the first sync took, in nanoseconds plus one (0: not synced yet).
-    initial_sync: AtomicU64,
-    subscribers: Mutex<Vec<SubscriberProbe>>,
-}
-
-impl CacheMetrics {
-    /// Counts an applied event; called by the writer for every event.
-    #[inline]
-    pub(crate) fn on_event<K>(&self, event: &Event<K>) {
-        let index = match event {
-            Event::Init => 0,
-            Event::InitApply(_) => 1,
-            Event::InitDone => 2,
-            Event::Apply(_) => 3,
-            Event::Delete(_) => 4,
-        };
-        self.events[index].fetch_add(1, Relaxed);
-        self.last_event.store(clock::now(), Relaxed);
-    }
-
-    /// Counts what the watcher did during a poll.
-    #[inline]
-    pub(crate) fn on_activity(&self, activity: Activity) {
-        if activity.is_empty() {
-            return;
-        }
-        self.watch_starts.fetch_add(activity.watch_starts, Relaxed);
-        self.watch_resumes
-            .fetch_add(activity.watch_resumes, Relaxed);
-        if activity.bookmarks > 0 {
-            self.bookmarks.fetch_add(activity.bookmarks, Relaxed);
-            self.last_bookmark.store(clock::now(), Relaxed);
-        }
-    }
-}
-
-/// A named subscriber, as the collector reads it.
-struct SubscriberProbe {
-    name: String,
-    // `Arc`s shared with the subscriber: reading them never touches its stream.
-    stats: Arc<Stats>,
-    handover: Arc<Handover>,
-}
-
-/// What [`reflect`](crate::ReflectExt::reflect) keeps to count relists by cause, the first
-/// sync's duration and the writer's waits.
-#[derive(Debug, Default)]
-pub(crate) struct ReflectMetrics {
-    /// The first poll, where the first sync's duration starts.
-    started: Option<Instant>,
-    /// An `Init` has been seen.
-    listed: bool,
-    /// An `Init` has been seen and its `InitDone` not yet.
-    listing: bool,
-    /// A `410 Gone` since the last `Init`.
-    gone: bool,
-    /// Since when the writer waits for a backpressure subscriber.
-    waiting_since: Option<Instant>,
-}
-
-impl ReflectMetrics {
-    #[inline]
-    pub(crate) fn poll_flush<K>(&mut self, writer: &mut Writer<K>, cx: &mut Context<'_>) -> Poll<()>
-    where
-        K: Resource + Send + Sync + 'static,
-    {
-        let flushed = writer.poll_flush(cx);
-        match flushed {
-            Poll::Pending => {
-                self.waiting_since.get_or_insert_with(Instant::now);
-            }
-            Poll::Ready(()) => {
-                if let Some(since) = self.waiting_since.take() {
-                    let waited = duration_nanos(since.elapsed());
-                    writer
-                        .shared
-                        .metrics
-                        .backpressure_nanos
-                        .fetch_add(waited, Relaxed);
-                }
-            }
-        }
-        flushed
-    }
-
-    /// Before each poll: the first one starts the clock of the first sync.
-    #[inline]
-    pub(crate) fn before_poll(&mut self) {
-        if self.started.is_none() {
-            self.started = Some(Instant::now());
-        }
-    }
-
-    #[inline]
-    pub(crate) fn on_event<K>(&mut self, event: &Event<K>, metrics: &CacheMetrics) {
-        match event {
-            Event::Init => self.relist(metrics),
-            Event::InitDone => self.listed(metrics),
-            Event::InitApply(_) | Event::Apply(_) | Event::Delete(_) => {}
-        }
-    }
-
-    #[cold]
-    fn relist(&mut self, metrics: &CacheMetrics) {
-        let cause = if !self.listed {
-            Cause::FirstSync
-        } else if self.gone {
-            Cause::Gone
-        } else if self.listing {
-            Cause::UnfinishedList
-        } else {
-            Cause::Other
-        };
-        metrics.relists[cause as usize].fetch_add(1, Relaxed);
-        self.listed = true;
-        self.listing = true;
-        self.gone = false;
-    }
-
-    #[cold]
-    fn listed(&mut self, metrics: &CacheMetrics) {
-        self.listing = false;
-        if let Some(started) = self.started
-            && metrics.initial_sync.load(Relaxed) == 0
-        {
-            let took = duration_nanos(started.elapsed()).saturating_add(1);
-            metrics.initial_sync.store(took, Relaxed);
-        }
-    }
-
-    pub(crate) fn on_error(&mut self, class: Option<ErrorClass>, metrics: &CacheMetrics) {
-        let Some(class) = class else { return };
-        self.gone |= class == ErrorClass::Gone;
-        let index = ErrorClass::ALL
-            .iter()
-            .position(|c| *c == class)
-            .unwrap_or_default();
-        metrics.errors[index].fetch_add(1, Relaxed);
-    }
-}
-
-fn duration_nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// A process-wide monotonic clock in nanoseconds, so that a time fits an atomic.
-mod clock {
-    use std::sync::OnceLock;
-    use std::time::Instant;
-
-    static START: OnceLock<Instant> = OnceLock::new();
-
-    /// Nanoseconds since the first call, plus one (so that 0 can mean "never").
-    #[inline]
-    pub(super) fn now() -> u64 {
-        let start = START.get_or_init(Instant::now);
-        super::duration_nanos(start.elapsed()).saturating_add(1)
-    }
-
-    /// Seconds from `then` (a value of [`now`], 0 for never) to now.
-    pub(super) fn seconds_since(then: u64) -> Option<f64> {
-        (then != 0).then(|| seconds(now().saturating_sub(then)))
-    }
-
-    #[expect(
-        clippy::cast_precision_loss,
-        reason = "seconds as f64: ns precision is not needed"
-    )]
-    pub(super) fn seconds(nanos: u64) -> f64 {
-        nanos as f64 / 1e9
     }
 }
 
@@ -363,72 +140,24 @@ trait Probe: Send + Sync {
     fn snapshot(&self) -> Snapshot;
 }
 
-/// One cache's figures at a scrape.
-struct Snapshot {
-    name: String,
-    events: [u64; 5],
-    relists: [u64; 4],
-    watch_starts: u64,
-    watch_resumes: u64,
-    bookmarks: u64,
-    errors: [u64; ErrorClass::ALL.len()],
-    backpressure_seconds: f64,
-    last_event_age: Option<f64>,
-    last_bookmark_age: Option<f64>,
-    initial_sync: Option<f64>,
-    objects: u64,
-    synced: bool,
-    consecutive_errors: u64,
-    subscribers: u64,
-    /// Named subscribers: name, lag, resyncs.
-    named: Vec<(String, u64, u64)>,
-}
-
-fn load<const N: usize>(counters: &[AtomicU64; N]) -> [u64; N] {
-    std::array::from_fn(|i| counters[i].load(Relaxed))
-}
-
 impl<K: Send + Sync + 'static> Probe for Shared<K> {
     fn name(&self) -> String {
         self.health.name().to_string()
     }
 
     fn snapshot(&self) -> Snapshot {
-        let m = &self.metrics;
         let (objects, seq, synced) = {
             let state = self.state.read();
             (state.objects.len() as u64, state.seq, state.ready)
         };
-        let named = {
-            let mut subscribers = m.subscribers.lock();
-            subscribers.retain(|probe| !probe.handover.is_closed());
-            subscribers
-                .iter()
-                .map(|s| {
-                    let resyncs = s.stats.resyncs.load(Relaxed);
-                    (s.name.clone(), s.handover.lag(seq), resyncs)
-                })
-                .collect()
-        };
-        let initial_sync = m.initial_sync.load(Relaxed);
-        Snapshot {
-            name: self.name(),
-            events: load(&m.events),
-            relists: load(&m.relists),
-            watch_starts: m.watch_starts.load(Relaxed),
-            watch_resumes: m.watch_resumes.load(Relaxed),
-            bookmarks: m.bookmarks.load(Relaxed),
-            errors: load(&m.errors),
-            backpressure_seconds: clock::seconds(m.backpressure_nanos.load(Relaxed)),
-            last_event_age: clock::seconds_since(m.last_event.load(Relaxed)),
-            last_bookmark_age: clock::seconds_since(m.last_bookmark.load(Relaxed)),
-            initial_sync: (initial_sync != 0).then(|| clock::seconds(initial_sync - 1)),
+        let figures = StateFigures {
+            seq,
             objects,
             synced,
             consecutive_errors: self.health.attempts(),
             subscribers: self.hub.subscribers() as u64,
-            named,
-        }
+        };
+        self.metrics.snapshot(self.name(), figures)
     }
 }
 
@@ -646,16 +375,4 @@ fn gauges(caches: &[Snapshot]) -> Vec<Family> {
                 )
             },
     ]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::unique_name;
-
-    #[test]
-    fn a_taken_name_gets_the_first_free_suffix() {
-        let taken = ["pods".to_owned(), "pods-2".to_owned()];
-        assert_eq!(unique_name("pods", &taken), "pods-3");
-        assert_eq!(unique_name("configmaps", &taken), "configmaps");
-    }
 }

@@ -8,7 +8,7 @@ use kache_watch::{Event, Progress, observe_progress};
 use kube_client::Resource;
 use pin_project_lite::pin_project;
 
-use crate::health::Observer;
+use crate::observer::Observer;
 use crate::writer::Writer;
 
 pin_project! {

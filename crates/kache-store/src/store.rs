@@ -2,68 +2,17 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
+use futures::future::{Either, select};
 use kube_client::Resource;
-use parking_lot::RwLock;
-use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::index::{Indexes, KeySet, ObjectMap};
+use crate::health::Health;
+use crate::index::{KeySet, ObjectMap};
 use crate::key::{KeyRef, KeyView, ObjectKey};
-use crate::subscriber::{Delivery, Hub, Subscriber};
-use crate::version::{Reached, ResourceVersion};
-use crate::wait::{Target, Waiters};
-
-/// One generation of the store, with the bookkeeping that must change atomically with it.
-pub(crate) struct State<K> {
-    pub(crate) objects: ObjectMap<K>,
-    pub(crate) indexes: Indexes,
-    /// Sequence number of the last change made visible (an apply, a delete, or a relist).
-    /// Kept under the same lock as `objects` so a snapshot and its seq are taken together.
-    pub(crate) seq: u64,
-    pub(crate) ready: bool,
-    /// The newest resourceVersion this generation reflects. Kept under the same lock as
-    /// `objects`, so a reader that sees a version also sees every change up to it.
-    pub(crate) version: Reached,
-}
-
-impl<K> Default for State<K> {
-    fn default() -> Self {
-        Self {
-            objects: ObjectMap::default(),
-            indexes: Indexes::default(),
-            seq: 0,
-            ready: false,
-            version: Reached::Nothing,
-        }
-    }
-}
-
-/// What the writer and every reader share.
-pub(crate) struct Shared<K> {
-    /// A `parking_lot::RwLock`: readers never contend with each other, the lock is not poisoned by
-    /// a panicking reader, and the writer only holds it for O(1) swaps or single-key updates.
-    pub(crate) state: RwLock<State<K>>,
-    /// Flips to `true` once; closed when the writer is dropped, which is how
-    /// `wait_until_ready` learns that readiness will never come.
-    pub(crate) ready: watch::Receiver<bool>,
-    pub(crate) hub: Hub<K>,
-    /// Tasks waiting for the store to reflect a write; closed when the writer is dropped.
-    pub(crate) waiters: Waiters,
-    // Observability hooks: see health.rs and metrics.rs.
-    pub(crate) health: crate::health::HealthState,
-    #[cfg(feature = "metrics")]
-    pub(crate) metrics: crate::metrics::CacheMetrics,
-}
-
-impl<K: Resource> Shared<K> {
-    /// Waits until the store meets `target`; returns the sequence number of the generation
-    /// that met it.
-    pub(crate) async fn wait(&self, target: &Target) -> Result<u64> {
-        self.waiters
-            .until(|| target.check(&self.state.read()), Error::WriterDropped)
-            .await
-    }
-}
+use crate::shared::Shared;
+use crate::subscriber::{Delivery, Subscriber};
+use crate::version::ResourceVersion;
+use crate::wait::Target;
 
 /// A read handle to the cache of objects of kind `K`.
 ///
@@ -74,7 +23,14 @@ impl<K: Resource> Shared<K> {
 /// Consistency section for what a read can observe.
 pub struct Store<K> {
     // `Arc`: readers on many tasks share one state with the writer.
-    pub(crate) shared: Arc<Shared<K>>,
+    shared: Arc<Shared<K>>,
+}
+
+impl<K> Store<K> {
+    /// A read handle on `shared`.
+    pub(crate) fn new(shared: Arc<Shared<K>>) -> Self {
+        Self { shared }
+    }
 }
 
 impl<K> Clone for Store<K> {
@@ -104,6 +60,20 @@ impl<K> Store<K> {
     /// nothing.
     ///
     /// This is a cache: the object may have changed or been deleted in the cluster since.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let store = writer.as_reader();
+    /// let mut cm = ConfigMap::default();
+    /// cm.metadata.name = Some("settings".into());
+    /// cm.metadata.namespace = Some("default".into());
+    /// writer.apply(Event::Apply(cm));
+    /// assert!(store.get(Some("default"), "settings").is_some());
+    /// assert!(store.get(Some("kube-system"), "settings").is_none());
+    /// ```
     #[must_use]
     pub fn get(&self, namespace: Option<&str>, name: &str) -> Option<Arc<K>> {
         let state = self.shared.state.read();
@@ -123,12 +93,44 @@ impl<K> Store<K> {
     }
 
     /// The object with this key, with the same cluster-scoped fallback as [`Store::get`].
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::Namespace;
+    /// use kache_store::{Event, ObjectKey, Writer};
+    ///
+    /// let mut writer = Writer::<Namespace>::new();
+    /// let store = writer.as_reader();
+    /// let mut ns = Namespace::default();
+    /// ns.metadata.name = Some("team-a".into());
+    /// let key = ObjectKey::from_object(&ns);
+    /// writer.apply(Event::Apply(ns));
+    /// assert!(store.get_key(&key).is_some());
+    /// // A cluster-scoped object is found whatever the namespace asked for.
+    /// assert!(store.get_key(&ObjectKey::new(Some("default"), "team-a")).is_some());
+    /// ```
     #[must_use]
     pub fn get_key(&self, key: &ObjectKey) -> Option<Arc<K>> {
         self.get(key.namespace(), key.name())
     }
 
     /// Every cached object, in no particular order, from one generation of the store.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let store = writer.as_reader();
+    /// for name in ["b", "a"] {
+    ///     let mut cm = ConfigMap::default();
+    ///     cm.metadata.name = Some(name.into());
+    ///     writer.apply(Event::Apply(cm));
+    /// }
+    /// let state = store.state();
+    /// let mut names: Vec<_> = state.iter().filter_map(|cm| cm.metadata.name.as_deref()).collect();
+    /// names.sort();
+    /// assert_eq!(names, ["a", "b"]);
+    /// ```
     #[must_use]
     pub fn state(&self) -> Vec<Arc<K>> {
         self.shared.state.read().objects.values().cloned().collect()
@@ -165,12 +167,39 @@ impl<K> Store<K> {
     }
 
     /// The number of cached objects.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let store = writer.as_reader();
+    /// let mut cm = ConfigMap::default();
+    /// cm.metadata.name = Some("a".into());
+    /// writer.apply(Event::Apply(cm.clone()));
+    /// writer.apply(Event::Apply(cm.clone())); // the same object again: still one
+    /// assert_eq!(store.len(), 1);
+    /// writer.apply(Event::Delete(cm));
+    /// assert_eq!(store.len(), 0);
+    /// ```
     #[must_use]
     pub fn len(&self) -> usize {
         self.shared.state.read().objects.len()
     }
 
     /// Whether the store holds no object.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let store = writer.as_reader();
+    /// writer.apply(Event::Init);
+    /// writer.apply(Event::InitDone);
+    /// // Synced, and empty: the list had no object.
+    /// assert!(store.is_ready() && store.is_empty());
+    /// ```
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.shared.state.read().objects.is_empty()
@@ -180,9 +209,24 @@ impl<K> Store<K> {
     ///
     /// Never goes back to `false`: a later relist keeps serving the previous generation until
     /// it is complete.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let store = writer.as_reader();
+    /// assert!(!store.is_ready());
+    /// writer.apply(Event::Init);
+    /// assert!(!store.is_ready(), "a list in progress is no sync");
+    /// writer.apply(Event::InitDone);
+    /// assert!(store.is_ready());
+    /// writer.apply(Event::Init); // a relist: readers keep the previous generation meanwhile
+    /// assert!(store.is_ready());
+    /// ```
     #[must_use]
     pub fn is_ready(&self) -> bool {
-        *self.shared.ready.borrow()
+        self.shared.is_ready()
     }
 
     /// Waits until the store has completed its first list.
@@ -190,22 +234,50 @@ impl<K> Store<K> {
     /// This does not drive the event stream that feeds the [`Writer`](crate::Writer): poll
     /// that (for example the [`reflect`](crate::ReflectExt::reflect) stream) on another task.
     ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), kache_store::Error> {
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let store = writer.as_reader();
+    /// // In an operator, the watcher feeds the writer through `reflect`, on another task.
+    /// tokio::spawn(async move {
+    ///     writer.apply(Event::Init);
+    ///     writer.apply(Event::InitDone);
+    /// });
+    /// store.wait_until_ready().await?;
+    /// assert!(store.is_ready());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::WriterDropped`] if the writer is dropped before the store became ready. Once
     /// ready, this returns `Ok` immediately, even after the writer is gone.
     pub async fn wait_until_ready(&self) -> Result<()> {
-        let mut ready = self.shared.ready.clone();
-        ready
-            .wait_for(|ready| *ready)
-            .await
-            .map(drop)
-            .map_err(|_| Error::WriterDropped)
+        self.shared.wait_until_ready().await
     }
 
     /// The newest resourceVersion the store reflects, as the server wrote it: see
     /// [`Store::version`]. For a server whose versions are not comparable, the last version
     /// seen. `None` until the store has seen one.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let store = writer.as_reader();
+    /// assert_eq!(store.resource_version(), None);
+    /// let mut cm = ConfigMap::default();
+    /// cm.metadata.name = Some("a".into());
+    /// cm.metadata.resource_version = Some("42".into());
+    /// writer.apply(Event::Apply(cm));
+    /// assert_eq!(store.resource_version().as_deref(), Some("42"));
+    /// ```
     #[must_use]
     pub fn resource_version(&self) -> Option<String> {
         self.shared
@@ -254,6 +326,22 @@ impl<K> Store<K> {
     }
 
     /// The cached objects in `namespace` (the built-in namespace index).
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let store = writer.as_reader();
+    /// for (namespace, name) in [("web", "a"), ("web", "b"), ("db", "a")] {
+    ///     let mut cm = ConfigMap::default();
+    ///     cm.metadata.namespace = Some(namespace.into());
+    ///     cm.metadata.name = Some(name.into());
+    ///     writer.apply(Event::Apply(cm));
+    /// }
+    /// assert_eq!(store.by_namespace("web").len(), 2);
+    /// assert!(store.by_namespace("cache").is_empty());
+    /// ```
     #[must_use]
     pub fn by_namespace(&self, namespace: &str) -> Vec<Arc<K>> {
         let state = self.shared.state.read();
@@ -262,6 +350,26 @@ impl<K> Store<K> {
 
     /// The cached objects for which the index function registered as `index` returned
     /// `value`.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::Pod;
+    /// use kache_store::{Error, Event, Writer};
+    ///
+    /// // Pods by the node they run on.
+    /// let mut writer = Writer::<Pod>::new().with_index("node", |pod: &Pod| {
+    ///     pod.spec.iter().filter_map(|spec| spec.node_name.clone()).collect()
+    /// });
+    /// let store = writer.as_reader();
+    /// let mut pod = Pod::default();
+    /// pod.metadata.name = Some("web-0".into());
+    /// pod.spec = Some(Default::default());
+    /// pod.spec.as_mut().unwrap().node_name = Some("node-1".into());
+    /// writer.apply(Event::Apply(pod));
+    /// assert_eq!(store.by_index("node", "node-1")?.len(), 1);
+    /// assert!(store.by_index("node", "node-2")?.is_empty());
+    /// assert!(matches!(store.by_index("zone", "a"), Err(Error::UnknownIndex { .. })));
+    /// # Ok::<(), Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -279,18 +387,63 @@ impl<K> Store<K> {
 
     /// A new [`Subscriber`] with the default [`Delivery::Resync`] policy: a stream of this
     /// store's state and then its changes. Any clone of the store can subscribe, at any time.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let mut changes = writer.as_reader().subscribe();
+    /// let mut cm = ConfigMap::default();
+    /// cm.metadata.name = Some("a".into());
+    /// writer.apply(Event::Init);
+    /// writer.apply(Event::InitApply(cm.clone()));
+    /// writer.apply(Event::InitDone);
+    ///
+    /// // First the store as it is when the subscriber is first polled...
+    /// assert_eq!(changes.next().await, Some(Event::Init));
+    /// assert!(matches!(changes.next().await, Some(Event::InitApply(_))));
+    /// assert_eq!(changes.next().await, Some(Event::InitDone));
+    /// // ... then each change, as the store makes it.
+    /// writer.apply(Event::Delete(cm));
+    /// assert!(matches!(changes.next().await, Some(Event::Delete(_))));
+    /// # }
+    /// ```
     #[must_use]
     pub fn subscribe(&self) -> Subscriber<K> {
         self.subscribe_with(Delivery::Resync)
     }
 
     /// A new [`Subscriber`] with the given delivery policy.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Delivery, Writer};
+    ///
+    /// let writer = Writer::<ConfigMap>::new();
+    /// // An audit log must see every change: the writer waits for it rather than resync it.
+    /// let audit = writer.as_reader().subscribe_with(Delivery::Backpressure);
+    /// assert_eq!(audit.delivery(), Delivery::Backpressure);
+    /// ```
     #[must_use]
     pub fn subscribe_with(&self, delivery: Delivery) -> Subscriber<K> {
         Subscriber::new(Arc::clone(&self.shared), delivery)
     }
 
     /// The names of the registered indexes, in registration order.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::Writer;
+    ///
+    /// let writer = Writer::<ConfigMap>::new()
+    ///     .with_index("app", |_: &ConfigMap| Vec::new())
+    ///     .with_index("tier", |_: &ConfigMap| Vec::new());
+    /// assert_eq!(writer.as_reader().index_names(), ["app", "tier"]);
+    /// ```
     #[must_use]
     pub fn index_names(&self) -> Vec<String> {
         self.shared
@@ -300,6 +453,57 @@ impl<K> Store<K> {
             .names()
             .map(str::to_owned)
             .collect()
+    }
+}
+
+impl<K> Store<K> {
+    /// The cache's health: whether it has synced, and whether its watch is failing now (the
+    /// last error, since when, how many in a row). The watch's errors are known when it feeds
+    /// the store through [`reflect`](crate::ReflectExt::reflect).
+    ///
+    /// ```
+    /// use futures::{StreamExt, stream};
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, ReflectExt, Writer};
+    /// use kache_watch::{Error, ErrorClass};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let writer = Writer::<ConfigMap>::new().with_name("config");
+    /// let store = writer.as_reader();
+    /// let items = stream::iter([Err(Error::NoResourceVersion), Err(Error::NoResourceVersion)]);
+    /// items.reflect(writer).for_each(|_| async {}).await;
+    ///
+    /// let failing = store.health().failing.expect("two errors in a row");
+    /// assert_eq!((failing.attempts, failing.class), (2, Some(ErrorClass::Decode)));
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn health(&self) -> Health {
+        Health {
+            name: self.shared.health.name(),
+            synced: self.is_ready(),
+            failing: self.shared.health.failing(),
+        }
+    }
+
+    /// Waits until the store has completed its first list, like [`Store::wait_until_ready`],
+    /// but fails as soon as the watch is refused with `403 Forbidden` or `404 Not Found`
+    /// before that: the cases that retrying does not heal. Use it at start-up to exit with
+    /// a clear error rather than wait forever for a permission that was never granted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WatchRefused`] on such a refusal, with the server's message;
+    /// [`Error::WriterDropped`] if the writer is dropped before the store became ready.
+    pub async fn wait_until_ready_or_fail(&self) -> Result<()> {
+        let ready = std::pin::pin!(self.shared.wait_until_ready());
+        let refused = std::pin::pin!(self.shared.health.refused());
+        // Readiness first: a store that is ready is ready, whatever its watch does now.
+        match select(ready, refused).await {
+            Either::Left((ready, _)) => ready,
+            Either::Right((refusal, _)) => Err(refusal),
+        }
     }
 }
 
@@ -316,6 +520,26 @@ impl<K> Store<K> {
 /// The returned futures borrow the store but not the objects passed in.
 impl<K: Resource> Store<K> {
     /// Waits until every later read sees `version` or a newer one.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{ResourceVersion, Writer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), kache_store::Error> {
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let store = writer.as_reader();
+    /// writer.apply_progress("10"); // a bookmark at 10
+    /// store.wait_for_version(&ResourceVersion::parse("10")?).await?; // already there
+    ///
+    /// let later = ResourceVersion::parse("11")?;
+    /// let mut wait = std::pin::pin!(store.wait_for_version(&later));
+    /// assert!(futures::poll!(wait.as_mut()).is_pending());
+    /// writer.apply_progress("12");
+    /// wait.await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -370,6 +594,37 @@ impl<K: Resource> Store<K> {
     /// its version or a newer one: that is, until the store reaches the newest of them.
     /// Resolves at once for no object.
     ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    /// use kube_client::api::ObjectMeta;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), kache_store::Error> {
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let store = writer.as_reader();
+    /// // What two creates returned.
+    /// let written: Vec<ConfigMap> = [("a", "3"), ("b", "5")]
+    ///     .map(|(name, version)| ConfigMap {
+    ///         metadata: ObjectMeta {
+    ///             name: Some(name.into()),
+    ///             resource_version: Some(version.into()),
+    ///             ..ObjectMeta::default()
+    ///         },
+    ///         ..ConfigMap::default()
+    ///     })
+    ///     .into();
+    /// let event = Event::Apply(written[1].clone());
+    /// tokio::spawn(async move {
+    ///     writer.apply(event);
+    /// });
+    /// // Waits for the newest, 5: the store then shows both.
+    /// store.wait_for_all(&written).await?;
+    /// assert!(store.get(None, "b").is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`Store::wait_for`], for any of the objects.
@@ -394,6 +649,32 @@ impl<K: Resource> Store<K> {
     /// but the API does not tell that version: a delete answers with a `Status`, or with the
     /// object as it was.)
     ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), kache_store::Error> {
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let store = writer.as_reader();
+    /// let mut cm = ConfigMap::default();
+    /// cm.metadata.name = Some("a".into());
+    /// cm.metadata.uid = Some("uid-a".into());
+    /// cm.metadata.resource_version = Some("3".into());
+    /// writer.apply(Event::Apply(cm.clone()));
+    ///
+    /// // The object as the caller last knew it, before `api.delete(..)`.
+    /// let mut gone = std::pin::pin!(store.wait_for_deletion(&cm));
+    /// assert!(futures::poll!(gone.as_mut()).is_pending());
+    /// let mut deleted = cm.clone();
+    /// deleted.metadata.resource_version = Some("4".into());
+    /// writer.apply(Event::Delete(deleted));
+    /// gone.await?;
+    /// assert!(store.get(None, "a").is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`Store::wait_for`].
@@ -415,4 +696,18 @@ fn resolve<K>(objects: &ObjectMap<K>, keys: Option<&KeySet>) -> Vec<Arc<K>> {
         .flatten()
         .filter_map(|key| objects.get(key).cloned())
         .collect()
+}
+
+#[cfg(test)]
+impl<K> Store<K> {
+    /// How many waits on this store are registered.
+    pub(crate) fn waiters(&self) -> usize {
+        self.shared.waiters.count()
+    }
+
+    /// Index entries of the visible generation that name no object of it.
+    pub(crate) fn stale_index_entries(&self) -> usize {
+        let state = self.shared.state.read();
+        state.indexes.stale_entries(&state.objects)
+    }
 }

@@ -1,8 +1,9 @@
-//! Change streams for any number of readers sharing one writer.
+//! The consumer side of the fan-out: change streams for any number of readers sharing one
+//! writer, and handles to follow them.
 //!
 //! Each change the writer makes visible gets a sequence number, stored with the objects under
-//! the same lock. The writer broadcasts the change, tagged with its number, on a bounded
-//! channel *after* making it visible. A subscriber takes a snapshot and its number in one read
+//! the same lock; the writer broadcasts it, tagged with its number, *after* making it visible
+//! (see the `fanout` module). A subscriber takes a snapshot and its number in one read
 //! of the store and then skips every message numbered at or below it: a message numbered
 //! above it was sent after the snapshot, so the subscriber's receiver (created before the
 //! snapshot) holds it, unless it overflowed, in which case the subscriber resyncs.
@@ -11,27 +12,39 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
-use async_broadcast::{InactiveReceiver, Receiver, RecvError, Sender};
+use async_broadcast::{Receiver, RecvError};
 use futures::Stream;
-use futures::task::AtomicWaker;
 use kache_watch::Event;
 use kube_client::Resource;
 use tokio::sync::watch;
 use tracing::debug;
 
 use crate::error::{Error, Result};
-use crate::store::Shared;
+use crate::fanout::{Batch, Msg, Payload};
+use crate::shared::Shared;
 use crate::version::ResourceVersion;
-use crate::wait::{Handover, Target};
+use crate::wait::{Handover, Stats, Target};
 
 /// How many changes a subscriber can fall behind by default; see
 /// [`Writer::with_buffer`](crate::Writer::with_buffer).
 pub const DEFAULT_BUFFER: usize = 1024;
 
 /// What happens when a subscriber falls a full buffer behind the writer.
+///
+/// ```
+/// use k8s_openapi::api::core::v1::ConfigMap;
+/// use kache_store::{Delivery, Writer};
+///
+/// let writer = Writer::<ConfigMap>::new();
+/// // A cache that only needs the current state: resynced when it falls behind.
+/// let view = writer.subscribe();
+/// // An audit log that needs every change: the writer waits for it.
+/// let audit = writer.subscribe_with(Delivery::Backpressure);
+/// assert_eq!((view.delivery(), audit.delivery()), (Delivery::Resync, Delivery::Backpressure));
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Delivery {
@@ -47,179 +60,6 @@ pub enum Delivery {
     /// [`Writer::apply`](crate::Writer::apply) never blocks: if a backpressure subscriber is
     /// full when it runs, that subscriber is resynced like a [`Delivery::Resync`] one.
     Backpressure,
-}
-
-/// A change message: its sequence number and its events.
-pub(crate) struct Msg<K> {
-    seq: u64,
-    payload: Payload<K>,
-}
-
-/// One event for a live change, or the batch of a relist (which may be empty when it only
-/// announces readiness). `Arc<[_]>` so every subscriber shares one batch.
-enum Payload<K> {
-    One(Event<Arc<K>>),
-    Many(Batch<K>),
-}
-
-type Batch<K> = Arc<[Event<Arc<K>>]>;
-
-// Manual impls: `derive` would require `K: Clone`, and only `Arc`s are cloned here.
-impl<K> Clone for Msg<K> {
-    fn clone(&self) -> Self {
-        let payload = match &self.payload {
-            Payload::One(event) => Payload::One(event.clone()),
-            Payload::Many(events) => Payload::Many(Arc::clone(events)),
-        };
-        Self {
-            seq: self.seq,
-            payload,
-        }
-    }
-}
-
-impl<K> Msg<K> {
-    pub(crate) fn one(seq: u64, event: Event<Arc<K>>) -> Self {
-        Self {
-            seq,
-            payload: Payload::One(event),
-        }
-    }
-
-    pub(crate) fn many(seq: u64, events: Vec<Event<Arc<K>>>) -> Self {
-        Self {
-            seq,
-            payload: Payload::Many(events.into()),
-        }
-    }
-}
-
-/// The subscription side of the channels, shared by the writer and every store handle.
-pub(crate) struct Hub<K> {
-    /// Inactive receivers keep the channels open with no subscriber and let any store handle
-    /// subscribe later; they hold no messages, so they cost nothing.
-    resync: InactiveReceiver<Msg<K>>,
-    backpressure: InactiveReceiver<Msg<K>>,
-    /// Wakes a writer waiting for a backpressure subscriber to make room.
-    pub(crate) room: AtomicWaker,
-}
-
-/// The sending side, owned by the writer alone so that dropping it ends every subscriber.
-pub(crate) struct Publisher<K> {
-    resync: Sender<Msg<K>>,
-    backpressure: Sender<Msg<K>>,
-    /// A change not yet accepted by the backpressure channel.
-    pending: Option<Msg<K>>,
-}
-
-pub(crate) fn channels<K>(capacity: usize) -> (Hub<K>, Publisher<K>) {
-    let capacity = capacity.max(1);
-    let (mut resync, resync_rx) = async_broadcast::broadcast(capacity);
-    resync.set_overflow(true);
-    resync.set_await_active(false);
-    let (mut backpressure, backpressure_rx) = async_broadcast::broadcast(capacity);
-    backpressure.set_await_active(false);
-    (
-        Hub {
-            resync: resync_rx.deactivate(),
-            backpressure: backpressure_rx.deactivate(),
-            room: AtomicWaker::new(),
-        },
-        Publisher {
-            resync,
-            backpressure,
-            pending: None,
-        },
-    )
-}
-
-impl<K> Publisher<K> {
-    pub(crate) fn set_capacity(&mut self, capacity: usize) {
-        self.resync.set_capacity(capacity.max(1));
-        self.backpressure.set_capacity(capacity.max(1));
-    }
-
-    /// Whether anyone listens. Checked *after* a change is made visible: a subscriber that
-    /// joined earlier is counted, and one joining later sees the change in its snapshot.
-    pub(crate) fn has_subscribers(&self) -> bool {
-        self.resync.receiver_count() > 0 || self.backpressure.receiver_count() > 0
-    }
-
-    /// Sends `msg` to resync subscribers (never blocks: overflow drops their oldest message)
-    /// and queues it for backpressure subscribers. The previous pending message must have
-    /// been flushed.
-    pub(crate) fn publish(&mut self, msg: Msg<K>) {
-        if self.backpressure.receiver_count() > 0 {
-            self.pending = Some(msg.clone());
-        }
-        if let Ok(Some(_)) = self.resync.try_broadcast(msg) {
-            debug!("a subscriber fell a full buffer behind and will be resynced");
-        }
-    }
-
-    /// Tries to hand the pending message to backpressure subscribers; `Pending` (with `cx`
-    /// registered on `room`) while one of them is full.
-    pub(crate) fn poll_flush(&mut self, room: &AtomicWaker, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(msg) = self.pending.take() else {
-            return Poll::Ready(());
-        };
-        // Register before trying, so room freed in between still wakes us.
-        room.register(cx.waker());
-        match self.backpressure.try_broadcast(msg) {
-            Err(async_broadcast::TrySendError::Full(msg)) => {
-                self.pending = Some(msg);
-                Poll::Pending
-            }
-            // Delivered, or nobody left to deliver to.
-            _ => Poll::Ready(()),
-        }
-    }
-
-    /// Delivers the pending message without waiting: if a backpressure subscriber is full,
-    /// its oldest message is dropped, so it resyncs.
-    pub(crate) fn force_flush(&mut self) {
-        let Some(msg) = self.pending.take() else {
-            return;
-        };
-        if let Err(async_broadcast::TrySendError::Full(msg)) = self.backpressure.try_broadcast(msg)
-        {
-            tracing::warn!(
-                "a backpressure subscriber is full on a path that cannot wait; it will be resynced"
-            );
-            self.backpressure.set_overflow(true);
-            let _ = self.backpressure.try_broadcast(msg);
-            self.backpressure.set_overflow(false);
-        }
-    }
-}
-
-// For metrics: the live subscribers, counted without touching the channels' queues.
-#[cfg(feature = "metrics")]
-impl<K> Hub<K> {
-    pub(crate) fn subscribers(&self) -> usize {
-        self.resync.receiver_count() + self.backpressure.receiver_count()
-    }
-}
-
-#[cfg(test)]
-impl<K> Publisher<K> {
-    /// Messages held by the (resync, backpressure) channels.
-    pub(crate) fn buffered(&self) -> (usize, usize) {
-        (self.resync.len(), self.backpressure.len())
-    }
-}
-
-impl<K> fmt::Debug for Publisher<K> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Publisher")
-            .field("resync_subscribers", &self.resync.receiver_count())
-            .field(
-                "backpressure_subscribers",
-                &self.backpressure.receiver_count(),
-            )
-            .field("pending", &self.pending.is_some())
-            .finish()
-    }
 }
 
 /// A stream of the changes to a store, speaking the same [`Event`] protocol as the watcher.
@@ -260,11 +100,6 @@ enum Phase<K> {
     Live,
 }
 
-#[derive(Default)]
-pub(crate) struct Stats {
-    pub(crate) resyncs: AtomicU64,
-}
-
 /// Wakes a writer waiting on a backpressure subscriber when that subscriber goes away.
 struct RoomGuard<K> {
     shared: Option<Arc<Shared<K>>>,
@@ -273,7 +108,7 @@ struct RoomGuard<K> {
 impl<K> Drop for RoomGuard<K> {
     fn drop(&mut self) {
         if let Some(shared) = &self.shared {
-            shared.hub.room.wake();
+            shared.hub.made_room();
         }
     }
 }
@@ -282,8 +117,8 @@ impl<K> Subscriber<K> {
     pub(crate) fn new(shared: Arc<Shared<K>>, delivery: Delivery) -> Self {
         // The receiver is created before any snapshot is taken; see the module docs.
         let rx = match delivery {
-            Delivery::Resync => shared.hub.resync.activate_cloned(),
-            Delivery::Backpressure => shared.hub.backpressure.activate_cloned(),
+            Delivery::Resync => shared.hub.resync_receiver(),
+            Delivery::Backpressure => shared.hub.backpressure_receiver(),
         };
         let room = RoomGuard {
             shared: (delivery == Delivery::Backpressure).then(|| Arc::clone(&shared)),
@@ -305,6 +140,16 @@ impl<K> Subscriber<K> {
 
     /// A handle to follow this subscriber from elsewhere (readiness, resyncs, waits for its
     /// consumer to see a write).
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::Writer;
+    ///
+    /// let writer = Writer::<ConfigMap>::new();
+    /// let subscriber = writer.subscribe();
+    /// let handle = subscriber.handle(); // cloneable; the subscriber moves to its own task
+    /// assert!(!handle.is_synced());
+    /// ```
     #[must_use]
     pub fn handle(&self) -> SubscriberHandle<K> {
         SubscriberHandle {
@@ -316,12 +161,29 @@ impl<K> Subscriber<K> {
     }
 
     /// Whether this subscriber has yielded the `InitDone` of its first snapshot.
+    ///
+    /// ```
+    /// use futures::{FutureExt, StreamExt};
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let mut subscriber = writer.subscribe();
+    /// writer.apply(Event::Init);
+    /// writer.apply(Event::InitDone);
+    /// assert!(!subscriber.is_synced(), "the store is, but it has not yielded its snapshot yet");
+    /// while subscriber.next().now_or_never().flatten().is_some() {}
+    /// assert!(subscriber.is_synced());
+    /// ```
     #[must_use]
     pub fn is_synced(&self) -> bool {
         *self.synced.borrow()
     }
 
     /// How many times this subscriber fell behind and was resynced.
+    ///
+    /// See [`Writer::with_buffer`](crate::Writer::with_buffer) for a subscriber that falls
+    /// behind and is resynced.
     #[must_use]
     pub fn resyncs(&self) -> u64 {
         self.stats.resyncs.load(Ordering::Relaxed)
@@ -330,6 +192,24 @@ impl<K> Subscriber<K> {
     /// How many changes (applies, deletes, relists) the store has made visible that this
     /// subscriber has not yet taken in. Zero when caught up; before its first snapshot, the
     /// number of changes the store has made.
+    ///
+    /// ```
+    /// use futures::{FutureExt, StreamExt};
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let mut subscriber = writer.subscribe();
+    /// writer.apply(Event::Init);
+    /// writer.apply(Event::InitDone);
+    /// assert_eq!(subscriber.lag(), 1, "the first sync, not yet taken in");
+    /// while subscriber.next().now_or_never().flatten().is_some() {}
+    /// assert_eq!(subscriber.lag(), 0);
+    /// let mut cm = ConfigMap::default();
+    /// cm.metadata.name = Some("a".into());
+    /// writer.apply(Event::Apply(cm));
+    /// assert_eq!(subscriber.lag(), 1);
+    /// ```
     #[must_use]
     pub fn lag(&self) -> u64 {
         self.shared
@@ -340,6 +220,14 @@ impl<K> Subscriber<K> {
     }
 
     /// The delivery policy of this subscriber.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Delivery, Writer};
+    ///
+    /// let writer = Writer::<ConfigMap>::new();
+    /// assert_eq!(writer.subscribe().delivery(), Delivery::Resync);
+    /// ```
     #[must_use]
     pub fn delivery(&self) -> Delivery {
         self.delivery
@@ -348,7 +236,7 @@ impl<K> Subscriber<K> {
     fn received(&self) {
         if self.delivery == Delivery::Backpressure {
             // A slot may have been freed: let a waiting writer retry.
-            self.shared.hub.room.wake();
+            self.shared.hub.made_room();
         }
     }
 
@@ -483,12 +371,52 @@ impl<K> Clone for SubscriberHandle<K> {
 impl<K> SubscriberHandle<K> {
     /// Whether the subscriber has yielded the `InitDone` of its first snapshot. Never goes
     /// back to `false`, even while a later resync is being delivered.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let mut subscriber = writer.subscribe();
+    /// let handle = subscriber.handle();
+    /// writer.apply(Event::Init);
+    /// writer.apply(Event::InitDone);
+    /// assert_eq!(subscriber.next().await, Some(Event::Init));
+    /// assert!(!handle.is_synced());
+    /// assert_eq!(subscriber.next().await, Some(Event::InitDone));
+    /// assert!(handle.is_synced());
+    /// # }
+    /// ```
     #[must_use]
     pub fn is_synced(&self) -> bool {
         *self.synced.borrow()
     }
 
     /// Waits until the subscriber has yielded the `InitDone` of its first snapshot.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), kache_store::Error> {
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let mut subscriber = writer.subscribe();
+    /// let handle = subscriber.handle();
+    /// // The consumer runs on its own task; start-up waits until it has the whole state.
+    /// let consumer = tokio::spawn(async move { while subscriber.next().await.is_some() {} });
+    /// writer.apply(Event::Init);
+    /// writer.apply(Event::InitDone);
+    /// handle.synced().await?;
+    /// drop(writer);
+    /// consumer.await.unwrap();
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -503,6 +431,16 @@ impl<K> SubscriberHandle<K> {
     }
 
     /// How many times the subscriber fell behind and was resynced.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::Writer;
+    ///
+    /// let writer = Writer::<ConfigMap>::new();
+    /// let subscriber = writer.subscribe();
+    /// let handle = subscriber.handle();
+    /// assert_eq!((handle.resyncs(), subscriber.resyncs()), (0, 0));
+    /// ```
     #[must_use]
     pub fn resyncs(&self) -> u64 {
         self.stats.resyncs.load(Ordering::Relaxed)

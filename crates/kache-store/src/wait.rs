@@ -9,6 +9,9 @@
 //! A subscriber's wait is the store's wait followed by one more: the store reports the
 //! sequence number of the generation in which it first saw the condition hold, and the
 //! subscriber's consumer must then have been handed every change up to that number.
+//!
+//! Also here, since a subscriber shares them with its handles and the metrics: [`Handover`]
+//! and [`Stats`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 
@@ -17,7 +20,7 @@ use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 use crate::key::ObjectKey;
-use crate::store::State;
+use crate::state::State;
 use crate::version::ResourceVersion;
 
 /// The tasks waiting on one thing (a store, or a subscriber), and whether that thing can
@@ -207,4 +210,11 @@ impl Handover {
             )
             .await
     }
+}
+
+/// What a subscriber counts for its handles and the metrics.
+#[derive(Default)]
+pub(crate) struct Stats {
+    /// How many times it fell behind and was resynced.
+    pub(crate) resyncs: AtomicU64,
 }

@@ -6,21 +6,32 @@ use ahash::RandomState;
 
 use kache_watch::Event;
 use kube_client::Resource;
-use tokio::sync::watch;
 use tracing::{debug, trace, warn};
 
+use crate::fanout::{self, Msg, Publisher};
 use crate::index::{IndexFn, IndexFns, ObjectMap, build_postings};
 use crate::key::ObjectKey;
-use crate::store::{Shared, State, Store};
-use crate::subscriber::{self, DEFAULT_BUFFER, Delivery, Msg, Publisher, Subscriber};
+use crate::shared::Shared;
+use crate::store::Store;
+use crate::subscriber::{DEFAULT_BUFFER, Delivery, Subscriber};
 use crate::version::Reached;
-use crate::wait::Waiters;
 
 /// Creates a store: a [`Store`] to read from and the [`Writer`] that fills it.
 ///
 /// Hand the writer to [`reflector`](crate::reflector()) (or
 /// [`ReflectExt::reflect`](crate::ReflectExt::reflect)) and clone the store wherever it is
 /// read.
+///
+/// ```
+/// use k8s_openapi::api::core::v1::ConfigMap;
+/// use kache_store::Event;
+///
+/// let (store, mut writer) = kache_store::store::<ConfigMap>();
+/// let mut cm = ConfigMap::default();
+/// cm.metadata.name = Some("a".into());
+/// writer.apply(Event::Apply(cm));
+/// assert_eq!(store.len(), 1);
+/// ```
 #[must_use]
 pub fn store<K>() -> (Store<K>, Writer<K>)
 where
@@ -53,12 +64,11 @@ where
 pub struct Writer<K> {
     // `Arc`: the state is shared with every `Store` clone.
     pub(crate) shared: Arc<Shared<K>>,
-    ready_tx: watch::Sender<bool>,
     /// The generation being listed, between `Init` and `InitDone`; readers never see it.
     relist: Option<Relist<K>>,
     fns: IndexFns<K>,
     transform: Option<Transform<K>>,
-    pub(crate) publisher: Publisher<K>,
+    publisher: Publisher<K>,
 }
 
 /// A user function applied to each object before it is stored.
@@ -83,12 +93,7 @@ impl<K> Default for Relist<K> {
 impl<K> fmt::Debug for Writer<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Writer")
-            .field(
-                "store",
-                &Store {
-                    shared: Arc::clone(&self.shared),
-                },
-            )
+            .field("store", &Store::new(Arc::clone(&self.shared)))
             .field("relisting", &self.relist.as_ref().map(|r| r.objects.len()))
             .field("indexes", &self.fns)
             .field("transform", &self.transform.is_some())
@@ -111,21 +116,20 @@ where
     K: Resource + Send + Sync + 'static,
 {
     /// A writer for a new, empty, not yet ready store.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::Writer;
+    ///
+    /// let writer = Writer::<ConfigMap>::new();
+    /// let store = writer.as_reader();
+    /// assert!(store.is_empty() && !store.is_ready());
+    /// ```
     #[must_use]
     pub fn new() -> Self {
-        let (ready_tx, ready_rx) = watch::channel(false);
-        let (hub, publisher) = subscriber::channels(DEFAULT_BUFFER);
+        let (hub, publisher) = fanout::channels(DEFAULT_BUFFER);
         Self {
-            shared: Arc::new(Shared {
-                state: parking_lot::RwLock::new(State::default()),
-                ready: ready_rx,
-                hub,
-                waiters: Waiters::default(),
-                health: crate::health::HealthState::default(),
-                #[cfg(feature = "metrics")]
-                metrics: crate::metrics::CacheMetrics::default(),
-            }),
-            ready_tx,
+            shared: Arc::new(Shared::new(hub)),
             relist: None,
             fns: IndexFns::default(),
             transform: None,
@@ -136,6 +140,28 @@ where
     /// Sets how many changes a subscriber may fall behind (default [`DEFAULT_BUFFER`],
     /// at least 1). One bounded buffer is shared by the [`Delivery::Resync`] subscribers and
     /// one by the [`Delivery::Backpressure`] subscribers; a relist counts as one change.
+    ///
+    /// ```
+    /// use futures::{FutureExt, StreamExt};
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// let mut writer = Writer::<ConfigMap>::new().with_buffer(1);
+    /// let mut slow = writer.subscribe();
+    /// writer.apply(Event::Init);
+    /// writer.apply(Event::InitDone);
+    /// while slow.next().now_or_never().flatten().is_some() {} // its snapshot
+    /// for name in ["a", "b"] {
+    ///     let mut cm = ConfigMap::default();
+    ///     cm.metadata.name = Some(name.into());
+    ///     writer.apply(Event::Apply(cm)); // two changes: one more than its buffer holds
+    /// }
+    /// // It skipped ahead to a fresh snapshot rather than hold up the writer.
+    /// let caught_up: Vec<_> =
+    ///     std::iter::from_fn(|| slow.next().now_or_never().flatten()).collect();
+    /// assert_eq!(slow.resyncs(), 1);
+    /// assert_eq!((caught_up.first(), caught_up.len()), (Some(&Event::Init), 4));
+    /// ```
     #[must_use]
     pub fn with_buffer(mut self, capacity: usize) -> Self {
         self.publisher.set_capacity(capacity);
@@ -144,6 +170,15 @@ where
 
     /// A new [`Subscriber`] with the default [`Delivery::Resync`] policy; same as
     /// [`Store::subscribe`].
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Delivery, Writer};
+    ///
+    /// let writer = Writer::<ConfigMap>::new();
+    /// let subscriber = writer.subscribe();
+    /// assert_eq!(subscriber.delivery(), Delivery::Resync);
+    /// ```
     #[must_use]
     pub fn subscribe(&self) -> Subscriber<K> {
         self.as_reader().subscribe()
@@ -151,17 +186,36 @@ where
 
     /// A new [`Subscriber`] with the given delivery policy; same as
     /// [`Store::subscribe_with`].
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Delivery, Writer};
+    ///
+    /// let writer = Writer::<ConfigMap>::new();
+    /// let audit = writer.subscribe_with(Delivery::Backpressure);
+    /// assert_eq!(audit.delivery(), Delivery::Backpressure);
+    /// ```
     #[must_use]
     pub fn subscribe_with(&self, delivery: Delivery) -> Subscriber<K> {
         self.as_reader().subscribe_with(delivery)
     }
 
     /// A read handle to this writer's store. Call it as often as needed, or clone the result.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let store = writer.as_reader();
+    /// let other = store.clone(); // every clone reads the same store
+    /// writer.apply(Event::Init);
+    /// writer.apply(Event::InitDone);
+    /// assert!(store.is_ready() && other.is_ready());
+    /// ```
     #[must_use]
     pub fn as_reader(&self) -> Store<K> {
-        Store {
-            shared: Arc::clone(&self.shared),
-        }
+        Store::new(Arc::clone(&self.shared))
     }
 
     /// Changes every object before it is stored, for example to drop `metadata.managedFields`
@@ -170,14 +224,61 @@ where
     /// The transform runs on `Apply`, `InitApply` and `Delete` objects, before the key is
     /// computed: it must not change the name or namespace. A panic in it leaves the event
     /// unapplied (see [User code](Writer#user-code)).
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// let mut writer =
+    ///     Writer::<ConfigMap>::new().with_transform(|cm| cm.metadata.managed_fields = None);
+    /// let mut cm = ConfigMap::default();
+    /// cm.metadata.name = Some("a".into());
+    /// cm.metadata.managed_fields = Some(vec![Default::default()]);
+    /// writer.apply(Event::Apply(cm));
+    /// let stored = writer.as_reader().get(None, "a").expect("stored");
+    /// assert!(stored.metadata.managed_fields.is_none());
+    /// ```
     #[must_use]
     pub fn with_transform(mut self, transform: impl FnMut(&mut K) + Send + 'static) -> Self {
         self.transform = Some(Box::new(transform));
         self
     }
 
+    /// Names this cache in its [`Health`](crate::Health) and its log lines. With the `metrics` feature,
+    /// `Writer::with_metrics` names it too, with the name of its `cache` label.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::Writer;
+    ///
+    /// let writer = Writer::<ConfigMap>::new().with_name("config");
+    /// assert_eq!(writer.as_reader().health().to_string(), "config: not synced");
+    /// ```
+    #[must_use]
+    pub fn with_name(self, name: &str) -> Self {
+        self.shared.health.set_name(name);
+        self
+    }
+
     /// Registers an index: `index` returns the values under which an object is found by
     /// [`Store::by_index`]`(name, value)`. Builder form of [`Writer::add_index`].
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// // Config maps by the `app` label.
+    /// let mut writer = Writer::<ConfigMap>::new().with_index("app", |cm: &ConfigMap| {
+    ///     let labels = cm.metadata.labels.iter().flatten();
+    ///     labels.filter(|(k, _)| *k == "app").map(|(_, v)| v.clone()).collect()
+    /// });
+    /// let mut cm = ConfigMap::default();
+    /// cm.metadata.name = Some("web-settings".into());
+    /// cm.metadata.labels = Some([("app".to_owned(), "web".to_owned())].into());
+    /// writer.apply(Event::Apply(cm));
+    /// assert_eq!(writer.as_reader().by_index("app", "web")?.len(), 1);
+    /// # Ok::<(), kache_store::Error>(())
+    /// ```
     ///
     /// # Panics
     ///
@@ -229,7 +330,7 @@ where
         index: impl Fn(&K) -> Vec<String> + Send + Sync + 'static,
     ) {
         let name = name.into();
-        let index: IndexFn<K> = Arc::new(index);
+        let index: IndexFn<K> = Box::new(index);
         // The objects are copied out so that `index` runs with no lock held (see the crate's
         // Consistency section); nothing can change them meanwhile, since only this writer
         // mutates. The index is built before it is registered: if `index` panics, nothing
@@ -270,6 +371,32 @@ where
     /// [`Delivery::Backpressure`] subscriber is resynced rather than waited for. Use
     /// [`Writer::apply_async`] or [`reflect`](crate::ReflectExt::reflect) to wait for them.
     ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, Writer};
+    ///
+    /// fn named(name: &str) -> ConfigMap {
+    ///     let mut cm = ConfigMap::default();
+    ///     cm.metadata.name = Some(name.into());
+    ///     cm
+    /// }
+    ///
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let store = writer.as_reader();
+    /// // The event comes back with the object the store holds: one allocation, shared.
+    /// let Event::Apply(applied) = writer.apply(Event::Apply(named("a"))) else { unreachable!() };
+    /// assert!(Arc::ptr_eq(&applied, &store.get(None, "a").expect("stored")));
+    ///
+    /// // A relist is built off to the side and made visible at once, at `InitDone`.
+    /// writer.apply(Event::Init);
+    /// writer.apply(Event::InitApply(named("b")));
+    /// assert!(store.get(None, "b").is_none() && store.get(None, "a").is_some());
+    /// writer.apply(Event::InitDone);
+    /// // `a` was not listed again: it is gone.
+    /// assert!(store.get(None, "b").is_some() && store.get(None, "a").is_none());
+    /// ```
+    ///
     /// # Panics
     ///
     /// If the transform or an index function panics. The event is then not applied: the
@@ -286,6 +413,40 @@ where
     ///
     /// Cancel safe: if the future is dropped while waiting, the change stays queued and is
     /// delivered before the next one (or forced out when the writer is dropped).
+    ///
+    /// ```
+    /// use std::collections::BTreeSet;
+    /// use futures::StreamExt;
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Delivery, Event, Writer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let mut writer = Writer::<ConfigMap>::new().with_buffer(1);
+    /// let mut audit = writer.subscribe_with(Delivery::Backpressure);
+    /// let consumer = tokio::spawn(async move {
+    ///     let mut seen = BTreeSet::new();
+    ///     while let Some(event) = audit.next().await {
+    ///         if let Event::InitApply(cm) | Event::Apply(cm) = event {
+    ///             seen.insert(cm.metadata.name.clone().unwrap_or_default());
+    ///         }
+    ///     }
+    ///     (seen, audit.resyncs())
+    /// });
+    /// writer.apply_async(Event::Init).await;
+    /// writer.apply_async(Event::InitDone).await;
+    /// for name in ["a", "b", "c"] {
+    ///     let mut cm = ConfigMap::default();
+    ///     cm.metadata.name = Some(name.into());
+    ///     // Waits while the audit subscriber's one-change buffer is full.
+    ///     writer.apply_async(Event::Apply(cm)).await;
+    /// }
+    /// drop(writer); // ends the subscriber's stream
+    /// let (seen, resyncs) = consumer.await.unwrap();
+    /// assert_eq!(seen, BTreeSet::from(["a".to_owned(), "b".to_owned(), "c".to_owned()]));
+    /// assert_eq!(resyncs, 0, "it was waited for, never skipped ahead");
+    /// # }
+    /// ```
     pub async fn apply_async(&mut self, event: Event<K>) -> Event<Arc<K>> {
         std::future::poll_fn(|cx| self.poll_flush(cx)).await;
         let applied = self.apply_buffered(event);
@@ -295,7 +456,7 @@ where
 
     /// Waits until every backpressure subscriber has taken the last change.
     pub(crate) fn poll_flush(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        self.publisher.poll_flush(&self.shared.hub.room, cx)
+        self.publisher.poll_flush(&self.shared.hub, cx)
     }
 
     /// Applies `event`, queueing the change for backpressure subscribers; the caller flushes.
@@ -333,6 +494,19 @@ where
     /// every read sees every change up to `resource_version`. During a relist the point is
     /// kept for the new generation. An empty version is ignored; one that is not comparable
     /// makes [`Store::version`] fail from then on, as an object's would.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kache_store::{Event, ResourceVersion, Writer};
+    ///
+    /// let mut writer = Writer::<ConfigMap>::new();
+    /// let store = writer.as_reader();
+    /// writer.apply(Event::Init);
+    /// writer.apply(Event::InitDone);
+    /// writer.apply_progress("50"); // a bookmark: nothing changed up to 50
+    /// assert_eq!(store.version(), Ok(Some(ResourceVersion::parse("50")?)));
+    /// # Ok::<(), kache_store::Error>(())
+    /// ```
     pub fn apply_progress(&mut self, resource_version: &str) {
         if let Some(relist) = &mut self.relist {
             relist.version.advance(resource_version);
@@ -499,7 +673,6 @@ where
                 state.seq += u64::from(became_ready);
                 became_ready.then_some(state.seq)
             };
-            self.ready_tx.send_replace(true);
             if let Some(seq) = became_ready
                 && self.publisher.has_subscribers()
             {
@@ -528,7 +701,6 @@ where
             state.version.merge(version);
             (state.seq, locked.elapsed())
         };
-        self.ready_tx.send_replace(true);
         let old_len = objects.len();
         if self.publisher.has_subscribers() {
             // Diffed after the swap, off the write lock: `objects` is now the old generation.
@@ -600,5 +772,10 @@ impl<K> Writer<K> {
     pub(crate) fn assert_indexes_exact(&self) {
         let state = self.shared.state.read();
         assert_eq!(state.indexes, self.fns.build(&state.objects));
+    }
+
+    /// Messages held by the (resync, backpressure) channels.
+    pub(crate) fn buffered(&self) -> (usize, usize) {
+        self.publisher.buffered()
     }
 }

@@ -1,4 +1,5 @@
 //! Readers racing a writer that relists over and over must always see one whole generation.
+//! (How long readers wait during a relist is measured by the benchmarks, not here.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -67,8 +68,8 @@ fn run(objects: usize, relists: usize) {
 
     let done = Arc::new(AtomicBool::new(false));
     let checks = Arc::new(AtomicUsize::new(0));
-    // One thread takes whole snapshots and checks them; another only does point lookups and
-    // times them, which is the stall a reconciler would feel.
+    // One thread takes whole snapshots and checks them; another only does point lookups, as
+    // a reconciler would.
     let checker = thread::spawn({
         let (store, done, checks) = (store.clone(), done.clone(), checks.clone());
         move || {
@@ -88,22 +89,17 @@ fn run(objects: usize, relists: usize) {
                 .step_by(objects / 64 + 1)
                 .map(|i| (format!("ns-{}", i % 10), format!("cm-{i}")))
                 .collect();
-            let mut longest = Duration::ZERO;
             while !done.load(Ordering::Relaxed) {
                 for (ns, name) in &keys {
-                    let start = Instant::now();
-                    let found = store.get(Some(ns), name);
-                    longest = longest.max(start.elapsed());
-                    if found.is_none() {
+                    if store.get(Some(ns), name).is_none() {
                         return Err(format!("{ns}/{name} missing"));
                     }
                 }
             }
-            Ok(longest)
+            Ok(())
         }
     });
 
-    let start = Instant::now();
     for generation in 1..=relists {
         writer.apply(Event::Init);
         for i in 0..objects {
@@ -111,7 +107,6 @@ fn run(objects: usize, relists: usize) {
         }
         writer.apply(Event::InitDone);
     }
-    let elapsed = start.elapsed();
     // Give the checker a bounded chance to check the last generation too.
     let deadline = Instant::now() + Duration::from_secs(10);
     let before = checks.load(Ordering::Relaxed);
@@ -124,15 +119,10 @@ fn run(objects: usize, relists: usize) {
         .join()
         .expect("checker panicked")
         .expect("every snapshot is one generation");
-    let longest = getter
+    getter
         .join()
         .expect("getter panicked")
         .expect("every object is found");
-    println!(
-        "{relists} relists of {objects} objects in {elapsed:?}; {} snapshot checks; \
-         longest get {longest:?} (includes preemption; not asserted)",
-        checks.load(Ordering::Relaxed)
-    );
     assert_eq!(
         generation_of(&store.state()[0]),
         relists.to_string(),
@@ -143,10 +133,4 @@ fn run(objects: usize, relists: usize) {
 #[test]
 fn readers_see_whole_generations_during_relists() {
     run(2_000, 30);
-}
-
-#[test]
-#[ignore = "heavy: 100,000 objects; run in release to measure reader stalls"]
-fn readers_see_whole_generations_during_large_relists() {
-    run(100_000, 5);
 }

@@ -2,7 +2,9 @@ mod health;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod model;
+mod reflect_model;
 mod subscriber;
 mod unit;
 mod user_code;
 mod wait;
+mod wire;

@@ -1,6 +1,7 @@
-//! Model-based property test: random event sequences applied to the store and to a plain
-//! `BTreeMap` model must leave the same visible state, lengths, index lookups and reached
-//! version.
+//! The model of the store, the one executable spec of what applying events does: plain
+//! `BTreeMap`s, as the store is documented. Used here by a property test (random event
+//! sequences applied to the store and to the model must leave the same visible state, lengths,
+//! index lookups and reached version) and by `subscriber.rs` and `reflect_model.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -89,7 +90,7 @@ pub(super) fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(super) struct Model {
     pub(super) visible: BTreeMap<Key, Obj>,
     relist: Option<BTreeMap<Key, Obj>>,
@@ -173,6 +174,15 @@ impl Model {
         *reached = (*reached).max(rv);
     }
 
+    /// `namespace/name` → resourceVersion of the visible objects, as
+    /// [`stored_versions`](crate::testing::stored_versions) reads a store.
+    pub(super) fn versions(&self) -> BTreeMap<String, String> {
+        self.visible
+            .values()
+            .map(|obj| (crate::testing::key_of(&obj.to_cm()), obj.rv.to_string()))
+            .collect()
+    }
+
     fn get(&self, ns: Option<&str>, name: &str) -> Option<&Obj> {
         self.visible
             .get(&(ns.map(str::to_owned), name.to_owned()))
@@ -188,14 +198,7 @@ fn set(objs: &[std::sync::Arc<ConfigMap>]) -> BTreeSet<Obj> {
 }
 
 fn check(store: &Store<ConfigMap>, model: &Model) -> Result<(), TestCaseError> {
-    {
-        let state = store.shared.state.read();
-        prop_assert_eq!(
-            state.indexes.stale_entries(&state.objects),
-            0,
-            "stale index entries"
-        );
-    }
+    prop_assert_eq!(store.stale_index_entries(), 0, "stale index entries");
     let expected: BTreeSet<Obj> = model.visible.values().cloned().collect();
     prop_assert_eq!(set(&store.state()), expected.clone());
     prop_assert_eq!(store.len(), model.visible.len());

@@ -1,7 +1,7 @@
 //! Subscriber behaviour: replay, relist diffs, resync of slow subscribers, backpressure,
 //! drop semantics, and a property test against the store.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt, stream};
@@ -10,6 +10,7 @@ use kube_client::api::ObjectMeta;
 use proptest::prelude::*;
 
 use super::model::{Model, Obj, Op, op, tier};
+use crate::testing::Replay;
 use crate::{Delivery, Error, Event, ReflectExt, Store, Subscriber, Writer};
 
 /// A `ConfigMap` in namespace `ns`, with uid `uid-<name>`.
@@ -26,30 +27,33 @@ pub(super) fn cm(name: &str, rv: impl std::fmt::Display) -> ConfigMap {
     }
 }
 
-/// An event as `Kind name@rv`, for readable assertions.
+/// An event as its `Display` and, when it carries an object, the object's version:
+/// `Apply(name)@rv`, for readable assertions.
 pub(super) fn show(event: &Event<Arc<ConfigMap>>) -> String {
-    let obj = |o: &ConfigMap| {
-        format!(
-            "{}@{}",
-            o.metadata.name.as_deref().unwrap_or_default(),
-            o.metadata.resource_version.as_deref().unwrap_or_default()
-        )
-    };
-    match event {
-        Event::Apply(o) => format!("Apply {}", obj(o)),
-        Event::Delete(o) => format!("Delete {}", obj(o)),
-        Event::InitApply(o) => format!("InitApply {}", obj(o)),
-        Event::Init => "Init".to_owned(),
-        Event::InitDone => "InitDone".to_owned(),
+    let shown = event.clone().map(|obj| (*obj).clone());
+    match event.object() {
+        Some(obj) => format!("{shown}@{}", at(obj)),
+        None => shown.to_string(),
     }
+}
+
+/// The resourceVersion of an object.
+fn at(obj: &ConfigMap) -> &str {
+    obj.metadata.resource_version.as_deref().unwrap_or_default()
 }
 
 /// The store's objects as sorted `name@rv`.
 pub(super) fn versions(store: &Store<ConfigMap>) -> Vec<String> {
     let mut objs: Vec<_> = store
         .state()
-        .into_iter()
-        .map(|obj| show(&Event::Apply(obj))["Apply ".len()..].to_owned())
+        .iter()
+        .map(|obj| {
+            format!(
+                "{}@{}",
+                obj.metadata.name.as_deref().unwrap_or_default(),
+                at(obj)
+            )
+        })
         .collect();
     objs.sort();
     objs
@@ -100,10 +104,10 @@ fn late_subscriber_replays_current_state_then_changes() {
     let mut sub = writer.as_reader().subscribe();
     let (events, ended) = drain(&mut sub);
     assert!(!ended);
-    assert_eq!(snapshot(&events), ["InitApply a@1", "InitApply b@2"]);
+    assert_eq!(snapshot(&events), ["InitApply(a)@1", "InitApply(b)@2"]);
     assert!(sub.is_synced());
     writer.apply(Event::Apply(cm("c", 3)));
-    assert_eq!(drain(&mut sub).0, ["Apply c@3"]);
+    assert_eq!(drain(&mut sub).0, ["Apply(c)@3"]);
 }
 
 #[test]
@@ -121,7 +125,7 @@ fn subscriber_before_ready_gets_the_first_sync() {
     );
     assert!(!handle.is_synced());
     writer.apply(Event::InitDone);
-    assert_eq!(drain(&mut sub).0, ["Init", "InitApply a@2", "InitDone"]);
+    assert_eq!(drain(&mut sub).0, ["Init", "InitApply(a)@2", "InitDone"]);
     assert!(handle.is_synced());
     assert_eq!(handle.synced().now_or_never(), Some(Ok(())));
 }
@@ -152,7 +156,7 @@ fn relist_sends_exactly_the_changed_added_and_removed_objects() {
     events.sort();
     assert_eq!(
         events,
-        ["Apply added@3", "Apply changed@2", "Delete removed@1"]
+        ["Apply(added)@3", "Apply(changed)@2", "Delete(removed)@1"]
     );
 }
 
@@ -174,7 +178,7 @@ fn delete_of_unknown_object_is_not_sent() {
     drain(&mut sub);
     writer.apply(Event::Delete(cm("ghost", 2)));
     writer.apply(Event::Delete(cm("a", 3)));
-    assert_eq!(drain(&mut sub).0, ["Delete a@3"]);
+    assert_eq!(drain(&mut sub).0, ["Delete(a)@3"]);
 }
 
 #[test]
@@ -257,7 +261,7 @@ fn backpressure_makes_reflect_wait_and_delivers_every_event_in_order() {
     }
     drop(reflect);
     received.extend(drain(&mut sub).0);
-    let expected: Vec<String> = (1..=20).map(|rv| format!("Apply o{rv}@{rv}")).collect();
+    let expected: Vec<String> = (1..=20).map(|rv| format!("Apply(o{rv})@{rv}")).collect();
     assert_eq!(received, expected);
     assert_eq!(sub.resyncs(), 0);
 }
@@ -274,15 +278,15 @@ async fn apply_async_waits_for_backpressure_subscriber() {
         assert!((&mut second).now_or_never().is_none(), "the buffer is full");
     }
     // The cancelled call left `b` applied and queued; taking `a` makes room for it.
-    assert_eq!(drain(&mut sub).0, ["Apply a@1"]);
+    assert_eq!(drain(&mut sub).0, ["Apply(a)@1"]);
     let mut third = Box::pin(writer.apply_async(Event::Apply(cm("c", 3))));
     assert!(
         (&mut third).now_or_never().is_none(),
         "b went out, c waits for room"
     );
-    assert_eq!(drain(&mut sub).0, ["Apply b@2"]);
+    assert_eq!(drain(&mut sub).0, ["Apply(b)@2"]);
     assert!(third.now_or_never().is_some(), "taking b made room for c");
-    assert_eq!(drain(&mut sub).0, ["Apply c@3"]);
+    assert_eq!(drain(&mut sub).0, ["Apply(c)@3"]);
 }
 
 #[test]
@@ -299,7 +303,7 @@ fn sync_apply_resyncs_a_full_backpressure_subscriber() {
     assert_eq!(
         snapshot(&events),
         (1..=5)
-            .map(|rv| format!("InitApply o{rv}@{rv}"))
+            .map(|rv| format!("InitApply(o{rv})@{rv}"))
             .collect::<Vec<_>>()
     );
 }
@@ -312,15 +316,11 @@ fn dropped_subscriber_frees_its_buffer() {
     drain(&mut sub);
     writer.apply(Event::Apply(cm("a", 1)));
     writer.apply(Event::Apply(cm("b", 2)));
-    assert_eq!(writer.publisher.buffered(), (2, 0));
+    assert_eq!(writer.buffered(), (2, 0));
     drop(sub);
-    assert_eq!(writer.publisher.buffered(), (0, 0));
+    assert_eq!(writer.buffered(), (0, 0));
     writer.apply(Event::Apply(cm("c", 3)));
-    assert_eq!(
-        writer.publisher.buffered(),
-        (0, 0),
-        "no subscriber, nothing buffered"
-    );
+    assert_eq!(writer.buffered(), (0, 0), "no subscriber, nothing buffered");
 }
 
 #[test]
@@ -354,12 +354,12 @@ fn writer_drop_ends_streams_after_buffered_items() {
     drop(writer);
     assert_eq!(
         drain(&mut sub),
-        (vec!["Apply a@1".to_owned(), "Apply b@2".to_owned()], true)
+        (vec!["Apply(a)@1".to_owned(), "Apply(b)@2".to_owned()], true)
     );
     // A subscriber joining after the writer is gone gets the final state, then ends.
     let (events, ended) = drain(&mut store.subscribe());
     assert!(ended);
-    assert_eq!(snapshot(&events), ["InitApply a@1", "InitApply b@2"]);
+    assert_eq!(snapshot(&events), ["InitApply(a)@1", "InitApply(b)@2"]);
 }
 
 #[test]
@@ -377,10 +377,10 @@ fn subscriber_ends_if_writer_dropped_before_ready() {
 }
 
 /// A subscriber's view rebuilt from its events.
+/// A subscriber's consumer: the one replay of its events, and whether its stream ended.
 #[derive(Default)]
 struct View {
-    visible: BTreeMap<(Option<String>, String), Obj>,
-    pending: Option<BTreeMap<(Option<String>, String), Obj>>,
+    replay: Replay<ConfigMap>,
     ended: bool,
 }
 
@@ -388,41 +388,12 @@ impl View {
     fn take(&mut self, sub: &mut Subscriber<ConfigMap>, max: usize) {
         for _ in 0..max {
             match sub.next().now_or_never() {
-                Some(Some(event)) => self.apply(&event),
+                Some(Some(event)) => self.replay.apply(&event),
                 Some(None) => {
                     self.ended = true;
                     return;
                 }
                 None => return,
-            }
-        }
-    }
-
-    fn apply(&mut self, event: &Event<Arc<ConfigMap>>) {
-        match event {
-            Event::Init => self.pending = Some(BTreeMap::new()),
-            Event::InitApply(o) => {
-                let o = Obj::from_cm(o);
-                self.pending
-                    .as_mut()
-                    .expect("InitApply only inside a snapshot")
-                    .insert(o.key.clone(), o);
-            }
-            Event::InitDone => {
-                self.visible = self.pending.take().expect("InitDone closes a snapshot");
-            }
-            Event::Apply(o) => {
-                assert!(self.pending.is_none(), "no live event inside a snapshot");
-                let o = Obj::from_cm(o);
-                self.visible.insert(o.key.clone(), o);
-            }
-            Event::Delete(o) => {
-                assert!(self.pending.is_none(), "no live event inside a snapshot");
-                let key = Obj::from_cm(o).key;
-                assert!(
-                    self.visible.remove(&key).is_some(),
-                    "delete of an object never seen"
-                );
             }
         }
     }
@@ -474,9 +445,9 @@ proptest! {
         for (sub, view) in subs.iter_mut().zip(&mut views) {
             view.take(sub, usize::MAX);
             prop_assert!(!view.ended);
-            prop_assert!(view.pending.is_none());
+            prop_assert!(!view.replay.in_snapshot());
             prop_assert_eq!(sub.is_synced(), model.ready);
-            let seen: BTreeSet<Obj> = view.visible.values().cloned().collect();
+            let seen: BTreeSet<Obj> = view.replay.objects().values().map(|o| Obj::from_cm(o)).collect();
             if model.ready {
                 prop_assert_eq!(&seen, &store_set(&store));
             } else {

@@ -135,7 +135,7 @@ fn apply_during_relist_is_kept_at_init_done_as_a_delete_stays_out() {
     assert_eq!(versions(&store), ["a@3", "c@4"]);
     assert_eq!(
         drain(&mut changes).0,
-        ["Apply a@3", "Apply c@4", "Delete b@5"],
+        ["Apply(a)@3", "Apply(c)@4", "Delete(b)@5"],
         "each change once, and nothing at InitDone"
     );
 }

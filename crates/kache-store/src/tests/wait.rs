@@ -45,7 +45,7 @@ fn ready(writer: &mut Writer<ConfigMap>) {
 }
 
 fn waiters(store: &Store<ConfigMap>) -> usize {
-    store.shared.waiters.count()
+    store.waiters()
 }
 
 #[test]

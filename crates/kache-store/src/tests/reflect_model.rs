@@ -1,11 +1,11 @@
 //! A property test of the event-application path against a model, through `reflect` and
 //! subscribers (proptest: random interleavings, shrunk on failure).
 //!
-//! kache-store's own model test applies events with the synchronous `Writer::apply`. This one
-//! drives the asynchronous path users run: a source stream (events, including malformed-ish
+//! `model.rs` applies events with the synchronous `Writer::apply`. This test, on the same
+//! model, drives the asynchronous path users run: a source stream (events, including malformed-ish
 //! sequences such as `InitApply` without `Init`, `Delete` of an unknown object or during a
 //! relist, a duplicate `InitDone`, an `Init` that never finishes, and error items) polled
-//! through [`reflect`](kache_store::ReflectExt::reflect), interleaved at random with
+//! through [`reflect`](crate::ReflectExt::reflect), interleaved at random with
 //! subscribers that join late, are polled a little or drained, are dropped, and use both
 //! delivery modes. Checked after every step: the store equals the model; the event `reflect`
 //! yields carries the store's own `Arc`; a drained resync subscriber has no lag and has rebuilt
@@ -16,7 +16,6 @@
 //! `KACHE_MODEL_CASES` sets the number of cases (default 256, under a second).
 
 use std::{
-    collections::BTreeMap,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll, Waker},
@@ -24,29 +23,26 @@ use std::{
 
 use futures::Stream;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kache_store::{Delivery, Event, ReflectExt, Store, Subscriber, Writer};
-use kache_tests::{View, stored_versions};
-use kube_client::api::ObjectMeta;
 use proptest::prelude::*;
 
-const NAMES: [&str; 5] = ["n0", "n1", "n2", "n3", "n4"];
+use super::model::{Model, Op, op};
+use super::subscriber::cm;
+use crate::testing::{Replay, stored_versions};
+use crate::{Delivery, Event, ReflectExt, Store, Subscriber, Writer};
+
 const MAX_SUBSCRIBERS: usize = 4;
 
+/// What the source stream hands `reflect`: an event the model makes, or an error item.
 #[derive(Clone, Debug)]
-enum Op {
-    Apply(usize),
-    Delete(usize),
-    Init,
-    /// `unchanged`: resend the visible object as-is (same uid and resourceVersion).
-    InitApply(usize, bool),
-    InitDone,
+enum Item {
+    Event(Op),
     Error,
 }
 
 #[derive(Clone, Debug)]
 enum Step {
-    /// Offer an op to the source (unless one is still waiting) and poll `reflect` once.
-    Feed(Op),
+    /// Offer an item to the source (unless one is still waiting) and poll `reflect` once.
+    Feed(Item),
     /// Poll subscriber `.0` up to `.1` times.
     Poll(usize, usize),
     /// Poll subscriber `.0` until it has nothing more.
@@ -57,22 +53,17 @@ enum Step {
     Unsubscribe(usize),
 }
 
-fn op() -> impl Strategy<Value = Op> {
-    let name = 0..NAMES.len();
+fn item() -> impl Strategy<Value = Item> {
     prop_oneof![
-        4 => name.clone().prop_map(Op::Apply),
-        2 => name.clone().prop_map(Op::Delete),
-        1 => Just(Op::Init),
-        4 => (name, any::<bool>()).prop_map(|(n, u)| Op::InitApply(n, u)),
-        1 => Just(Op::InitDone),
-        1 => Just(Op::Error),
+        12 => op().prop_map(Item::Event),
+        1 => Just(Item::Error),
     ]
 }
 
 fn step() -> impl Strategy<Value = Step> {
     let sub = 0..MAX_SUBSCRIBERS;
     prop_oneof![
-        6 => op().prop_map(Step::Feed),
+        6 => item().prop_map(Step::Feed),
         2 => (sub.clone(), 1..6usize).prop_map(|(s, n)| Step::Poll(s, n)),
         1 => sub.clone().prop_map(Step::Drain),
         1 => any::<bool>().prop_map(Step::Subscribe),
@@ -80,88 +71,29 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn cm(name: &str, rv: u64) -> ConfigMap {
-    ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some("ns".to_owned()),
-            uid: Some(format!("uid-{name}")),
-            resource_version: Some(rv.to_string()),
-            ..ObjectMeta::default()
-        },
-        ..ConfigMap::default()
-    }
-}
-
-/// The store as documented, on plain maps of `ns/name` → resourceVersion.
-#[derive(Debug, Default)]
-struct Model {
-    visible: BTreeMap<String, String>,
-    relist: Option<BTreeMap<String, String>>,
-    ready: bool,
-    rv: u64,
-}
-
-impl Model {
-    fn event(&mut self, op: &Op) -> Result<Event<ConfigMap>, String> {
-        self.rv += 1;
-        let key = |n: usize| format!("ns/{}", NAMES[n]);
-        Ok(match *op {
-            Op::Apply(n) => {
-                self.visible.insert(key(n), self.rv.to_string());
-                // During a relist, an apply also goes into the generation being built.
-                if let Some(relist) = &mut self.relist {
-                    relist.insert(key(n), self.rv.to_string());
-                }
-                Event::Apply(cm(NAMES[n], self.rv))
-            }
-            Op::Delete(n) => {
-                self.visible.remove(&key(n));
-                // During a relist, a delete also leaves the generation being built.
-                if let Some(relist) = &mut self.relist {
-                    relist.remove(&key(n));
-                }
-                Event::Delete(cm(NAMES[n], self.rv))
-            }
-            Op::Init => {
-                self.relist = Some(BTreeMap::new());
-                Event::Init
-            }
-            Op::InitApply(n, unchanged) => {
-                let rv = match self.visible.get(&key(n)) {
-                    Some(rv) if unchanged => rv.parse().unwrap(),
-                    _ => self.rv,
-                };
-                self.relist
-                    .get_or_insert_default()
-                    .insert(key(n), rv.to_string());
-                Event::InitApply(cm(NAMES[n], rv))
-            }
-            Op::InitDone => {
-                if let Some(relist) = self.relist.take() {
-                    self.visible = relist;
-                }
-                self.ready = true;
-                Event::InitDone
-            }
-            Op::Error => return Err(format!("error {}", self.rv)),
-        })
-    }
-}
-
 /// What the source stream hands out when `reflect` polls it.
 #[derive(Debug, Default)]
 struct Source {
     model: Model,
-    next: Option<Op>,
+    next: Option<Item>,
     closed: bool,
+}
+
+impl Source {
+    /// The item to hand out for `item`, updating the model.
+    fn hand_out(&mut self, item: &Item) -> Result<Event<ConfigMap>, String> {
+        match item {
+            Item::Event(op) => Ok(self.model.step(op)),
+            Item::Error => Err("an error item".to_owned()),
+        }
+    }
 }
 
 type Reflected = Pin<Box<dyn Stream<Item = Result<Event<Arc<ConfigMap>>, String>> + Send>>;
 
 struct Sub {
     stream: Subscriber<ConfigMap>,
-    view: View,
+    view: Replay<ConfigMap>,
     ended: bool,
 }
 
@@ -205,7 +137,7 @@ impl Harness {
             move |_| {
                 let mut source = source.lock().unwrap();
                 match source.next.take() {
-                    Some(op) => Poll::Ready(Some(source.model.event(&op))),
+                    Some(item) => Poll::Ready(Some(source.hand_out(&item))),
                     None if source.closed => Poll::Ready(None),
                     None => Poll::Pending,
                 }
@@ -231,7 +163,8 @@ impl Harness {
                     // An `Apply` is stored as is; an unchanged `InitApply` keeps the stored
                     // `Arc`; either way what flows on is shared with the store.
                     let name = obj.metadata.name.as_deref().unwrap();
-                    if let Some(stored) = self.store.get(Some("ns"), name) {
+                    let namespace = obj.metadata.namespace.as_deref();
+                    if let Some(stored) = self.store.get(namespace, name) {
                         let same = Arc::ptr_eq(&stored, obj);
                         prop_assert!(!matches!(event, Event::Apply(_)) || same);
                     }
@@ -249,16 +182,16 @@ impl Harness {
 
     fn check_store(&self) -> Result<(), TestCaseError> {
         let source = self.source.lock().unwrap();
-        prop_assert_eq!(&stored_versions(&self.store), &source.model.visible);
+        prop_assert_eq!(stored_versions(&self.store), source.model.versions());
         prop_assert_eq!(self.store.is_ready(), source.model.ready);
         Ok(())
     }
 
-    fn feed(&mut self, op: &Op) -> Result<(), TestCaseError> {
+    fn feed(&mut self, item: &Item) -> Result<(), TestCaseError> {
         {
             let mut source = self.source.lock().unwrap();
             if source.next.is_none() {
-                source.next = Some(op.clone());
+                source.next = Some(item.clone());
             }
         }
         self.pump().map(drop)
@@ -288,7 +221,7 @@ impl Harness {
 
     fn run(&mut self, step: &Step) -> Result<(), TestCaseError> {
         match step {
-            Step::Feed(op) => self.feed(op)?,
+            Step::Feed(item) => self.feed(item)?,
             Step::Poll(i, n) => {
                 if let Some(sub) = self.subs[*i].as_mut() {
                     sub.poll(*n);
@@ -305,7 +238,7 @@ impl Harness {
                     };
                     *slot = Some(Sub {
                         stream: self.store.subscribe_with(delivery),
-                        view: View::default(),
+                        view: Replay::default(),
                         ended: false,
                     });
                 }
@@ -391,7 +324,7 @@ fn lag_is_zero_after_a_relist_that_changed_nothing() {
     relist(&mut writer);
     let mut sub = Sub {
         stream: store.subscribe(),
-        view: View::default(),
+        view: Replay::default(),
         ended: false,
     };
     sub.drain();
