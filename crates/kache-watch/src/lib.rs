@@ -55,6 +55,7 @@ mod error;
 mod event;
 mod ext;
 mod progress;
+mod shard;
 mod watcher;
 
 pub use activity::{Activity, observe_activity};
@@ -65,6 +66,7 @@ pub use error::{Error, Result};
 pub use event::Event;
 pub use ext::WatchStreamExt;
 pub use progress::{Progress, observe_progress};
+pub use shard::{Shard, ShardRange, uid_hash};
 pub use watcher::{metadata_watcher, watch_object, watcher};
 
 /// Re-exported so users can name `PartialObjectMeta` without a direct kube dependency.
