@@ -168,6 +168,7 @@ mod key;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod reflect;
+mod sources;
 mod store;
 mod subscriber;
 mod version;
@@ -181,6 +182,7 @@ pub use key::ObjectKey;
 #[cfg(feature = "metrics")]
 pub use metrics::Metrics;
 pub use reflect::{Reflect, ReflectExt, reflector};
+pub use sources::{SourceSet, Sources, SourcesReflector};
 pub use store::Store;
 pub use subscriber::{DEFAULT_BUFFER, Delivery, Subscriber, SubscriberHandle};
 pub use version::ResourceVersion;

@@ -56,8 +56,8 @@ pub struct Writer<K> {
     ready_tx: watch::Sender<bool>,
     /// The generation being listed, between `Init` and `InitDone`; readers never see it.
     relist: Option<Relist<K>>,
-    fns: IndexFns<K>,
-    transform: Option<Transform<K>>,
+    pub(crate) fns: IndexFns<K>,
+    pub(crate) transform: Option<Transform<K>>,
     pub(crate) publisher: Publisher<K>,
 }
 
@@ -492,20 +492,7 @@ where
         // relist is taken: if an index function panics, the relist is still in progress.
         let Some(mut indexes) = self.relist.as_ref().map(|r| self.fns.build(&r.objects)) else {
             warn!("InitDone without a relist in progress; no object changes");
-            let became_ready = {
-                let mut state = self.shared.state.write();
-                let became_ready = !state.ready;
-                state.ready = true;
-                state.seq += u64::from(became_ready);
-                became_ready.then_some(state.seq)
-            };
-            self.ready_tx.send_replace(true);
-            if let Some(seq) = became_ready
-                && self.publisher.has_subscribers()
-            {
-                // Wakes subscribers waiting for the first sync.
-                self.publisher.publish(Msg::many(seq, Vec::new()));
-            }
+            self.mark_ready();
             return;
         };
         let Some(Relist {
@@ -548,6 +535,24 @@ where
         }
         // The previous generation is freed here, after the lock is released.
         drop((objects, indexes));
+    }
+
+    /// Marks the store ready, changing no object.
+    pub(crate) fn mark_ready(&mut self) {
+        let became_ready = {
+            let mut state = self.shared.state.write();
+            let became_ready = !state.ready;
+            state.ready = true;
+            state.seq += u64::from(became_ready);
+            became_ready.then_some(state.seq)
+        };
+        self.ready_tx.send_replace(true);
+        if let Some(seq) = became_ready
+            && self.publisher.has_subscribers()
+        {
+            // Wakes subscribers waiting for the first sync.
+            self.publisher.publish(Msg::many(seq, Vec::new()));
+        }
     }
 
     /// What subscribers must hear about a relist: `Apply` for each new or changed object,
