@@ -189,6 +189,43 @@ impl Membership {
     }
 }
 
+/// Starts replica `identity` of `group` over the objects of kind `K` in `namespace`, its Lease
+/// in the same namespace, renewed every `renew` and stale after `lease`: the parts a
+/// namespaced operator needs, in one call. Returns the replica and the future that runs it.
+pub fn namespaced_replica<K>(
+    client: kube_client::Client,
+    namespace: &str,
+    group: &str,
+    identity: &str,
+    (lease, renew): (Duration, Duration),
+) -> (
+    Replica<K>,
+    impl std::future::Future<Output = ()> + Send + use<K>,
+)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default,
+{
+    let membership = Membership::new(
+        Api::<Lease>::namespaced(client.clone(), namespace),
+        group,
+        identity,
+        lease,
+    );
+    Replica::start(
+        Api::namespaced(client, namespace),
+        Config::default(),
+        membership,
+        renew,
+    )
+}
+
 /// A replica: a store of its shard of `api`'s objects, which moves with the membership.
 ///
 /// Every `renew_every` it renews its Lease and recomputes its shard; when the shard changes,

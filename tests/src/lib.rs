@@ -840,3 +840,8 @@ pub struct ConsistencyDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/observability.md")]
 pub struct ObservabilityDoctests;
+
+/// The code of docs/sharding.md.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/sharding.md")]
+pub struct ShardingDoctests;

@@ -14,12 +14,11 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::ConfigMap};
-use kache_examples::replicas::{Membership, Replica};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kache_examples::replicas::{Replica, namespaced_replica};
 use kache_tests::{
     Server, TestEnv, create_configmaps, key_of, listed_versions, on_each_server, version_of,
 };
-use kache_watch::Config;
 use kube_client::{Api, api::DeleteParams, api::PostParams};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -152,18 +151,12 @@ async fn kill_one_of_three(server: Server, server_side: bool) -> Vec<u64> {
     let mut replicas = Vec::new();
     for i in 0..REPLICAS {
         let proxy = CountingProxy::start(env.server_url()).await;
-        let client = proxy.client(&env);
-        let membership = Membership::new(
-            Api::<Lease>::namespaced(client.clone(), &ns),
+        let (replica, run) = namespaced_replica(
+            proxy.client(&env),
+            &ns,
             "cms",
             &format!("replica-{i}"),
-            LEASE,
-        );
-        let (replica, run) = Replica::start(
-            Api::namespaced(client, &ns),
-            Config::default(),
-            membership,
-            RENEW,
+            (LEASE, RENEW),
         );
         let task = tokio::spawn(run);
         replicas.push(Running {

@@ -58,6 +58,14 @@
 //! # }
 //! ```
 //!
+//! # Many sources
+//!
+//! [`Sources`] feeds one store from several event streams (one per namespace, selector or
+//! shard), each with its own initial sync; sources come and go at runtime
+//! ([`SourceSet`]). A relist of one source replaces only that source's objects, an object is
+//! stored once whichever sources hold it, and removing a source deletes exactly what no other
+//! source holds. Its documentation gives the rules.
+//!
 //! # Health and metrics
 //!
 //! [`Store::health`] says whether the cache has synced and, when its watch keeps failing,
