@@ -139,6 +139,7 @@ on_each_server! {
         let ns = env.create_namespace("shard-raw").await.unwrap();
         let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
         create_configmaps(&api, "cm", OBJECTS, &[]).await;
+        assert_eq!(kache_watch::server_shards(&api).await.unwrap(), sharding);
         let list = api.list(&ListParams::default()).await.unwrap();
         // The uids are random: each shard holds some, which the hash of each confirms.
         for i in 0..SHARDS {

@@ -73,7 +73,7 @@ pub use event::Event;
 pub use ext::WatchStreamExt;
 pub use progress::{Progress, observe_progress};
 pub use shard::{Shard, ShardRange, uid_hash};
-pub use watcher::{metadata_watcher, watch_object, watcher};
+pub use watcher::{metadata_watcher, server_shards, watch_object, watcher};
 
 /// Re-exported so users can name `PartialObjectMeta` without a direct kube dependency.
 pub use kube_client::core::PartialObjectMeta;

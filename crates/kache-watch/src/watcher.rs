@@ -130,6 +130,45 @@ where
         .filter_map(futures::future::ready)
 }
 
+/// Asks the server whether it shards lists and watches (KEP-5866): one LIST of at most one
+/// object with a `shardSelector`, whose response a sharding server marks with the selector.
+///
+/// A [`Config::shard`](crate::Config::shard) works either way (the watcher filters on the
+/// client where the server does not); this tells what it will cost, for a start-up log or to
+/// choose how to split work: without server support, every watch receives every object.
+///
+/// ```no_run
+/// use k8s_openapi::api::core::v1::ConfigMap;
+/// use kube_client::{Api, Client};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let api: Api<ConfigMap> = Api::default_namespaced(Client::try_default().await?);
+/// if !kache_watch::server_shards(&api).await? {
+///     println!("each replica will receive every object and filter it");
+/// }
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// [`Error::InitialListFailed`] if the LIST fails.
+pub async fn server_shards<K>(api: &Api<K>) -> Result<bool>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let params = ListParams {
+        limit: Some(1),
+        ..ListParams::default()
+    };
+    let selector = Shard::new([crate::ShardRange::full()])?.selector();
+    let page = FullObject(api.clone())
+        .list(&params, Some(&selector))
+        .await
+        .map_err(Error::InitialListFailed)?;
+    Ok(page.shard_echo.is_some())
+}
+
 type WatchStream<K> = BoxStream<'static, kube_client::Result<WatchEvent<K>>>;
 
 /// Where the watcher stands between two items.
