@@ -37,7 +37,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kache_store::{Sources, Store, Writer};
-use kache_watch::{Config, Shard, WatchStreamExt, watcher};
+use kache_watch::{Config, Shard, ShardRange, WatchStreamExt, watcher};
 use kube_client::{
     Api, Resource,
     api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams},
@@ -267,20 +267,32 @@ where
             let identity = membership.identity().to_owned();
             let drive = reflector.for_each(|_| async {});
             let follow = async move {
+                // Segments save relists only where the server shards: elsewhere each
+                // segment's watch receives every object, so one source is cheaper.
+                let server_shards = kache_watch::server_shards(&api).await.unwrap_or(false);
+                let mut segments = Segments {
+                    max: if server_shards { MAX_SEGMENTS } else { 1 },
+                    ..Segments::default()
+                };
                 let mut current: Option<Shard> = None;
-                // Shards still watched while the current one syncs.
-                let mut retiring: Vec<Shard> = Vec::new();
+                // Replicas that start together first see one another after a renewal round;
+                // choosing a shard before that would list too much and move at once.
+                if let Err(err) = membership.renew().await {
+                    tracing::warn!(replica = %identity, error = %err, "lease renewal failed");
+                }
+                tokio::time::sleep(renew_every).await;
                 loop {
                     match membership.shard().await {
                         Ok(next) if next != current => {
                             tracing::info!(replica = %identity, shard = ?next.as_ref().map(Shard::selector), "shard changes");
-                            retiring.extend(current.take());
-                            retiring.retain(|old| Some(old) != next.as_ref());
-                            if let Some(to) = &next
-                                && !set.synced().contains_key(to.selector().as_str())
-                            {
-                                let config = config.clone().shard(to.clone());
-                                set.add(&to.selector(), source(api.clone(), config));
+                            let target = next.as_ref().map_or(&[][..], Shard::ranges);
+                            for added in segments.move_to(target) {
+                                // One range always makes a shard.
+                                let Ok(shard) = Shard::new([added]) else {
+                                    continue;
+                                };
+                                let name = shard.selector();
+                                set.add(&name, source(api.clone(), config.clone().shard(shard)));
                             }
                             shard_tx.send_replace(next.clone());
                             current = next;
@@ -290,19 +302,17 @@ where
                             tracing::warn!(replica = %identity, error = %err, "lease renewal failed");
                         }
                     }
-                    // The old shards go once the new one has synced (at once when there is
-                    // none): objects in both never leave the store.
-                    let synced = match &current {
-                        Some(shard) => {
-                            tokio::time::timeout(renew_every, set.wait_synced(&shard.selector()))
-                                .await
-                                .is_ok_and(|synced| synced.is_ok())
-                        }
-                        None => true,
-                    };
+                    // The old segments go once the new ones have synced: objects in both
+                    // never leave the store.
+                    let mut synced = true;
+                    for live in &segments.live {
+                        let name = live.to_string();
+                        let wait = tokio::time::timeout(renew_every, set.wait_synced(&name));
+                        synced &= wait.await.is_ok_and(|synced| synced.is_ok());
+                    }
                     if synced {
-                        for old in retiring.drain(..) {
-                            set.remove(&old.selector());
+                        for old in segments.retiring.drain(..) {
+                            set.remove(&old.to_string());
                         }
                     }
                     tokio::time::sleep(renew_every).await;
@@ -314,6 +324,93 @@ where
     }
 }
 
+/// The ranges a replica watches, one source each. Moving to a new shard keeps every segment
+/// inside it (no relist of what the replica keeps) and adds sources only for the gaps; the
+/// segments outside it retire once the new ones have synced.
+///
+/// Where the server does not shard, every watch receives every object: there a replica keeps
+/// one source (`max` 1), and each move relists its new range in full.
+#[derive(Debug, Default)]
+struct Segments {
+    live: Vec<ShardRange>,
+    retiring: Vec<ShardRange>,
+    /// Past this many segments a replica starts over with one source per range of its
+    /// shard: each move may cut a range in two, and a watch per sliver costs more than one
+    /// relist.
+    max: usize,
+}
+
+/// The most segments a replica watches where the server shards.
+const MAX_SEGMENTS: usize = 4;
+
+impl Segments {
+    /// Moves to the shard of `target` ranges; returns the segments to add as sources.
+    fn move_to(&mut self, target: &[ShardRange]) -> Vec<ShardRange> {
+        let inside = |seg: &ShardRange| target.iter().any(|t| covers(t, seg));
+        let mut keep = Vec::new();
+        let mut all = std::mem::take(&mut self.live);
+        all.append(&mut self.retiring);
+        for seg in all {
+            if inside(&seg) && !keep.contains(&seg) {
+                keep.push(seg);
+            } else {
+                self.retiring.push(seg);
+            }
+        }
+        if keep.len() + gaps(target, &keep).len() > self.max.max(1) {
+            self.retiring.append(&mut keep);
+        }
+        let added = gaps(target, &keep);
+        keep.extend(added.iter().copied());
+        self.live = keep;
+        added
+    }
+}
+
+/// A range's bounds, the end of the space as 2^64.
+fn bounds(range: &ShardRange) -> (u128, u128) {
+    (
+        u128::from(range.start()),
+        range.end().map_or(1 << 64, u128::from),
+    )
+}
+
+fn covers(outer: &ShardRange, inner: &ShardRange) -> bool {
+    let ((a, b), (c, d)) = (bounds(outer), bounds(inner));
+    a <= c && d <= b
+}
+
+/// The parts of `target` that no range of `have` covers.
+fn gaps(target: &[ShardRange], have: &[ShardRange]) -> Vec<ShardRange> {
+    let mut have: Vec<(u128, u128)> = have.iter().map(bounds).collect();
+    have.sort_unstable();
+    let mut out = Vec::new();
+    for range in target {
+        let (mut from, end) = bounds(range);
+        for (start, stop) in &have {
+            if *stop <= from || *start >= end {
+                continue;
+            }
+            if *start > from {
+                out.extend(range_of(from, *start));
+            }
+            from = from.max(*stop);
+        }
+        if from < end {
+            out.extend(range_of(from, end));
+        }
+    }
+    out
+}
+
+fn range_of(start: u128, end: u128) -> Option<ShardRange> {
+    let start = u64::try_from(start).ok()?;
+    match u64::try_from(end) {
+        Ok(end) => ShardRange::new(start, end).ok(),
+        Err(_) => Some(ShardRange::from_start(start)),
+    }
+}
+
 fn source<K>(
     api: Api<K>,
     config: Config,
@@ -322,4 +419,75 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     watcher(api, config).default_backoff()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Segments, ShardRange};
+
+    fn segments() -> Segments {
+        Segments {
+            max: super::MAX_SEGMENTS,
+            ..Segments::default()
+        }
+    }
+
+    fn third(i: u32) -> ShardRange {
+        ShardRange::nth(i, 3).unwrap()
+    }
+
+    fn half(i: u32) -> ShardRange {
+        ShardRange::nth(i, 2).unwrap()
+    }
+
+    #[test]
+    fn moving_keeps_the_segments_inside_the_new_shard() {
+        let mut segments = segments();
+        assert_eq!(segments.move_to(&[third(0)]), [third(0)]);
+        // From the first third to the first half: only the gap is new.
+        let added = segments.move_to(&[half(0)]);
+        assert_eq!(
+            added,
+            [ShardRange::new(third(1).start(), half(1).start()).unwrap()]
+        );
+        assert!(segments.retiring.is_empty());
+        assert_eq!(segments.live.len(), 2);
+        // To the second half: nothing is inside it, everything retires.
+        assert_eq!(segments.move_to(&[half(1)]), [half(1)]);
+        assert_eq!(segments.retiring.len(), 2);
+        assert_eq!(segments.live, [half(1)]);
+    }
+
+    #[test]
+    fn a_partly_shared_segment_retires_and_its_shared_part_is_listed_again() {
+        let mut segments = segments();
+        segments.move_to(&[third(1)]);
+        // The middle third to the second half: [1/3, 2/3) is only partly inside.
+        let added = segments.move_to(&[half(1)]);
+        assert_eq!(added, [half(1)]);
+        assert_eq!(segments.retiring, [third(1)]);
+    }
+
+    #[test]
+    fn a_segment_retiring_comes_back_without_a_relist() {
+        let mut segments = segments();
+        segments.move_to(&[third(0)]);
+        segments.move_to(&[third(2)]);
+        assert_eq!(segments.retiring, [third(0)]);
+        assert!(segments.move_to(&[third(0)]).is_empty());
+        assert_eq!(segments.live, [third(0)]);
+        assert_eq!(segments.retiring, [third(2)]);
+    }
+
+    #[test]
+    fn with_one_segment_at_most_a_move_lists_the_whole_new_range() {
+        let mut segments = Segments {
+            max: 1,
+            ..Segments::default()
+        };
+        segments.move_to(&[third(0)]);
+        assert_eq!(segments.move_to(&[half(0)]), [half(0)]);
+        assert_eq!(segments.retiring, [third(0)]);
+        assert_eq!(segments.live, [half(0)]);
+    }
 }

@@ -23,6 +23,7 @@ use kube_client::{Api, api::DeleteParams, api::PostParams};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
+    sync::RwLock,
     task::JoinHandle,
     time::Instant,
 };
@@ -120,20 +121,36 @@ fn union(replicas: &[&Running]) -> Option<BTreeMap<String, String>> {
 }
 
 /// Waits, at most `bound`, until the replicas together hold a fresh LIST exactly once.
-async fn until_covered(api: &Api<ConfigMap>, replicas: &[&Running], bound: Duration) -> Duration {
+///
+/// Each check holds `churn` (the writers take it shared for each create and delete) from the
+/// LIST until the replicas have caught up with it, for at most 250 ms (a watch delivers in
+/// milliseconds), then lets the writers go on for 250 ms: with writes every 20 ms, a LIST and
+/// a look at the stores are never taken at the same instant otherwise.
+async fn until_covered(
+    api: &Api<ConfigMap>,
+    replicas: &[&Running],
+    churn: &RwLock<()>,
+    bound: Duration,
+) -> Duration {
     let start = Instant::now();
     loop {
+        let paused = churn.write().await;
         let listed = listed_versions(api).await;
-        if union(replicas).is_some_and(|held| held == listed) {
-            return start.elapsed();
+        let caught_up = Instant::now() + Duration::from_millis(250);
+        while Instant::now() < caught_up {
+            if union(replicas).is_some_and(|held| held == listed) {
+                return start.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        drop(paused);
         assert!(
             start.elapsed() < bound,
             "the replicas did not cover the LIST exactly once within {bound:?}: {} listed, {:?} held",
             listed.len(),
             union(replicas).map(|held| held.len())
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -166,7 +183,8 @@ async fn kill_one_of_three(server: Server, server_side: bool) -> Vec<u64> {
         });
     }
     let all: Vec<&Running> = replicas.iter().collect();
-    let synced = until_covered(&api, &all, Duration::from_secs(60)).await;
+    let churn_lock = Arc::new(RwLock::new(()));
+    let synced = until_covered(&api, &all, &churn_lock, Duration::from_secs(60)).await;
     eprintln!("{server}: 3 replicas cover {OBJECTS} objects exactly once after {synced:?}");
 
     // Creates and deletes go on from here to the end.
@@ -174,14 +192,17 @@ async fn kill_one_of_three(server: Server, server_side: bool) -> Vec<u64> {
     let churn = tokio::spawn({
         let api = api.clone();
         let churning = Arc::clone(&churning);
+        let churn_lock = Arc::clone(&churn_lock);
         async move {
             let mut i = 0;
             while churning.load(Ordering::Relaxed) {
+                let writing = churn_lock.read().await;
                 let cm = kache_tests::configmap(&format!("live-{i}"), &[]);
                 let _ = api.create(&PostParams::default(), &cm).await;
                 let _ = api
                     .delete(&format!("cm-{i}"), &DeleteParams::default())
                     .await;
+                drop(writing);
                 i += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -195,7 +216,7 @@ async fn kill_one_of_three(server: Server, server_side: bool) -> Vec<u64> {
     let killed_bytes = killed.proxy.received.load(Ordering::Relaxed);
     drop(killed);
     let survivors: Vec<&Running> = replicas.iter().collect();
-    let takeover = until_covered(&api, &survivors, TAKEOVER_BOUND).await;
+    let takeover = until_covered(&api, &survivors, &churn_lock, TAKEOVER_BOUND).await;
     for running in &survivors {
         let shard = running.replica.shard.borrow().clone().unwrap();
         assert_eq!(shard.ranges().len(), 1);
@@ -203,7 +224,7 @@ async fn kill_one_of_three(server: Server, server_side: bool) -> Vec<u64> {
     churning.store(false, Ordering::Relaxed);
     let changes = churn.await.unwrap();
     // Still exact once the churn stops.
-    let settled = until_covered(&api, &survivors, Duration::from_secs(30)).await;
+    let settled = until_covered(&api, &survivors, &churn_lock, Duration::from_secs(30)).await;
     eprintln!(
         "{server} ({}): the 2 survivors covered every object exactly once {takeover:?} after the kill \
          ({changes} creates and deletes during the run; exact again {settled:?} after they stopped)",
