@@ -388,3 +388,100 @@ fn a_relist_never_removes_what_another_source_holds() {
     assert!(h.store.get(Some("ns"), "k0").is_some());
     assert!(h.seen_deletes.is_empty());
 }
+
+type Item = Result<Event<ConfigMap>, std::convert::Infallible>;
+
+/// An event stream fed from a channel, as a watcher would be.
+fn channel() -> (
+    tokio::sync::mpsc::UnboundedSender<Item>,
+    impl futures::Stream<Item = Item> + Send,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    (tx, stream)
+}
+
+#[tokio::test]
+async fn reflector_adds_and_removes_sources_at_runtime() {
+    let sources = Sources::new(Writer::<ConfigMap>::new());
+    let store = sources.store();
+    let (set, reflector) = sources.into_reflector::<std::convert::Infallible>();
+    let task = tokio::spawn(reflector.collect::<Vec<_>>());
+    let (a_tx, a) = channel();
+    let (b_tx, b) = channel();
+    set.add("a", a);
+    set.add("b", b);
+    for event in [
+        Event::Init,
+        Event::InitApply(cm(0, 1, 0)),
+        Event::InitApply(cm(1, 2, 1)),
+        Event::InitDone,
+    ] {
+        a_tx.send(Ok(event)).unwrap();
+    }
+    set.wait_synced("a").await.unwrap();
+    assert!(!store.is_ready(), "b has not synced");
+    assert_eq!(store.len(), 2);
+    for event in [Event::Init, Event::InitApply(cm(1, 2, 1)), Event::InitDone] {
+        b_tx.send(Ok(event)).unwrap();
+    }
+    store.wait_until_ready().await.unwrap();
+    assert_eq!(set.synced().len(), 2);
+
+    // A live change from one source, then `a` goes: only what `a` alone held leaves.
+    b_tx.send(Ok(Event::Apply(cm(2, 3, 2)))).unwrap();
+    let changes = store.subscribe();
+    set.remove("a");
+    let mut changes = std::pin::pin!(changes.skip_while(|event| {
+        let snapshot = !matches!(event, Event::Delete(_));
+        async move { snapshot }
+    }));
+    let deleted = changes.next().await.unwrap();
+    assert!(matches!(&deleted, Event::Delete(cm) if key_of(cm) == 0));
+    let mut left: Vec<usize> = store.state().iter().map(|cm| key_of(cm)).collect();
+    left.sort_unstable();
+    assert_eq!(left, [1, 2]);
+
+    // The reflector ends once the handles are gone and the last source has ended.
+    drop((set, a_tx, b_tx));
+    let items = task.await.unwrap();
+    assert_eq!(items.len(), 8, "every item of both sources, each named");
+    assert!(
+        items
+            .iter()
+            .all(|(name, item)| item.is_ok() && ["a", "b"].contains(&&**name))
+    );
+}
+
+#[test]
+fn the_version_is_the_lowest_point_the_sources_have_reached() {
+    let mut sources = Sources::new(Writer::<ConfigMap>::new());
+    let store = sources.store();
+    sources.add("a");
+    sources.add("b");
+    for (name, rv) in [("a", 6), ("b", 5)] {
+        sources.apply(name, Event::Init);
+        sources.apply(name, Event::InitApply(cm(usize::from(name == "b"), rv, 0)));
+        sources.apply(name, Event::InitDone);
+    }
+    let version = |store: &Store<ConfigMap>| store.version().unwrap().unwrap().as_u64();
+    assert_eq!(version(&store), Some(5));
+    // A write at 8 seen by `a` is not yet a version every read reflects: `b` is at 5.
+    let written = cm(0, 8, 1);
+    sources.apply("a", Event::Apply(written.clone()));
+    assert!(store.wait_for(&written).now_or_never().is_none());
+    // `b`'s bookmark passes it: both sources are at 8 or later.
+    sources.apply_progress("b", "9");
+    assert_eq!(version(&store), Some(8));
+    assert!(matches!(
+        store.wait_for(&written).now_or_never(),
+        Some(Ok(()))
+    ));
+    // Without `b`, the version is `a`'s alone.
+    sources.remove("b");
+    assert_eq!(version(&store), Some(8));
+    sources.apply_progress("a", "12");
+    assert_eq!(version(&store), Some(12));
+}
