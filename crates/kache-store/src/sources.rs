@@ -723,7 +723,18 @@ where
         for offset in 0..count {
             let index = (this.next + offset) % count;
             let polled = &mut this.polled[index];
+            // As `Reflect` does: what the watcher did around the poll (WATCH requests,
+            // bookmarks) ends an error streak and feeds the metrics.
+            let before = polled
+                .observer
+                .observes_polls()
+                .then(|| polled.observer.before_poll());
             let (item, reached) = observe_progress(|| polled.stream.as_mut().poll_next(cx));
+            if let Some(before) = before {
+                polled
+                    .observer
+                    .after_poll(before, &this.sources.writer.shared);
+            }
             if reached.is_some() {
                 polled.pending = reached;
             }
