@@ -362,7 +362,9 @@ where
     /// Whether `obj` should replace the stored copy: there is none, or it is another version
     /// and not an older one.
     fn newer_than_stored(&self, key: &ObjectKey, obj: &K) -> bool {
-        let Some(stored) = self.writer.as_reader().get_key(key) else {
+        // The exact key (no cluster-scoped fallback), under a short shared lock.
+        let stored = self.writer.shared.state.read().objects.get(key).cloned();
+        let Some(stored) = stored else {
             return true;
         };
         let (stored, new) = (stored.meta(), obj.meta());
