@@ -793,3 +793,8 @@ pub struct ReadmeDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/observability.md")]
 pub struct ObservabilityDoctests;
+
+/// The code of docs/sharding.md.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/sharding.md")]
+pub struct ShardingDoctests;

@@ -62,6 +62,14 @@
 //! meets; [`architecture`] follows one event through the crates and lays out this crate's
 //! modules.
 //!
+//! # Many sources
+//!
+//! [`Sources`] feeds one store from several event streams (one per namespace, selector or
+//! shard), each with its own initial sync; sources come and go at runtime
+//! ([`SourceSet`]). A relist of one source replaces only that source's objects, an object is
+//! stored once whichever sources hold it, and removing a source deletes exactly what no other
+//! source holds. Its documentation gives the rules.
+//!
 //! # Health and metrics
 //!
 //! [`Store::health`] says whether the cache has synced and, when its watch keeps failing,
@@ -178,6 +186,7 @@ mod metrics;
 mod observer;
 mod reflect;
 mod shared;
+mod sources;
 mod state;
 mod store;
 mod subscriber;
@@ -192,6 +201,7 @@ pub use key::ObjectKey;
 #[cfg(feature = "metrics")]
 pub use metrics::Metrics;
 pub use reflect::{Reflect, ReflectExt, reflector};
+pub use sources::{SourceSet, Sources, SourcesReflector};
 pub use store::Store;
 pub use subscriber::{DEFAULT_BUFFER, Delivery, Subscriber, SubscriberHandle};
 pub use version::ResourceVersion;

@@ -666,19 +666,7 @@ where
         // relist is taken: if an index function panics, the relist is still in progress.
         let Some(mut indexes) = self.relist.as_ref().map(|r| self.fns.build(&r.objects)) else {
             warn!("InitDone without a relist in progress; no object changes");
-            let became_ready = {
-                let mut state = self.shared.state.write();
-                let became_ready = !state.ready;
-                state.ready = true;
-                state.seq += u64::from(became_ready);
-                became_ready.then_some(state.seq)
-            };
-            if let Some(seq) = became_ready
-                && self.publisher.has_subscribers()
-            {
-                // Wakes subscribers waiting for the first sync.
-                self.publisher.publish(Msg::many(seq, Vec::new()));
-            }
+            self.mark_ready();
             return;
         };
         let Some(Relist {
@@ -720,6 +708,25 @@ where
         }
         // The previous generation is freed here, after the lock is released.
         drop((objects, indexes));
+    }
+
+    /// Marks the store ready, changing no object.
+    pub(crate) fn mark_ready(&mut self) {
+        let became_ready = {
+            let mut state = self.shared.state.write();
+            let became_ready = !state.ready;
+            state.ready = true;
+            state.seq += u64::from(became_ready);
+            became_ready.then_some(state.seq)
+        };
+        if let Some(seq) = became_ready
+            && self.publisher.has_subscribers()
+        {
+            // Wakes subscribers waiting for the first sync.
+            self.publisher.publish(Msg::many(seq, Vec::new()));
+        }
+        // Wakes `wait_until_ready`, which waits through the waiters like every other wait.
+        self.shared.waiters.wake();
     }
 
     /// What subscribers must hear about a relist: `Apply` for each new or changed object,
@@ -777,5 +784,127 @@ impl<K> Writer<K> {
     /// Messages held by the (resync, backpressure) channels.
     pub(crate) fn buffered(&self) -> (usize, usize) {
         self.publisher.buffered()
+    }
+}
+
+// The primitives `Sources` builds on: several changes made visible in one step, and the few
+// reads of the writer's own state it needs.
+impl<K> Writer<K>
+where
+    K: Resource + Send + Sync + 'static,
+{
+    /// The stored copy of `key`, if any.
+    pub(crate) fn stored(&self, key: &ObjectKey) -> Option<Arc<K>> {
+        self.shared.state.read().objects.get(key).cloned()
+    }
+
+    /// Delivers the pending change to subscribers without waiting (see `Publisher::force_flush`).
+    pub(crate) fn force_flush(&mut self) {
+        self.publisher.force_flush();
+    }
+
+    /// Stores `puts` and removes `deletes` in one step (one sequence number, one batch for
+    /// subscribers), and advances the version to `version`, under the same lock.
+    ///
+    /// As in [`Writer::apply`], the transform and the index functions run first, with no lock
+    /// held: if one panics, nothing has changed.
+    pub(crate) fn apply_batch(
+        &mut self,
+        puts: Vec<K>,
+        deletes: &[ObjectKey],
+        version: Option<&str>,
+    ) {
+        if puts.is_empty() && deletes.is_empty() {
+            if let Some(version) = version {
+                self.apply_progress(version);
+            }
+            return;
+        }
+        let puts: Vec<(ObjectKey, Arc<K>)> = puts
+            .into_iter()
+            .map(|mut obj| {
+                if let Some(transform) = &mut self.transform {
+                    transform(&mut obj);
+                }
+                (ObjectKey::from_object(&obj), Arc::new(obj))
+            })
+            .collect();
+        // Index changes are planned before the write lock, from copies of the stored `Arc`s,
+        // so that no user code runs under it; only this writer mutates, so they stay true.
+        let (put_changes, delete_changes) = if self.fns.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            let (old_puts, old_deletes): (Vec<_>, Vec<_>) = {
+                let state = self.shared.state.read();
+                (
+                    puts.iter()
+                        .map(|(key, _)| state.objects.get(key).cloned())
+                        .collect(),
+                    deletes
+                        .iter()
+                        .map(|key| state.objects.get(key).cloned())
+                        .collect(),
+                )
+            };
+            let put_changes = puts
+                .iter()
+                .zip(&old_puts)
+                .map(|((_, new), old)| self.fns.plan(old.as_deref(), Some(new)))
+                .collect();
+            let delete_changes = old_deletes
+                .iter()
+                .map(|old| {
+                    old.as_deref()
+                        .map(|old| self.fns.plan(Some(old), None))
+                        .unwrap_or_default()
+                })
+                .collect();
+            (put_changes, delete_changes)
+        };
+        let mut put_changes = put_changes.into_iter();
+        let mut delete_changes = delete_changes.into_iter();
+        let mut events = Vec::with_capacity(puts.len() + deletes.len());
+        let mut dropped = Vec::with_capacity(puts.len() + deletes.len());
+        let seq = {
+            let mut state = self.shared.state.write();
+            for (key, new) in puts {
+                let replaced = state.objects.insert(key.clone(), Arc::clone(&new));
+                if replaced.is_none() {
+                    state.indexes.insert_namespace(&key);
+                }
+                if let Some(changes) = put_changes.next() {
+                    state.indexes.apply(&key, changes);
+                }
+                events.push(Event::Apply(new));
+                dropped.extend(replaced);
+            }
+            for key in deletes {
+                let changes = delete_changes.next();
+                if let Some(removed) = state.objects.remove(key) {
+                    state.indexes.remove_namespace(key);
+                    if let Some(changes) = changes {
+                        state.indexes.apply(key, changes);
+                    }
+                    events.push(Event::Delete(Arc::clone(&removed)));
+                    dropped.push(removed);
+                }
+            }
+            if !events.is_empty() {
+                state.seq += 1;
+            }
+            if let Some(version) = version {
+                state.version.advance(version);
+            }
+            state.seq
+        };
+        trace!(changes = events.len(), "batch");
+        if !events.is_empty() && self.publisher.has_subscribers() {
+            self.publisher.publish(Msg::many(seq, events));
+        }
+        self.shared.waiters.wake();
+        // Try to deliver at once; whoever is full is waited for (or forced) by the caller.
+        let _ = self.poll_flush(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+        // Replaced and removed objects are dropped here, outside the lock.
+        drop(dropped);
     }
 }

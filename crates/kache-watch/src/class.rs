@@ -101,7 +101,9 @@ impl Error {
                 client_error_class(e)
             }
             Self::WatchError(status) => ErrorClass::of_status(status.code),
-            Self::NoResourceVersion | Self::InvalidObject { .. } => ErrorClass::Decode,
+            Self::NoResourceVersion | Self::InvalidObject { .. } | Self::InvalidShard { .. } => {
+                ErrorClass::Decode
+            }
             Self::InitialEventsTimeout(_) => ErrorClass::Network,
         }
     }

@@ -2,6 +2,8 @@ use std::time::Duration;
 
 use kube_client::api::{ListParams, WatchParams};
 
+use crate::Shard;
+
 /// How the watcher gets the initial set of objects.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum InitialListStrategy {
@@ -63,6 +65,8 @@ pub struct Config {
     /// to the runtime first (so other tasks run and an abort lands): for a consumer that
     /// spaces its polls after an error itself.
     pub retry_backoff: bool,
+    /// Watch only this part of the collection ([`Config::shard`]). Default `None`: all of it.
+    pub shard: Option<Shard>,
 }
 
 impl Default for Config {
@@ -76,6 +80,7 @@ impl Default for Config {
             initial_list_strategy: InitialListStrategy::Auto,
             initial_events_timeout: Duration::from_secs(300),
             retry_backoff: true,
+            shard: None,
         }
     }
 }
@@ -144,6 +149,31 @@ impl Config {
     #[must_use]
     pub fn disable_retry_backoff(mut self) -> Self {
         self.retry_backoff = false;
+        self
+    }
+
+    /// Watches only the objects of `shard` (see [`Shard`]).
+    ///
+    /// The watcher sends the shard as the `shardSelector` parameter of every LIST and WATCH
+    /// (KEP-5866). A server with sharded list and watch (Kubernetes 1.36+ with the
+    /// `ShardedListAndWatch` feature gate) then sends only the shard's objects, and says so
+    /// in each list response; any other server ignores the parameter and sends every object.
+    /// Either way the watcher also checks each object against the shard, with the server's
+    /// hash, and drops the others: the stream holds exactly the shard's objects, and only the
+    /// cost differs. Without server support every replica receives, decodes and drops the
+    /// whole collection. The watcher logs which case it met, once.
+    ///
+    /// ```
+    /// use kache_watch::{Config, Shard};
+    ///
+    /// // The second of three replicas.
+    /// let config = Config::default().shard(Shard::nth(1, 3)?);
+    /// assert!(config.shard.is_some());
+    /// # Ok::<(), kache_watch::Error>(())
+    /// ```
+    #[must_use]
+    pub fn shard(mut self, shard: Shard) -> Self {
+        self.shard = Some(shard);
         self
     }
 

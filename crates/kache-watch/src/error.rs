@@ -45,6 +45,16 @@ pub enum Error {
     /// a paged list.
     #[error("streaming list sent no initial-events-end bookmark within {0:?}")]
     InitialEventsTimeout(std::time::Duration),
+
+    /// A shard was given bad bounds or a selector that could not be read
+    /// ([`Shard`](crate::Shard)); it is returned where the shard is built, never by the stream.
+    #[error("invalid shard {input:?}: {reason}")]
+    InvalidShard {
+        /// What was given: the selector, or the bounds.
+        input: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 impl Error {
@@ -63,7 +73,8 @@ impl Error {
             Self::WatchError(status) => Some(status.code),
             Self::NoResourceVersion
             | Self::InvalidObject { .. }
-            | Self::InitialEventsTimeout(_) => None,
+            | Self::InitialEventsTimeout(_)
+            | Self::InvalidShard { .. } => None,
         }
     }
 
@@ -84,6 +95,7 @@ impl Error {
             Self::NoResourceVersion => "NoResourceVersion",
             Self::InvalidObject { .. } => "InvalidObject",
             Self::InitialEventsTimeout(_) => "InitialEventsTimeout",
+            Self::InvalidShard { .. } => "InvalidShard",
         }
     }
 

@@ -28,6 +28,12 @@
 //! if the server refuses it, uses paged LIST + WATCH from then on. Either way the stream speaks
 //! the same protocol.
 //!
+//! # Shards
+//! [`Config::shard`] watches one part of a collection: the objects whose [`uid_hash`] falls in
+//! a [`Shard`]'s ranges (KEP-5866). A Kubernetes 1.36+ server with the `ShardedListAndWatch`
+//! gate sends only those; any other server sends everything and the watcher drops the rest
+//! with the same hash, so the stream is the same either way (only the bandwidth differs).
+//!
 //! # Progress without events
 //! Bookmarks and the resourceVersion of a completed list advance how far a watch has reached
 //! without any object changing. They are not [`Event`]s: the watcher reports them to the
@@ -55,6 +61,7 @@ mod error;
 mod event;
 mod ext;
 mod progress;
+mod shard;
 mod watcher;
 
 pub use activity::{Activity, observe_activity};
@@ -65,7 +72,8 @@ pub use error::{Error, Result};
 pub use event::Event;
 pub use ext::WatchStreamExt;
 pub use progress::{Progress, observe_progress};
-pub use watcher::{metadata_watcher, watch_object, watcher};
+pub use shard::{Shard, ShardRange, uid_hash};
+pub use watcher::{metadata_watcher, server_shards, watch_object, watcher};
 
 /// Re-exported so users can name `PartialObjectMeta` without a direct kube dependency.
 pub use kube_client::core::PartialObjectMeta;

@@ -2,11 +2,11 @@ use std::{collections::VecDeque, fmt::Debug, future::Future, task::Poll};
 
 use futures::{Stream, StreamExt, stream::BoxStream};
 use kube_client::{
-    Api, Resource, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::{ListParams, WatchEvent, WatchParams},
     core::{ObjectList, PartialObjectMeta},
 };
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, de::DeserializeOwned};
 use tokio::time::Instant;
 use tracing::{debug, info, trace, warn};
 
@@ -14,7 +14,8 @@ use crate::activity;
 use crate::backoff::{self, Backoff};
 use crate::error::status_code;
 use crate::progress::{self, Progress};
-use crate::{Config, Error, Event, InitialListStrategy, Result};
+use crate::shard::encode_query_value;
+use crate::{Config, Error, Event, InitialListStrategy, Result, Shard};
 
 /// The annotation on the bookmark that closes a streaming list's initial events.
 const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
@@ -129,6 +130,45 @@ where
         .filter_map(futures::future::ready)
 }
 
+/// Asks the server whether it shards lists and watches (KEP-5866): one LIST of at most one
+/// object with a `shardSelector`, whose response a sharding server marks with the selector.
+///
+/// A [`Config::shard`](crate::Config::shard) works either way (the watcher filters on the
+/// client where the server does not); this tells what it will cost, for a start-up log or to
+/// choose how to split work: without server support, every watch receives every object.
+///
+/// ```no_run
+/// use k8s_openapi::api::core::v1::ConfigMap;
+/// use kube_client::{Api, Client};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let api: Api<ConfigMap> = Api::default_namespaced(Client::try_default().await?);
+/// if !kache_watch::server_shards(&api).await? {
+///     println!("each replica will receive every object and filter it");
+/// }
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// [`Error::InitialListFailed`] if the LIST fails.
+pub async fn server_shards<K>(api: &Api<K>) -> Result<bool>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let params = ListParams {
+        limit: Some(1),
+        ..ListParams::default()
+    };
+    let selector = Shard::new([crate::ShardRange::full()])?.selector();
+    let page = FullObject(api.clone())
+        .list(&params, Some(&selector))
+        .await
+        .map_err(Error::InitialListFailed)?;
+    Ok(page.shard_echo.is_some())
+}
+
 type WatchStream<K> = BoxStream<'static, kube_client::Result<WatchEvent<K>>>;
 
 /// Where the watcher stands between two items.
@@ -214,6 +254,21 @@ struct Watcher<A: ApiMode> {
     /// The next WATCH from `State::Listed` follows a completed paged list (a start), not a
     /// dropped watch (a resume). For [`activity`] only.
     after_list: bool,
+    /// The shard to watch and its `shardSelector`, formatted once.
+    shard: Option<(Shard, String)>,
+    /// Whether the server applies the shard itself, as far as the watcher has seen.
+    shard_support: ShardSupport,
+}
+
+/// Whether the server applies the `shardSelector`, learned while running. The watcher checks
+/// every object against the shard whatever this says; it only decides what is logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ShardSupport {
+    Unknown,
+    /// A list response echoed the selector back (`metadata.shardInfo`).
+    Server,
+    /// A list response without the echo, or an object outside the shard, came back.
+    Client,
 }
 
 fn run<A>(api: A, config: Config) -> impl Stream<Item = Result<Event<A::Value>>> + Send
@@ -222,6 +277,11 @@ where
 {
     let watcher = Watcher {
         retry: config.retry_backoff.then(Backoff::default),
+        shard: config.shard.clone().map(|shard| {
+            let selector = shard.selector();
+            (shard, selector)
+        }),
+        shard_support: ShardSupport::Unknown,
         api,
         config,
         streaming: Streaming::Untried,
@@ -297,6 +357,54 @@ impl<A: ApiMode> Watcher<A> {
         }
     }
 
+    fn shard_selector(&self) -> Option<&str> {
+        self.shard.as_ref().map(|(_, selector)| selector.as_str())
+    }
+
+    /// Whether `obj` belongs to the watched shard (always, without one). The first object
+    /// outside it shows that the server does not shard.
+    fn in_shard(&mut self, obj: &A::Value) -> bool {
+        let Some((shard, selector)) = &self.shard else {
+            return true;
+        };
+        if shard.contains(obj) {
+            return true;
+        }
+        if self.shard_support != ShardSupport::Client {
+            info!(shard = %selector, "the server sends objects outside the shard (no sharded list and watch); filtering on the client, which receives every object");
+            self.shard_support = ShardSupport::Client;
+        }
+        false
+    }
+
+    /// Learns from a list response whether the server applied the shard: a server that does
+    /// echoes the selector in `metadata.shardInfo`.
+    fn note_shard_echo(&mut self, echo: Option<&str>) {
+        let Some((_, selector)) = &self.shard else {
+            return;
+        };
+        let support = match echo {
+            Some(echo) => {
+                if echo != selector {
+                    warn!(sent = %selector, echoed = %echo, "the server echoed another shard selector than the one sent");
+                }
+                ShardSupport::Server
+            }
+            None => ShardSupport::Client,
+        };
+        if support != self.shard_support {
+            match support {
+                ShardSupport::Server => {
+                    info!(shard = %selector, "the server shards lists and watches");
+                }
+                _ => {
+                    info!(shard = %selector, "the server ignored the shard selector (no sharded list and watch); filtering on the client, which receives every object");
+                }
+            }
+            self.shard_support = support;
+        }
+    }
+
     #[allow(clippy::too_many_lines)] // one arm per state reads better than arms split apart
     async fn step_once(
         &mut self,
@@ -305,7 +413,7 @@ impl<A: ApiMode> Watcher<A> {
         match state {
             State::Empty if self.wants_streaming() => {
                 let params = self.config.watch_params(true);
-                match self.api.watch(&params, "").await {
+                match self.api.watch(&params, "", self.shard_selector()).await {
                     Ok(stream) => {
                         debug!("streaming list started");
                         activity::watch_accepted(false);
@@ -343,6 +451,14 @@ impl<A: ApiMode> Watcher<A> {
                 mut objects,
             } => {
                 if let Some(obj) = objects.pop_front() {
+                    if !self.in_shard(&obj) {
+                        let state = State::Listing {
+                            continue_token,
+                            resource_version,
+                            objects,
+                        };
+                        return (None, state);
+                    }
                     let item = match check_name(&obj, "InitApply") {
                         Ok(()) => Ok(Event::InitApply(obj)),
                         Err(err) => Err(err),
@@ -394,6 +510,11 @@ impl<A: ApiMode> Watcher<A> {
                     return (Some(Err(err)), State::Empty);
                 };
                 match next {
+                    Some(Ok(
+                        WatchEvent::Added(obj)
+                        | WatchEvent::Modified(obj)
+                        | WatchEvent::Deleted(obj),
+                    )) if !self.in_shard(&obj) => (None, State::StreamingList { stream, deadline }),
                     Some(Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj))) => {
                         let item = check_name(&obj, "InitApply").map(|()| Event::InitApply(obj));
                         (Some(item), State::StreamingList { stream, deadline })
@@ -441,7 +562,11 @@ impl<A: ApiMode> Watcher<A> {
             }
             State::Listed { resource_version } => {
                 let params = self.config.watch_params(false);
-                match self.api.watch(&params, &resource_version).await {
+                match self
+                    .api
+                    .watch(&params, &resource_version, self.shard_selector())
+                    .await
+                {
                     Ok(stream) => {
                         trace!(%resource_version, "watch started");
                         activity::watch_accepted(!std::mem::take(&mut self.after_list));
@@ -474,6 +599,24 @@ impl<A: ApiMode> Watcher<A> {
                     return (None, State::Listed { resource_version });
                 };
                 match next {
+                    Some(Ok(
+                        WatchEvent::Added(obj)
+                        | WatchEvent::Modified(obj)
+                        | WatchEvent::Deleted(obj),
+                    )) if !self.in_shard(&obj) => {
+                        // Not the shard's, but the watch has passed it: resume after it.
+                        let resource_version = obj
+                            .resource_version()
+                            .filter(|rv| !rv.is_empty())
+                            .unwrap_or(resource_version);
+                        (
+                            None,
+                            State::Watching {
+                                resource_version,
+                                stream,
+                            },
+                        )
+                    }
                     Some(Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj))) => {
                         watched(obj, "Apply", Event::Apply, &resource_version, stream)
                     }
@@ -527,15 +670,16 @@ impl<A: ApiMode> Watcher<A> {
     }
 
     /// Fetches one LIST page and returns the state that sends it.
-    async fn list_page(&self, continue_token: Option<String>) -> Result<State<A::Value>> {
+    async fn list_page(&mut self, continue_token: Option<String>) -> Result<State<A::Value>> {
         let params = self.config.list_params(continue_token);
         let list = self
             .api
-            .list(&params)
+            .list(&params, self.shard_selector())
             .await
             .map_err(|err| log_error(Error::InitialListFailed(err)))?;
-        let continue_token = list.metadata.continue_.filter(|s| !s.is_empty());
-        let resource_version = list.metadata.resource_version.filter(|s| !s.is_empty());
+        self.note_shard_echo(list.shard_echo.as_deref());
+        let continue_token = list.continue_token.filter(|s| !s.is_empty());
+        let resource_version = list.resource_version.filter(|s| !s.is_empty());
         trace!(
             items = list.items.len(),
             more = continue_token.is_some(),
@@ -612,19 +756,121 @@ fn log_error(err: Error) -> Error {
     err
 }
 
+/// One LIST page: its objects and what the watcher needs of its metadata.
+struct Page<V> {
+    items: Vec<V>,
+    resource_version: Option<String>,
+    continue_token: Option<String>,
+    /// `metadata.shardInfo.selector`: the shard selector a server that shards echoes back.
+    shard_echo: Option<String>,
+}
+
+impl<V: Clone> From<ObjectList<V>> for Page<V> {
+    fn from(list: ObjectList<V>) -> Self {
+        Self {
+            items: list.items,
+            resource_version: list.metadata.resource_version,
+            continue_token: list.metadata.continue_,
+            shard_echo: None,
+        }
+    }
+}
+
+/// A list response read with its `shardInfo`, which k8s-openapi's `ListMeta` has only when
+/// built for Kubernetes 1.36 or later (the final binary picks the version, not kache).
+#[derive(Deserialize)]
+#[serde(bound(deserialize = "V: DeserializeOwned"))]
+struct ShardedList<V> {
+    #[serde(default)]
+    metadata: ShardedListMeta,
+    #[serde(default = "Vec::new", deserialize_with = "null_as_empty")]
+    items: Vec<V>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ShardedListMeta {
+    resource_version: Option<String>,
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
+    shard_info: Option<ShardInfo>,
+}
+
+#[derive(Deserialize)]
+struct ShardInfo {
+    selector: String,
+}
+
+fn null_as_empty<'de, D, V>(deserializer: D) -> std::result::Result<Vec<V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: DeserializeOwned,
+{
+    Ok(Option::<Vec<V>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// Adds `shardSelector` to a request that kube-client built (its parameters have no field for
+/// it) and names the request for kube-client's tracing, as `Api`'s own methods do.
+fn with_shard(
+    request: std::result::Result<http::Request<Vec<u8>>, kube_client::core::request::Error>,
+    selector: &str,
+    name: &'static str,
+) -> kube_client::Result<http::Request<Vec<u8>>> {
+    let mut request = request.map_err(kube_client::Error::BuildRequest)?;
+    let uri = format!(
+        "{}&shardSelector={}",
+        request.uri(),
+        encode_query_value(selector)
+    );
+    *request.uri_mut() = uri.parse().map_err(|err: http::uri::InvalidUri| {
+        kube_client::Error::BuildRequest(kube_client::core::request::Error::BuildRequest(
+            err.into(),
+        ))
+    })?;
+    request.extensions_mut().insert(name);
+    Ok(request)
+}
+
+async fn sharded_list<V: Clone + DeserializeOwned>(
+    client: Client,
+    request: http::Request<Vec<u8>>,
+) -> kube_client::Result<Page<V>> {
+    let list: ShardedList<V> = client.request(request).await?;
+    Ok(Page {
+        items: list.items,
+        resource_version: list.metadata.resource_version,
+        continue_token: list.metadata.continue_token,
+        shard_echo: list.metadata.shard_info.map(|info| info.selector),
+    })
+}
+
+async fn sharded_watch<V: Clone + DeserializeOwned + Send + 'static>(
+    client: Client,
+    request: http::Request<Vec<u8>>,
+) -> kube_client::Result<WatchStream<V>> {
+    client
+        .request_events::<V>(request)
+        .await
+        .map(StreamExt::boxed)
+}
+
 /// Lists and watches either whole objects or only their metadata.
 trait ApiMode: Send + Sync {
     type Value: Resource + Clone + Debug + Send + 'static;
 
+    /// One LIST page; with a shard selector, sent as `shardSelector`.
     fn list(
         &self,
         params: &ListParams,
-    ) -> impl Future<Output = kube_client::Result<ObjectList<Self::Value>>> + Send;
+        shard: Option<&str>,
+    ) -> impl Future<Output = kube_client::Result<Page<Self::Value>>> + Send;
 
+    /// A WATCH from `version`; with a shard selector, sent as `shardSelector`.
     fn watch(
         &self,
         params: &WatchParams,
         version: &str,
+        shard: Option<&str>,
     ) -> impl Future<Output = kube_client::Result<WatchStream<Self::Value>>> + Send;
 }
 
@@ -636,16 +882,37 @@ where
 {
     type Value = K;
 
-    async fn list(&self, params: &ListParams) -> kube_client::Result<ObjectList<K>> {
-        self.0.list(params).await
+    async fn list(&self, params: &ListParams, shard: Option<&str>) -> kube_client::Result<Page<K>> {
+        let Some(selector) = shard else {
+            return self.0.list(params).await.map(Page::from);
+        };
+        let builder = kube_client::core::Request::new(self.0.resource_url());
+        let request = if K::metadata_api() {
+            builder.list_metadata(params)
+        } else {
+            builder.list(params)
+        };
+        let request = with_shard(request, selector, "list")?;
+        sharded_list(self.0.clone().into_client(), request).await
     }
 
     async fn watch(
         &self,
         params: &WatchParams,
         version: &str,
+        shard: Option<&str>,
     ) -> kube_client::Result<WatchStream<K>> {
-        self.0.watch(params, version).await.map(StreamExt::boxed)
+        let Some(selector) = shard else {
+            return self.0.watch(params, version).await.map(StreamExt::boxed);
+        };
+        let builder = kube_client::core::Request::new(self.0.resource_url());
+        let request = if K::metadata_api() {
+            builder.watch_metadata(params, version)
+        } else {
+            builder.watch(params, version)
+        };
+        let request = with_shard(request, selector, "watch")?;
+        sharded_watch(self.0.clone().into_client(), request).await
     }
 }
 
@@ -657,18 +924,38 @@ where
 {
     type Value = PartialObjectMeta<K>;
 
-    async fn list(&self, params: &ListParams) -> kube_client::Result<ObjectList<Self::Value>> {
-        self.0.list_metadata(params).await
+    async fn list(
+        &self,
+        params: &ListParams,
+        shard: Option<&str>,
+    ) -> kube_client::Result<Page<Self::Value>> {
+        let Some(selector) = shard else {
+            return self.0.list_metadata(params).await.map(Page::from);
+        };
+        let builder = kube_client::core::Request::new(self.0.resource_url());
+        let request = with_shard(builder.list_metadata(params), selector, "list_metadata")?;
+        sharded_list(self.0.clone().into_client(), request).await
     }
 
     async fn watch(
         &self,
         params: &WatchParams,
         version: &str,
+        shard: Option<&str>,
     ) -> kube_client::Result<WatchStream<Self::Value>> {
-        self.0
-            .watch_metadata(params, version)
-            .await
-            .map(StreamExt::boxed)
+        let Some(selector) = shard else {
+            return self
+                .0
+                .watch_metadata(params, version)
+                .await
+                .map(StreamExt::boxed);
+        };
+        let builder = kube_client::core::Request::new(self.0.resource_url());
+        let request = with_shard(
+            builder.watch_metadata(params, version),
+            selector,
+            "watch_metadata",
+        )?;
+        sharded_watch(self.0.clone().into_client(), request).await
     }
 }
