@@ -63,6 +63,16 @@ pub struct Config {
     /// to the runtime first (so other tasks run and an abort lands): for a consumer that
     /// spaces its polls after an error itself.
     pub retry_backoff: bool,
+    /// Start by watching from this resourceVersion, with no initial list. Default `None`: the
+    /// stream opens with an initial sync.
+    ///
+    /// For a consumer that already holds every object as of that version, such as a store
+    /// restored from a snapshot (kache-store's `Writer::restore`): the stream then opens with
+    /// the changes made since, as `Apply` and `Delete` (deletes included), and with no `Init`.
+    /// If the server no longer has that history (`410 Gone`), the watcher falls back to the
+    /// ordinary initial sync (`Init`, `InitApply`*, `InitDone`), which the consumer treats as
+    /// any relist. Set it with [`Config::resume_from()`].
+    pub resume_from: Option<String>,
 }
 
 impl Default for Config {
@@ -76,6 +86,7 @@ impl Default for Config {
             initial_list_strategy: InitialListStrategy::Auto,
             initial_events_timeout: Duration::from_secs(300),
             retry_backoff: true,
+            resume_from: None,
         }
     }
 }
@@ -144,6 +155,22 @@ impl Config {
     #[must_use]
     pub fn disable_retry_backoff(mut self) -> Self {
         self.retry_backoff = false;
+        self
+    }
+
+    /// Starts with a WATCH from `resource_version` instead of an initial list: see
+    /// [`Config::resume_from`](Config#structfield.resume_from). An empty version is ignored.
+    ///
+    /// ```
+    /// use kache_watch::Config;
+    ///
+    /// // The version a restored snapshot was consistent at.
+    /// let config = Config::default().resume_from("4711");
+    /// assert_eq!(config.resume_from.as_deref(), Some("4711"));
+    /// ```
+    #[must_use]
+    pub fn resume_from(mut self, resource_version: &str) -> Self {
+        self.resume_from = (!resource_version.is_empty()).then(|| resource_version.to_owned());
         self
     }
 

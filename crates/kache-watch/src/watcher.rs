@@ -27,6 +27,9 @@ const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 ///   advance it), without a relist;
 /// - a `410 Gone` (an ERROR event on the watch, or an expired continue token on a LIST page)
 ///   starts over with `Init` and a full relist;
+/// - with [`Config::resume_from`](Config#structfield.resume_from) set, the stream skips the
+///   initial sync and opens with the changes made since that version (a consumer restored
+///   from a snapshot); a `410 Gone` there falls back to the initial sync;
 /// - every error is yielded as an `Err` item and the stream goes on. The request that follows
 ///   an error waits first ([`Config::retry_backoff`], on by default), so a persistent error
 ///   is never a busy loop; a backoff adapter
@@ -220,6 +223,14 @@ fn run<A>(api: A, config: Config) -> impl Stream<Item = Result<Event<A::Value>>>
 where
     A: ApiMode + 'static,
 {
+    // A start from a known version is a resume: the consumer holds the objects as of it.
+    let start = match config.resume_from.clone() {
+        Some(resource_version) => {
+            debug!(%resource_version, "starting with a watch from a known resourceVersion");
+            State::Listed { resource_version }
+        }
+        None => State::Empty,
+    };
     let watcher = Watcher {
         retry: config.retry_backoff.then(Backoff::default),
         api,
@@ -231,7 +242,7 @@ where
         after_error: false,
         after_list: false,
     };
-    futures::stream::unfold((watcher, State::Empty), |(mut watcher, state)| async move {
+    futures::stream::unfold((watcher, start), |(mut watcher, state)| async move {
         let (item, state) = watcher.step(state).await;
         watcher.yielded += u64::from(item.is_ok());
         watcher.after_error = item.is_err();
