@@ -378,6 +378,7 @@ struct Snapshot {
     initial_sync: Option<f64>,
     objects: u64,
     synced: bool,
+    replaying: bool,
     consecutive_errors: u64,
     subscribers: u64,
     /// Named subscribers: name, lag, resyncs.
@@ -425,6 +426,7 @@ impl<K: Send + Sync + 'static> Probe for Shared<K> {
             initial_sync: (initial_sync != 0).then(|| clock::seconds(initial_sync - 1)),
             objects,
             synced,
+            replaying: self.health.replaying(),
             consecutive_errors: self.health.attempts(),
             subscribers: self.hub.subscribers() as u64,
             named,
@@ -608,6 +610,12 @@ fn gauges(caches: &[Snapshot]) -> Vec<Family> {
                 .per_cache(caches, |c| int(c.objects)),
             Family::new("kache_synced", MetricType::Gauge, "1 once the store has completed its first list, else 0.")
                 .per_cache(caches, |c| int(u64::from(c.synced))),
+            Family::new(
+                "kache_replaying",
+                MetricType::Gauge,
+                "1 while a store restored from a snapshot replays the changes made since (until the server confirms a point), else 0.",
+            )
+            .per_cache(caches, |c| int(u64::from(c.replaying))),
             Family::new(
                 "kache_consecutive_errors",
                 MetricType::Gauge,
