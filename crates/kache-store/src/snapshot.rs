@@ -481,9 +481,9 @@ impl SnapshotFile {
             .metadata()
             .map_err(|err| Rejected::Unreadable(err.into()))?
             .len();
-        let mut reader = BufReader::with_capacity(1 << 16, file);
+        let mut file = file;
         let mut header = Vec::with_capacity(HEADER_LEN);
-        (&mut reader)
+        (&mut file)
             .take(HEADER_LEN as u64)
             .read_to_end(&mut header)
             .map_err(|err| Rejected::Unreadable(err.into()))?;
@@ -511,13 +511,18 @@ impl SnapshotFile {
         if len > expected_len {
             return Err(Rejected::Corrupt);
         }
-        let mut payload = Checked {
-            inner: reader.take(payload_len),
-            crc: crc32fast::Hasher::new(),
-        };
+        // Summed under the buffer, so the sum runs over large chunks while the decoder's
+        // many small reads are copies out of the buffer.
+        let mut payload = BufReader::with_capacity(
+            1 << 16,
+            Checked {
+                inner: file.take(payload_len),
+                crc: crc32fast::Hasher::new(),
+            },
+        );
         let meta: Meta = match rmp_serde::from_read(&mut payload) {
             Ok(meta) => meta,
-            Err(err) => return Err(payload.reject(crc, &err)),
+            Err(err) => return Err(reject(payload, crc, &err)),
         };
         if meta.identity != self.identity {
             return Err(Rejected::Identity {
@@ -533,13 +538,11 @@ impl SnapshotFile {
         }
         let objects: Vec<K> = match rmp_serde::from_read(&mut payload) {
             Ok(objects) => objects,
-            Err(err) => return Err(payload.reject(crc, &err)),
+            Err(err) => return Err(reject(payload, crc, &err)),
         };
         // Whatever the decoder left (nothing, in a file this code wrote) counts in the sum.
-        let trailing = payload
-            .finish()
-            .map_err(|err| Rejected::Unreadable(err.into()))?;
-        if payload.crc.finalize() != crc || trailing != 0 || objects.len() as u64 != meta.objects {
+        let (trailing, sum) = finish(payload).map_err(|err| Rejected::Unreadable(err.into()))?;
+        if sum != crc || trailing != 0 || objects.len() as u64 != meta.objects {
             return Err(Rejected::Corrupt);
         }
         Ok((objects, meta, len))
@@ -658,20 +661,23 @@ impl<R: Read> Read for Checked<R> {
     }
 }
 
-impl<R: Read> Checked<R> {
-    /// Reads the rest of the payload into the sum; returns how many bytes that was.
-    fn finish(&mut self) -> io::Result<u64> {
-        io::copy(self, &mut io::sink())
-    }
+/// Reads the rest of the payload into the sum: how many bytes that was, and the sum.
+fn finish<R: Read>(mut payload: BufReader<Checked<R>>) -> io::Result<(u64, u32)> {
+    let trailing = io::copy(&mut payload, &mut io::sink())?;
+    Ok((trailing, payload.into_inner().crc.finalize()))
+}
 
-    /// Why a payload that failed to decode is refused: corrupt if its sum is wrong, else
-    /// intact bytes that are not what this store holds.
-    fn reject(mut self, crc: u32, err: &rmp_serde::decode::Error) -> Rejected {
-        match self.finish() {
-            Ok(_) if self.crc.finalize() == crc => Rejected::Undecodable(err.to_string()),
-            Ok(_) => Rejected::Corrupt,
-            Err(err) => Rejected::Unreadable(err.into()),
-        }
+/// Why a payload that failed to decode is refused: corrupt if its sum is wrong, else intact
+/// bytes that are not what this store holds.
+fn reject<R: Read>(
+    payload: BufReader<Checked<R>>,
+    crc: u32,
+    err: &rmp_serde::decode::Error,
+) -> Rejected {
+    match finish(payload) {
+        Ok((_, sum)) if sum == crc => Rejected::Undecodable(err.to_string()),
+        Ok(_) => Rejected::Corrupt,
+        Err(err) => Rejected::Unreadable(err.into()),
     }
 }
 

@@ -573,7 +573,15 @@ where
         if self.relist.is_some() || self.shared.state.read().ready {
             return false;
         }
-        let mut relist = Relist::default();
+        let objects = objects.into_iter();
+        // Sized at once: no rehash while a large snapshot goes in.
+        let mut relist = Relist {
+            objects: ObjectMap::with_capacity_and_hasher(
+                objects.size_hint().0,
+                RandomState::default(),
+            ),
+            version: Reached::Nothing,
+        };
         for obj in objects {
             relist
                 .objects
