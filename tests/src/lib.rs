@@ -840,3 +840,8 @@ pub struct ConsistencyDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/observability.md")]
 pub struct ObservabilityDoctests;
+
+/// The code of docs/warm-restart.md.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/warm-restart.md")]
+pub struct WarmRestartDoctests;

@@ -28,6 +28,11 @@
 //! if the server refuses it, uses paged LIST + WATCH from then on. Either way the stream speaks
 //! the same protocol.
 //!
+//! A consumer that already holds every object as of a version (kache-store's warm restart, a
+//! store restored from a snapshot) skips the initial list with
+//! [`Config::resume_from`](Config#structfield.resume_from): the stream opens with the changes
+//! made since, and falls back to the initial list if the server answers `410 Gone`.
+//!
 //! # Progress without events
 //! Bookmarks and the resourceVersion of a completed list advance how far a watch has reached
 //! without any object changing. They are not [`Event`]s: the watcher reports them to the
