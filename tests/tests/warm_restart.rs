@@ -395,3 +395,41 @@ where
 {
     events.reflect(writer).for_each(|_| async {}).await;
 }
+
+on_each_server! {
+    /// A snapshot whose version the server has not reached (taken against another cluster,
+    /// or before etcd was restored from a backup): the server answers the WATCH with silence,
+    /// and once that watch ends (a short server-side timeout here) with no event and no
+    /// bookmark, the watcher lists instead of waiting forever; the list's version replaces
+    /// the snapshot's.
+    async fn a_snapshot_ahead_of_the_server_falls_back_to_a_list(server: Server) {
+        let (env, ns, api) = shared_env(server, "warm-ahead").await;
+        create_configmaps(&api, "cm", 10, &[]).await;
+        let folder = Folder::new("ahead");
+        let file = folder.file(&ns);
+        let list = api.list(&ListParams::default()).await.unwrap();
+        let listed: u64 = list.metadata.resource_version.as_deref().unwrap().parse().unwrap();
+        let mut writer = Writer::<ConfigMap>::new();
+        writer.apply(Event::Init);
+        for cm in list.items {
+            writer.apply(Event::InitApply(cm));
+        }
+        writer.apply(Event::InitDone);
+        writer.apply_progress(&(listed + 1_000_000).to_string());
+        file.save(&writer.as_reader()).unwrap();
+        create_configmaps(&api, "new", 2, &[]).await;
+
+        let mut writer = Writer::<ConfigMap>::new();
+        let restored = writer.restore(&file).unwrap();
+        let store = writer.as_reader();
+        let (_proxy, log, watched) = cut_off_recorded(env, &ns).await;
+        let config = restored.resume(Config::default().timeout(3));
+        let _reflector = Reflector::start(watched, config, writer);
+        converges(&api, &store, &[]).await;
+        let kinds = log.kinds();
+        assert_eq!(kinds[0], "WATCH", "{kinds:?}");
+        assert!(kinds.iter().any(|k| *k == "LIST" || *k == "STREAM"), "{kinds:?}");
+        let version: u64 = store.resource_version().unwrap().parse().unwrap();
+        assert!(version < listed + 1_000_000, "the list's version replaced the snapshot's");
+    }
+}

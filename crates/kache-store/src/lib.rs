@@ -120,7 +120,8 @@
 //! advances, under the same lock as the change, with each `Apply` and `Delete` and each
 //! completed relist, and with each bookmark the watcher reports to
 //! [`reflect`](ReflectExt::reflect) (bookmarks are not events: `kache_watch::Progress` says
-//! how they travel, and why). It never goes back, and it stands still while a relist is
+//! how they travel, and why). It never goes back (save once: the first list after a
+//! [`Writer::restore`] replaces the snapshot's version), and it stands still while a relist is
 //! being built, since readers still see the previous generation. After a create, update or
 //! patch returns an object, [`Store::wait_for`] resolves once every later read sees that
 //! object at its version or a newer one; [`Store::wait_for_version`] takes a bare version,

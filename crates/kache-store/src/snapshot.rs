@@ -691,6 +691,11 @@ where
     /// version instead of a list: the changes made since arrive as events (deletes included),
     /// and if the server no longer has that history (`410 Gone`), the ordinary relist
     /// follows, in which every unchanged object keeps its restored copy (no second copy).
+    /// That first list also replaces the snapshot's version outright (the one exception to
+    /// [`Store::version`] never going back): a snapshot taken against another cluster, or
+    /// before etcd was restored from a backup, may claim a version this server never
+    /// reached, which the watcher meets as "too large resource version" and answers with a
+    /// list.
     ///
     /// **Readiness.** The store is ready as soon as this returns: it serves a real past state
     /// of the server, consistent at the snapshot's version, stale by the downtime until the

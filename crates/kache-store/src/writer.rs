@@ -533,7 +533,13 @@ where
             std::mem::swap(&mut state.indexes, &mut indexes);
             state.seq += 1;
             state.ready = true;
-            state.version.merge(version);
+            if self.shared.health.replaying() {
+                // The first list after a restore is the server's word on where it stands; a
+                // snapshot may claim a version the server never reached (another cluster).
+                state.version = version;
+            } else {
+                state.version.merge(version);
+            }
             (state.seq, locked.elapsed())
         };
         self.ready_tx.send_replace(true);

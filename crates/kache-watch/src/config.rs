@@ -71,7 +71,10 @@ pub struct Config {
     /// the changes made since, as `Apply` and `Delete` (deletes included), and with no `Init`.
     /// If the server no longer has that history (`410 Gone`), the watcher falls back to the
     /// ordinary initial sync (`Init`, `InitApply`*, `InitDone`), which the consumer treats as
-    /// any relist. Set it with [`Config::resume_from()`].
+    /// any relist. A server answers a watch from a version it has not reached (a snapshot of
+    /// another cluster, or from before an etcd restore) with silence: if that first watch
+    /// ends (its `timeout`) with no event and no bookmark, the watcher lists too. Set it with
+    /// [`Config::resume_from()`].
     pub resume_from: Option<String>,
 }
 

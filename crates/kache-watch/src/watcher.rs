@@ -197,6 +197,10 @@ enum Streaming {
     Refused,
 }
 
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent facts the watcher learned, each documented; not a state to encode"
+)]
 struct Watcher<A: ApiMode> {
     api: A,
     config: Config,
@@ -217,6 +221,9 @@ struct Watcher<A: ApiMode> {
     /// The next WATCH from `State::Listed` follows a completed paged list (a start), not a
     /// dropped watch (a resume). For [`activity`] only.
     after_list: bool,
+    /// Started from [`Config::resume_from`] and the server has not yet shown that it has
+    /// reached that version (an event or a bookmark on the watch).
+    unconfirmed_start: bool,
 }
 
 fn run<A>(api: A, config: Config) -> impl Stream<Item = Result<Event<A::Value>>> + Send
@@ -241,6 +248,7 @@ where
         yielded: 0,
         after_error: false,
         after_list: false,
+        unconfirmed_start: matches!(start, State::Listed { .. }),
     };
     futures::stream::unfold((watcher, start), |(mut watcher, state)| async move {
         let (item, state) = watcher.step(state).await;
@@ -482,8 +490,12 @@ impl<A: ApiMode> Watcher<A> {
                     tokio::time::timeout(self.config.idle_timeout(), stream.next()).await
                 else {
                     debug!(%resource_version, "watch connection silent too long; resuming");
-                    return (None, State::Listed { resource_version });
+                    return (None, self.after_watch_end(resource_version));
                 };
+                if matches!(next, Some(Ok(_))) {
+                    // An event or a bookmark: the server has reached the version watched from.
+                    self.unconfirmed_start = false;
+                }
                 match next {
                     Some(Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj))) => {
                         watched(obj, "Apply", Event::Apply, &resource_version, stream)
@@ -530,10 +542,24 @@ impl<A: ApiMode> Watcher<A> {
                     ),
                     None => {
                         trace!(%resource_version, "watch ended; resuming");
-                        (None, State::Listed { resource_version })
+                        (None, self.after_watch_end(resource_version))
                     }
                 }
             }
+        }
+    }
+
+    /// The state after a watch ended or went silent: resume, unless the watch was the start
+    /// from [`Config::resume_from`] and the server never showed that it had reached that
+    /// version (no event, no bookmark in a whole watch). A server answers a watch from a
+    /// version it has not reached (a snapshot of another cluster, or from before an etcd
+    /// restore) with silence, so resuming there again would wait forever: list instead.
+    fn after_watch_end(&mut self, resource_version: String) -> State<A::Value> {
+        if std::mem::take(&mut self.unconfirmed_start) {
+            warn!(%resource_version, "the watch from the start version ended with no event or bookmark; the server may not have reached that version: relisting");
+            State::Empty
+        } else {
+            State::Listed { resource_version }
         }
     }
 

@@ -180,6 +180,30 @@ fn a_relist_after_a_restore_keeps_the_restored_copy_of_each_unchanged_object() {
 }
 
 #[test]
+fn the_first_list_after_a_restore_replaces_the_snapshots_version() {
+    let dir = TempDir::new("ahead");
+    let file = file_at(&dir.path("cm.snapshot"));
+    // A snapshot claiming a version this server never reached.
+    let mut ahead = synced(2);
+    ahead.apply_progress("1000000");
+    file.save(&ahead.as_reader()).unwrap();
+    let mut writer = Writer::<ConfigMap>::new();
+    let store = writer.as_reader();
+    writer.restore(&file).unwrap();
+    assert_eq!(store.resource_version().as_deref(), Some("1000000"));
+    writer.apply(Event::Init);
+    writer.apply(Event::InitApply(cm("cm-0", 1)));
+    writer.apply(Event::InitDone);
+    writer.apply_progress("9");
+    assert_eq!(store.resource_version().as_deref(), Some("9"));
+    // Later lists merge as always: the version never goes back.
+    writer.apply(Event::Init);
+    writer.apply(Event::InitApply(cm("cm-0", 1)));
+    writer.apply(Event::InitDone);
+    assert_eq!(store.resource_version().as_deref(), Some("9"));
+}
+
+#[test]
 fn a_snapshot_taken_during_a_relist_is_the_generation_readers_see() {
     let dir = TempDir::new("during-relist");
     let file = file_at(&dir.path("cm.snapshot"));
