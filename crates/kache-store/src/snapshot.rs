@@ -548,8 +548,8 @@ impl SnapshotFile {
         Ok((objects, meta, len))
     }
 
-    /// Saves the store every `period` while its writer lives, skipping a save when nothing
-    /// changed since the last one; a failed save is logged (a warning) and retried at the
+    /// Saves the store every `period` while its writer lives, skipping a save when neither
+    /// its objects nor its version (bookmarks move it) changed since the last one; a failed save is logged (a warning) and retried at the
     /// next tick. Ends once the writer is dropped. Spawn it: each save runs on tokio's
     /// blocking pool, off the async workers.
     pub async fn save_every<K>(self, store: Store<K>, period: Duration)
@@ -557,7 +557,7 @@ impl SnapshotFile {
         K: Serialize + Send + Sync + 'static,
     {
         let this = Arc::new(self);
-        let mut saved_seq = None;
+        let mut saved = None;
         let mut ready = store.shared.ready.clone();
         loop {
             // Wakes early when the writer is gone (or readiness changes, which is harmless).
@@ -570,13 +570,18 @@ impl SnapshotFile {
                 debug!(path = %this.path.display(), "writer dropped; periodic snapshots end");
                 return;
             }
-            let seq = store.shared.state.read().seq;
-            if saved_seq == Some(seq) {
+            // The version too: bookmarks move it with no change, and a fresher version keeps
+            // the next restart inside the server's history.
+            let now = {
+                let state = store.shared.state.read();
+                (state.seq, state.version.to_resource_version_string())
+            };
+            if saved.as_ref() == Some(&now) {
                 continue;
             }
             let (file, reader) = (Arc::clone(&this), store.clone());
             match tokio::task::spawn_blocking(move || file.save_generation(&reader)).await {
-                Ok(Ok((_, seq))) => saved_seq = Some(seq),
+                Ok(Ok((written, seq))) => saved = Some((seq, Some(written.resource_version))),
                 // Not synced yet (nothing to save before the first list), or a failed save,
                 // which the save has logged.
                 Ok(Err(_)) => {}

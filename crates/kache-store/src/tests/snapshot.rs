@@ -486,6 +486,19 @@ async fn periodic_saves_follow_changes_and_end_with_the_writer() {
         }
     }
     assert_eq!(saved_objects(), Some(3));
+    // A bookmark alone moves the saved version.
+    writer.apply_progress("99");
+    let saved_version = || {
+        let mut w = Writer::<ConfigMap>::new();
+        w.restore(&file).map(|r| r.resource_version).ok()
+    };
+    for _ in 0..200 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if saved_version().as_deref() == Some("99") {
+            break;
+        }
+    }
+    assert_eq!(saved_version().as_deref(), Some("99"));
     drop(writer);
     tokio::time::timeout(std::time::Duration::from_secs(60), task)
         .await
