@@ -79,6 +79,10 @@ bench:
 bench-e2e: control-plane
     cargo run --release -p kache-benches --bin e2e-sync
 
+# Warm restart (snapshot restored, watch resumed) against a cold start, and the snapshot format.
+bench-warm: control-plane
+    cargo run --release -p kache-benches --bin warm-restart
+
 # The soak test: minutes of churn with slow subscribers, then a convergence check.
 soak: control-plane
     cargo test --release -p kache-tests --test soak -- --ignored --nocapture

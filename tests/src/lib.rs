@@ -798,3 +798,8 @@ pub struct ObservabilityDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/sharding.md")]
 pub struct ShardingDoctests;
+
+/// The code of docs/warm-restart.md.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/warm-restart.md")]
+pub struct WarmRestartDoctests;

@@ -112,7 +112,10 @@ fn union(replicas: &[&Running]) -> Option<BTreeMap<String, String>> {
     let mut all = BTreeMap::new();
     for running in replicas {
         for cm in running.replica.store.state() {
-            if all.insert(key_of(cm.as_ref()), version_of(cm.as_ref())).is_some() {
+            if all
+                .insert(key_of(cm.as_ref()), version_of(cm.as_ref()))
+                .is_some()
+            {
                 return None;
             }
         }

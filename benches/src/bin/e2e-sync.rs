@@ -16,7 +16,6 @@
 //! (default 10000), `KACHE_BENCH_RUNS` (timed rounds, default 7), `KACHE_BENCH_MEMORY_RUNS`
 //! (child processes per variant, default 3).
 
-use std::error::Error;
 use std::future::ready;
 use std::path::Path;
 use std::process::Command;
@@ -24,7 +23,10 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kache_benches::{Table, config_map, fmt_bytes, fmt_ns, percentile, ratio};
+use kache_benches::{
+    BoxError, Table, bench_servers, config_map, env_usize, fmt_bytes, fmt_ns, percentile,
+    proc_status_bytes, ratio,
+};
 use kache_store::ReflectExt;
 use kache_testenv::{Server, TestEnv};
 use kache_watch::InitialListStrategy;
@@ -32,8 +34,6 @@ use kube_client::api::{ListParams, ObjectList, PostParams};
 use kube_client::config::{KubeConfigOptions, Kubeconfig};
 use kube_client::{Api, Client};
 use tokio::task::JoinHandle;
-
-type BoxError = Box<dyn Error + Send + Sync>;
 
 /// The hidden first argument that makes this binary a memory-measuring child:
 /// `e2e-sync --sync-child <kubeconfig> <namespace> <variant id> <objects>`.
@@ -224,24 +224,6 @@ async fn sync_within_bound(variant: Variant, api: &Api<ConfigMap>) -> Result<Syn
         .map_err(|_| format!("{} did not sync within {SYNC_BOUND:?}", variant.label()))?
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// The servers of `KACHE_BENCH_SERVERS`, both when unset.
-fn servers() -> Result<Vec<Server>, BoxError> {
-    match std::env::var("KACHE_BENCH_SERVERS") {
-        Ok(list) if !list.trim().is_empty() => list
-            .split(',')
-            .map(|name| name.parse::<Server>().map_err(Into::into))
-            .collect(),
-        _ => Ok(Server::ALL.to_vec()),
-    }
-}
-
 fn describe(server: Server, env: &TestEnv) -> &'static str {
     if env.is_existing_cluster() {
         return "the existing cluster of KUBECONFIG";
@@ -267,17 +249,6 @@ async fn seed(api: &Api<ConfigMap>, namespace: &str, n: usize) -> Result<(), Box
         .try_collect::<Vec<_>>()
         .await?;
     Ok(())
-}
-
-/// A field of `/proc/self/status` given in kB, such as `VmHWM` (peak RSS) or `VmRSS`, in bytes.
-fn proc_status_bytes(field: &str) -> Result<u64, BoxError> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let value = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .ok_or_else(|| format!("no {field} in /proc/self/status"))?;
-    let kib: u64 = value.trim().trim_end_matches("kB").trim().parse()?;
-    Ok(kib * 1024)
 }
 
 /// Memory of one sync, in bytes above the process's RSS just before it.
@@ -526,7 +497,7 @@ async fn main() -> Result<(), BoxError> {
     let n = env_usize("KACHE_BENCH_OBJECTS", 10_000);
     let runs = env_usize("KACHE_BENCH_RUNS", 7).max(1);
     let memory_runs = env_usize("KACHE_BENCH_MEMORY_RUNS", 3).max(1);
-    for server in servers()? {
+    for server in bench_servers()? {
         let report = bench_server(server, n, runs, memory_runs).await?;
         // Printed at once, so a failure on a later server keeps this one's table.
         println!("\n{report}");

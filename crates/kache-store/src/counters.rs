@@ -253,6 +253,7 @@ impl CacheMetrics {
             initial_sync: (initial_sync != 0).then(|| clock::seconds(initial_sync - 1)),
             objects: state.objects,
             synced: state.synced,
+            replaying: state.replaying,
             consecutive_errors: state.consecutive_errors,
             subscribers: state.subscribers,
             named,
@@ -267,6 +268,7 @@ pub(crate) struct StateFigures {
     pub(crate) seq: u64,
     pub(crate) objects: u64,
     pub(crate) synced: bool,
+    pub(crate) replaying: bool,
     pub(crate) consecutive_errors: u64,
     pub(crate) subscribers: u64,
 }
@@ -286,6 +288,7 @@ pub(crate) struct Snapshot {
     pub(crate) initial_sync: Option<f64>,
     pub(crate) objects: u64,
     pub(crate) synced: bool,
+    pub(crate) replaying: bool,
     pub(crate) consecutive_errors: u64,
     pub(crate) subscribers: u64,
     /// Named subscribers: name, lag, resyncs.

@@ -44,6 +44,30 @@ pub enum Error {
         /// The watcher's error, as it displays.
         message: String,
     },
+    /// [`SnapshotFile::save`](crate::SnapshotFile::save) found no synced state to save: the
+    /// store has not completed its first list.
+    #[error("the store has not synced: nothing to save")]
+    NothingToSave,
+    /// A snapshot could not be written (no space, no permission, an object that does not
+    /// serialize). The previous snapshot, if any, is intact.
+    #[error("failed to save a snapshot to {}: {source}", path.display())]
+    SnapshotSave {
+        /// The snapshot's path.
+        path: std::path::PathBuf,
+        /// What failed.
+        #[source]
+        source: crate::snapshot::IoError,
+    },
+    /// [`Writer::restore`](crate::Writer::restore) did not restore a snapshot; the store is
+    /// untouched and starts cold.
+    #[error("snapshot {} not restored: {reason}", path.display())]
+    SnapshotRejected {
+        /// The snapshot's path.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        reason: crate::snapshot::Rejected,
+    },
 }
 
 /// The result type of `kache-store`.

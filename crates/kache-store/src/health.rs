@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kache_watch::ErrorClass;
@@ -43,6 +44,12 @@ pub struct Health {
     pub synced: bool,
     /// The errors the watch has met since its last success, if its last attempt failed.
     pub failing: Option<Failing>,
+    /// Whether the store was restored from a snapshot and the server has not yet confirmed
+    /// that the replay of the changes made since has caught up: until the first bookmark of
+    /// the resumed watch, or the first list if the history was gone. The store is ready
+    /// meanwhile, serving a real past state of the server that the replay brings up to date;
+    /// see [`Writer::restore`](crate::Writer::restore).
+    pub replaying: bool,
 }
 
 /// A watch whose attempts keep failing: the errors it met since its last success.
@@ -95,6 +102,9 @@ impl fmt::Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = if self.synced { "synced" } else { "not synced" };
         write!(f, "{}: {state}", self.name)?;
+        if self.replaying {
+            f.write_str(", replaying the changes since a restored snapshot")?;
+        }
         if let Some(failing) = &self.failing {
             write!(f, "; {failing}")?;
         }
@@ -124,6 +134,8 @@ pub(crate) struct HealthState {
     name: RwLock<Arc<str>>,
     /// `watch`: a wait for readiness that fails fast sleeps on it.
     failing: watch::Sender<Option<Failing>>,
+    /// See [`Health::replaying`]. Relaxed: a flag read on its own, ordering nothing else.
+    replaying: AtomicBool,
 }
 
 impl Default for HealthState {
@@ -131,6 +143,7 @@ impl Default for HealthState {
         Self {
             name: RwLock::new(Arc::from("")),
             failing: watch::Sender::new(None),
+            replaying: AtomicBool::new(false),
         }
     }
 }
@@ -142,6 +155,24 @@ impl HealthState {
 
     pub(crate) fn set_name(&self, name: &str) {
         *self.name.write() = Arc::from(name);
+    }
+
+    pub(crate) fn replaying(&self) -> bool {
+        self.replaying.load(Ordering::Relaxed)
+    }
+
+    /// The store now holds a restored snapshot that the watch is to bring up to date.
+    pub(crate) fn start_replay(&self) {
+        self.replaying.store(true, Ordering::Relaxed);
+    }
+
+    /// The server confirmed a point (a bookmark, a list) since the restore.
+    #[inline]
+    pub(crate) fn end_replay(&self) {
+        if self.replaying() {
+            self.replaying.store(false, Ordering::Relaxed);
+            tracing::debug!(cache = %self.name(), "the replay since the restored snapshot has caught up");
+        }
     }
 
     /// Errors in a row now (0 when the watch is not failing).

@@ -80,6 +80,17 @@
 //! (events, relists by cause, errors by class, objects, ages, subscribers' lag); without it,
 //! none of that code is compiled. The metrics are listed in `docs/observability.md`.
 //!
+//! # Warm restart
+//!
+//! A store can be saved to a local file ([`SnapshotFile::save`], on demand,
+//! [`SnapshotFile::save_every`], or [`Writer::save_on_drop`]) and a new process can start
+//! from it ([`Writer::restore`]): the snapshot becomes the first generation and the watcher
+//! resumes with a WATCH from its version ([`Restored::resume`]), so a restart costs the
+//! changes made while the process was down rather than a LIST of every object. A snapshot
+//! that does not match (another watch or schema tag) or is damaged is one warning and a cold
+//! start. A snapshot holds the objects as stored: a snapshot of Secrets puts Secrets on disk.
+//! See the `snapshot` notes on [`SnapshotFile`] and `docs/warm-restart.md`.
+//!
 //! # Consistency
 //!
 //! **Readers.** Every [`Store`] read (`get`, `state`, `find`, `len`, `by_namespace`,
@@ -121,7 +132,8 @@
 //! advances, under the same lock as the change, with each `Apply` and `Delete` and each
 //! completed relist, and with each bookmark the watcher reports to
 //! [`reflect`](ReflectExt::reflect) (bookmarks are not events: `kache_watch::Progress` says
-//! how they travel, and why). It never goes back, and it stands still while a relist is
+//! how they travel, and why). It never goes back (save once: the first list after a
+//! [`Writer::restore`] replaces the snapshot's version), and it stands still while a relist is
 //! being built, since readers still see the previous generation. After a create, update or
 //! patch returns an object, [`Store::wait_for`] resolves once every later read sees that
 //! object at its version or a newer one; [`Store::wait_for_version`] takes a bare version,
@@ -144,7 +156,10 @@
 //! **Readiness** ([`Store::is_ready`], [`Store::wait_until_ready`]) turns on at the first
 //! `InitDone` and never turns off: during a later relist readers keep the previous
 //! generation. When `is_ready` returns `true`, the generation that made it ready is
-//! visible.
+//! visible. A store restored from a snapshot is ready at once: it serves a real past state of
+//! the server, consistent at the snapshot's version and stale by the downtime until the
+//! resumed watch has replayed the changes made since; [`Health::replaying`] says so until the
+//! server confirms a point (a bookmark, or a list).
 //!
 //! **Subscribers** ([`Store::subscribe`]) speak the same [`Event`] protocol. A subscriber
 //! first receives a snapshot of one generation (`Init`, `InitApply` per object, `InitDone`),
@@ -186,6 +201,7 @@ mod metrics;
 mod observer;
 mod reflect;
 mod shared;
+mod snapshot;
 mod sources;
 mod state;
 mod store;
@@ -201,6 +217,9 @@ pub use key::ObjectKey;
 #[cfg(feature = "metrics")]
 pub use metrics::Metrics;
 pub use reflect::{Reflect, ReflectExt, reflector};
+pub use snapshot::{
+    IoError, Rejected, Restored, SNAPSHOT_FORMAT_VERSION, Saved, SnapshotFile, WatchIdentity,
+};
 pub use sources::{SourceSet, Sources, SourcesReflector};
 pub use store::Store;
 pub use subscriber::{DEFAULT_BUFFER, Delivery, Subscriber, SubscriberHandle};

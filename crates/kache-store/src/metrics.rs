@@ -154,6 +154,7 @@ impl<K: Send + Sync + 'static> Probe for Shared<K> {
             seq,
             objects,
             synced,
+            replaying: self.health.replaying(),
             consecutive_errors: self.health.attempts(),
             subscribers: self.hub.subscribers() as u64,
         };
@@ -337,6 +338,12 @@ fn gauges(caches: &[Snapshot]) -> Vec<Family> {
                 .per_cache(caches, |c| int(c.objects)),
             Family::new("kache_synced", MetricType::Gauge, "1 once the store has completed its first list, else 0.")
                 .per_cache(caches, |c| int(u64::from(c.synced))),
+            Family::new(
+                "kache_replaying",
+                MetricType::Gauge,
+                "1 while a store restored from a snapshot replays the changes made since (until the server confirms a point), else 0.",
+            )
+            .per_cache(caches, |c| int(u64::from(c.replaying))),
             Family::new(
                 "kache_consecutive_errors",
                 MetricType::Gauge,

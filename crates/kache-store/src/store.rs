@@ -10,6 +10,7 @@ use crate::health::Health;
 use crate::index::{KeySet, ObjectMap};
 use crate::key::{KeyRef, KeyView, ObjectKey};
 use crate::shared::Shared;
+use crate::state::State;
 use crate::subscriber::{Delivery, Subscriber};
 use crate::version::ResourceVersion;
 use crate::wait::Target;
@@ -30,6 +31,17 @@ impl<K> Store<K> {
     /// A read handle on `shared`.
     pub(crate) fn new(shared: Arc<Shared<K>>) -> Self {
         Self { shared }
+    }
+
+    /// Runs `f` on the visible generation under the shared lock: for a consistent read of
+    /// several of its parts at once (a snapshot's objects, version and change number).
+    pub(crate) fn read_state<R>(&self, f: impl FnOnce(&State<K>) -> R) -> R {
+        f(&self.shared.state.read())
+    }
+
+    /// Resolves once the writer is dropped.
+    pub(crate) async fn writer_gone(&self) {
+        self.shared.waiters.closed().await;
     }
 }
 
@@ -484,6 +496,7 @@ impl<K> Store<K> {
             name: self.shared.health.name(),
             synced: self.is_ready(),
             failing: self.shared.health.failing(),
+            replaying: self.shared.health.replaying(),
         }
     }
 

@@ -56,6 +56,19 @@ impl Waiters {
         self.notify.notify_waiters();
     }
 
+    /// Resolves once the waiters are closed (the writer is gone). Not counted as a waiter: the
+    /// writer does not wake it for each change, only at the close.
+    pub(crate) async fn closed(&self) {
+        loop {
+            // Created before the check, as in `until`: the close cannot slip between them.
+            let notified = self.notify.notified();
+            if self.closed.load(SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Waits until `check` returns a result. Fails with `closed` once nothing can change and
     /// `check` still has no result.
     ///

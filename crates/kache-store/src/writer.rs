@@ -69,7 +69,12 @@ pub struct Writer<K> {
     fns: IndexFns<K>,
     transform: Option<Transform<K>>,
     publisher: Publisher<K>,
+    /// Runs when the writer is dropped other than by a panic: a snapshot save (snapshot.rs).
+    pub(crate) on_clean_drop: Option<DropHook<K>>,
 }
+
+/// What runs when a writer is dropped cleanly.
+pub(crate) type DropHook<K> = Box<dyn FnOnce(&Store<K>) + Send>;
 
 /// A user function applied to each object before it is stored.
 type Transform<K> = Box<dyn FnMut(&mut K) + Send>;
@@ -131,6 +136,7 @@ where
         Self {
             shared: Arc::new(Shared::new(hub)),
             relist: None,
+            on_clean_drop: None,
             fns: IndexFns::default(),
             transform: None,
             publisher,
@@ -513,6 +519,8 @@ where
             return;
         }
         self.shared.state.write().version.advance(resource_version);
+        // The server has confirmed a point since a restore: the replay is behind us.
+        self.shared.health.end_replay();
         trace!(resource_version, "progress");
         self.shared.waiters.wake();
     }
@@ -686,9 +694,17 @@ where
             std::mem::swap(&mut state.indexes, &mut indexes);
             state.seq += 1;
             state.ready = true;
-            state.version.merge(version);
+            if self.shared.health.replaying() {
+                // The first list after a restore is the server's word on where it stands; a
+                // snapshot may claim a version the server never reached (another cluster).
+                state.version = version;
+            } else {
+                state.version.merge(version);
+            }
             (state.seq, locked.elapsed())
         };
+        // A list is the server's current state: no replay of a restored snapshot is pending.
+        self.shared.health.end_replay();
         let old_len = objects.len();
         if self.publisher.has_subscribers() {
             // Diffed after the swap, off the write lock: `objects` is now the old generation.
@@ -729,6 +745,41 @@ where
         self.shared.waiters.wake();
     }
 
+    /// Makes `objects`, consistent at `resource_version`, the store's first generation, as a
+    /// list ending in `InitDone` would (objects and indexes swapped in at once, readiness,
+    /// subscribers told): how a restored snapshot enters the store. The objects are stored as
+    /// they are: the transform ran on them before they were saved. `false`, and nothing
+    /// changes, if the store already has a generation or a relist is in progress.
+    pub(crate) fn install_first_generation(
+        &mut self,
+        objects: impl IntoIterator<Item = Arc<K>>,
+        resource_version: &str,
+    ) -> bool {
+        if self.relist.is_some() || self.shared.state.read().ready {
+            return false;
+        }
+        let objects = objects.into_iter();
+        // Sized at once: no rehash while a large snapshot goes in.
+        let mut relist = Relist {
+            objects: ObjectMap::with_capacity_and_hasher(
+                objects.size_hint().0,
+                RandomState::default(),
+            ),
+            version: Reached::Nothing,
+        };
+        for obj in objects {
+            relist
+                .objects
+                .insert(ObjectKey::from_object(obj.as_ref()), obj);
+        }
+        relist.version.advance(resource_version);
+        self.relist = Some(relist);
+        self.finish_relist();
+        // Readiness is waited on through the waiters: `apply` wakes them, this path must too.
+        self.shared.waiters.wake();
+        true
+    }
+
     /// What subscribers must hear about a relist: `Apply` for each new or changed object,
     /// `Delete` for each object gone. Unchanged objects kept their `Arc`, so pointer equality
     /// finds them.
@@ -767,6 +818,12 @@ impl<K> Drop for Writer<K> {
         // A change still queued for backpressure subscribers is delivered (or forces a
         // resync) before the channel closes, so no subscriber misses the final state.
         self.publisher.force_flush();
+        // Not while unwinding: the panic may have come from the middle of a change.
+        if let Some(hook) = self.on_clean_drop.take()
+            && !std::thread::panicking()
+        {
+            hook(&Store::new(Arc::clone(&self.shared)));
+        }
         // After the last change: a waiter that finds the store closed has seen its final state.
         self.shared.waiters.close();
     }

@@ -2,12 +2,17 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    task::{Context, Poll},
 };
 
 use kube_client::Client;
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
 
 use crate::{Error, Result};
 
@@ -36,6 +41,8 @@ pub struct Proxy {
     open: Arc<AtomicBool>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
+    /// Bytes the server has sent through the proxy (TLS records included).
+    from_server: Arc<AtomicU64>,
 }
 
 impl Drop for Proxy {
@@ -76,17 +83,24 @@ impl Proxy {
             .map_err(io_error("read its address"))?;
         let open = Arc::new(AtomicBool::new(true));
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let from_server = Arc::new(AtomicU64::new(0));
         let accept = tokio::spawn({
             let open = open.clone();
             let connections = connections.clone();
+            let from_server = from_server.clone();
             async move {
                 while let Ok((mut inbound, _)) = listener.accept().await {
                     // SeqCst: a connection accepted after `cut` returns must see the cut.
                     if !open.load(Ordering::SeqCst) {
                         continue; // dropping the socket refuses the connection
                     }
+                    let from_server = from_server.clone();
                     let task = tokio::spawn(async move {
-                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        if let Ok(outbound) = TcpStream::connect(target).await {
+                            let mut outbound = Counted {
+                                stream: outbound,
+                                read: from_server,
+                            };
                             let _ =
                                 tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         }
@@ -103,7 +117,15 @@ impl Proxy {
             open,
             connections,
             accept,
+            from_server,
         })
+    }
+
+    /// Bytes the API server has sent to clients through this proxy so far, as they crossed
+    /// the wire (TLS records and HTTP framing included): what a watcher cost the server.
+    #[must_use]
+    pub fn bytes_from_server(&self) -> u64 {
+        self.from_server.load(Ordering::Relaxed)
     }
 
     /// The proxy's URL, `https://127.0.0.1:PORT`: put it in a client configuration's
@@ -149,5 +171,50 @@ impl Proxy {
         for connection in connections.drain(..) {
             connection.abort();
         }
+    }
+}
+
+/// A connection to the server that counts the bytes read from it.
+struct Counted {
+    stream: TcpStream,
+    // Relaxed: a running total read on its own.
+    read: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.stream).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        self.read.fetch_add(read, Ordering::Relaxed);
+        poll
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }

@@ -67,6 +67,19 @@ pub struct Config {
     pub retry_backoff: bool,
     /// Watch only this part of the collection ([`Config::shard`]). Default `None`: all of it.
     pub shard: Option<Shard>,
+    /// Start by watching from this resourceVersion, with no initial list. Default `None`: the
+    /// stream opens with an initial sync.
+    ///
+    /// For a consumer that already holds every object as of that version, such as a store
+    /// restored from a snapshot (kache-store's `Writer::restore`): the stream then opens with
+    /// the changes made since, as `Apply` and `Delete` (deletes included), and with no `Init`.
+    /// If the server no longer has that history (`410 Gone`), the watcher falls back to the
+    /// ordinary initial sync (`Init`, `InitApply`*, `InitDone`), which the consumer treats as
+    /// any relist. A server answers a watch from a version it has not reached (a snapshot of
+    /// another cluster, or from before an etcd restore) with silence: if that first watch
+    /// ends (its `timeout`) with no event and no bookmark, the watcher lists too. Set it with
+    /// [`Config::resume_from()`].
+    pub resume_from: Option<String>,
 }
 
 impl Default for Config {
@@ -81,6 +94,7 @@ impl Default for Config {
             initial_events_timeout: Duration::from_secs(300),
             retry_backoff: true,
             shard: None,
+            resume_from: None,
         }
     }
 }
@@ -174,6 +188,22 @@ impl Config {
     #[must_use]
     pub fn shard(mut self, shard: Shard) -> Self {
         self.shard = Some(shard);
+        self
+    }
+
+    /// Starts with a WATCH from `resource_version` instead of an initial list: see
+    /// [`Config::resume_from`](Config#structfield.resume_from). An empty version is ignored.
+    ///
+    /// ```
+    /// use kache_watch::Config;
+    ///
+    /// // The version a restored snapshot was consistent at.
+    /// let config = Config::default().resume_from("4711");
+    /// assert_eq!(config.resume_from.as_deref(), Some("4711"));
+    /// ```
+    #[must_use]
+    pub fn resume_from(mut self, resource_version: &str) -> Self {
+        self.resume_from = (!resource_version.is_empty()).then(|| resource_version.to_owned());
         self
     }
 

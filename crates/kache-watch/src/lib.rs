@@ -34,6 +34,12 @@
 //! gate sends only those; any other server sends everything and the watcher drops the rest
 //! with the same hash, so the stream is the same either way (only the bandwidth differs).
 //!
+//! # Starting from a version
+//! A consumer that already holds every object as of a version (kache-store's warm restart, a
+//! store restored from a snapshot) skips the initial list with
+//! [`Config::resume_from`](Config#structfield.resume_from): the stream opens with the changes
+//! made since, and falls back to the initial list if the server answers `410 Gone`.
+//!
 //! # Progress without events
 //! Bookmarks and the resourceVersion of a completed list advance how far a watch has reached
 //! without any object changing. They are not [`Event`]s: the watcher reports them to the

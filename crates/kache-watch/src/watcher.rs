@@ -28,6 +28,9 @@ const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 ///   advance it), without a relist;
 /// - a `410 Gone` (an ERROR event on the watch, or an expired continue token on a LIST page)
 ///   starts over with `Init` and a full relist;
+/// - with [`Config::resume_from`](Config#structfield.resume_from) set, the stream skips the
+///   initial sync and opens with the changes made since that version (a consumer restored
+///   from a snapshot); a `410 Gone` there falls back to the initial sync;
 /// - every error is yielded as an `Err` item and the stream goes on. The request that follows
 ///   an error waits first ([`Config::retry_backoff`], on by default), so a persistent error
 ///   is never a busy loop; a backoff adapter
@@ -234,6 +237,10 @@ enum Streaming {
     Refused,
 }
 
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent facts the watcher learned, each documented; not a state to encode"
+)]
 struct Watcher<A: ApiMode> {
     api: A,
     config: Config,
@@ -258,6 +265,9 @@ struct Watcher<A: ApiMode> {
     shard: Option<(Shard, String)>,
     /// Whether the server applies the shard itself, as far as the watcher has seen.
     shard_support: ShardSupport,
+    /// Started from [`Config::resume_from`] and the server has not yet shown that it has
+    /// reached that version (an event or a bookmark on the watch).
+    unconfirmed_start: bool,
 }
 
 /// Whether the server applies the `shardSelector`, learned while running. The watcher checks
@@ -275,6 +285,14 @@ fn run<A>(api: A, config: Config) -> impl Stream<Item = Result<Event<A::Value>>>
 where
     A: ApiMode + 'static,
 {
+    // A start from a known version is a resume: the consumer holds the objects as of it.
+    let start = match config.resume_from.clone() {
+        Some(resource_version) => {
+            debug!(%resource_version, "starting with a watch from a known resourceVersion");
+            State::Listed { resource_version }
+        }
+        None => State::Empty,
+    };
     let watcher = Watcher {
         retry: config.retry_backoff.then(Backoff::default),
         shard: config.shard.clone().map(|shard| {
@@ -290,8 +308,9 @@ where
         yielded: 0,
         after_error: false,
         after_list: false,
+        unconfirmed_start: matches!(start, State::Listed { .. }),
     };
-    futures::stream::unfold((watcher, State::Empty), |(mut watcher, state)| async move {
+    futures::stream::unfold((watcher, start), |(mut watcher, state)| async move {
         let (item, state) = watcher.step(state).await;
         watcher.yielded += u64::from(item.is_ok());
         watcher.after_error = item.is_err();
@@ -596,8 +615,12 @@ impl<A: ApiMode> Watcher<A> {
                     tokio::time::timeout(self.config.idle_timeout(), stream.next()).await
                 else {
                     debug!(%resource_version, "watch connection silent too long; resuming");
-                    return (None, State::Listed { resource_version });
+                    return (None, self.after_watch_end(resource_version));
                 };
+                if matches!(next, Some(Ok(_))) {
+                    // An event or a bookmark: the server has reached the version watched from.
+                    self.unconfirmed_start = false;
+                }
                 match next {
                     Some(Ok(
                         WatchEvent::Added(obj)
@@ -662,10 +685,24 @@ impl<A: ApiMode> Watcher<A> {
                     ),
                     None => {
                         trace!(%resource_version, "watch ended; resuming");
-                        (None, State::Listed { resource_version })
+                        (None, self.after_watch_end(resource_version))
                     }
                 }
             }
+        }
+    }
+
+    /// The state after a watch ended or went silent: resume, unless the watch was the start
+    /// from [`Config::resume_from`] and the server never showed that it had reached that
+    /// version (no event, no bookmark in a whole watch). A server answers a watch from a
+    /// version it has not reached (a snapshot of another cluster, or from before an etcd
+    /// restore) with silence, so resuming there again would wait forever: list instead.
+    fn after_watch_end(&mut self, resource_version: String) -> State<A::Value> {
+        if std::mem::take(&mut self.unconfirmed_start) {
+            warn!(%resource_version, "the watch from the start version ended with no event or bookmark; the server may not have reached that version: relisting");
+            State::Empty
+        } else {
+            State::Listed { resource_version }
         }
     }
 

@@ -3,6 +3,7 @@ mod health;
 mod metrics;
 mod model;
 mod reflect_model;
+mod snapshot;
 mod sources;
 mod subscriber;
 mod unit;

@@ -1,0 +1,44 @@
+//! What the end-to-end benchmark binaries share: their settings from the environment, the
+//! servers to run against, and the memory of their own process.
+
+use kache_testenv::Server;
+
+/// A boxed error, enough for a benchmark binary.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The number in environment variable `name`, or `default` when it is unset or not a number.
+#[must_use]
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The servers of `KACHE_BENCH_SERVERS` (comma-separated), both when unset.
+///
+/// # Errors
+/// When the variable names an unknown server.
+pub fn bench_servers() -> Result<Vec<Server>, BoxError> {
+    match std::env::var("KACHE_BENCH_SERVERS") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(|name| name.parse::<Server>().map_err(Into::into))
+            .collect(),
+        _ => Ok(Server::ALL.to_vec()),
+    }
+}
+
+/// A field of `/proc/self/status` given in kB, such as `VmHWM` (peak RSS) or `VmRSS`, in bytes.
+///
+/// # Errors
+/// When the file cannot be read or has no such field.
+pub fn proc_status_bytes(field: &str) -> Result<u64, BoxError> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let value = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .ok_or_else(|| format!("no {field} in /proc/self/status"))?;
+    let kib: u64 = value.trim().trim_end_matches("kB").trim().parse()?;
+    Ok(kib * 1024)
+}

@@ -1,0 +1,435 @@
+//! Warm restart against both real API servers: a store saved to a snapshot, a process gone,
+//! changes made meanwhile, and a new store restored from the snapshot whose watch resumes
+//! from its version. Each ends equal to a fresh LIST (subscribers too), and the requests the
+//! new watcher made are counted: no LIST where the server still has the history.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::Arc,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kache_store::{Event, ReflectExt, Rejected, SnapshotFile, WatchIdentity, Writer};
+use kache_tests::{
+    Reflector, converges, create_configmaps, cut_off_recorded, delete_configmaps, follow, key_of,
+    listed_versions, on_each_server, own_env, private_env, shared_env, within,
+};
+use kache_watch::{Config, watcher};
+use kube_client::{
+    Api,
+    api::{ListParams, Patch, PatchParams},
+    core::{ApiResource, DynamicObject},
+};
+use serde_json::json;
+
+/// A fresh folder for one test's snapshots, removed on drop.
+struct Folder(PathBuf);
+
+impl Folder {
+    fn new(name: &str) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "kache-warm-{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn file(&self, ns: &str) -> SnapshotFile {
+        SnapshotFile::new(
+            self.0.join("configmaps.snapshot"),
+            WatchIdentity::of::<ConfigMap>(Some(ns), &Config::default()),
+        )
+        .schema("test-v1")
+    }
+}
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The first process: syncs a store from `api`, waits until it equals a fresh LIST, saves it
+/// to `file`, and stops (the watch task is aborted).
+async fn first_run(api: &Api<ConfigMap>, file: &SnapshotFile) -> usize {
+    let writer = Writer::<ConfigMap>::new();
+    let store = writer.as_reader();
+    let reflector = Reflector::start(api.clone(), Config::default(), writer);
+    within("the first sync", store.wait_until_ready())
+        .await
+        .unwrap();
+    converges(api, &store, &[]).await;
+    let saved = file.save(&store).expect("save");
+    drop(reflector);
+    saved.objects
+}
+
+/// Seeds `cm-0..cm-30` in `ns` and runs the first process: a folder holding its snapshot.
+async fn seeded_and_saved(api: &Api<ConfigMap>, ns: &str, name: &str) -> (Folder, SnapshotFile) {
+    create_configmaps(api, "cm", 30, &[]).await;
+    let folder = Folder::new(name);
+    let file = folder.file(ns);
+    assert_eq!(first_run(api, &file).await, 30);
+    (folder, file)
+}
+
+/// Creates 5, updates 5 and deletes 5 of `cm-0..cm-30`: the changes of a downtime.
+async fn change_while_down(api: &Api<ConfigMap>) {
+    create_configmaps(api, "new", 5, &[]).await;
+    let patch = Patch::Merge(json!({"data": {"changed": "while down"}}));
+    for i in 10..15 {
+        api.patch(&format!("cm-{i}"), &PatchParams::default(), &patch)
+            .await
+            .unwrap();
+    }
+    delete_configmaps(api, (20..25).map(|i| format!("cm-{i}"))).await;
+}
+
+on_each_server! {
+    /// The watcher alone: started from a version, it opens with the changes made since, as
+    /// `Apply` and `Delete`, with no initial list.
+    async fn a_watch_from_a_version_opens_with_the_changes_since(server: Server) {
+        let (_, _, api) = shared_env(server, "warm-watch").await;
+        create_configmaps(&api, "cm", 3, &[]).await;
+        let version = api.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+        create_configmaps(&api, "new", 1, &[]).await;
+        let patch = Patch::Merge(json!({"data": {"v": "2"}}));
+        api.patch("cm-1", &PatchParams::default(), &patch).await.unwrap();
+        delete_configmaps(&api, ["cm-2".to_owned()]).await;
+
+        let mut events = Box::pin(watcher(api, Config::default().resume_from(&version)));
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            let event = within("a replayed change", events.try_next()).await.unwrap().unwrap();
+            seen.push(match event {
+                Event::Apply(cm) => format!("Apply {}", key_of(&cm).rsplit('/').next().unwrap()),
+                Event::Delete(cm) => format!("Delete {}", key_of(&cm).rsplit('/').next().unwrap()),
+                other => panic!("no initial list after a start from a version, got {other:?}"),
+            });
+        }
+        assert_eq!(seen, ["Apply new-0", "Apply cm-1", "Delete cm-2"]);
+    }
+}
+
+on_each_server! {
+    /// The main case: the history is still on the server, so the restored store resumes with
+    /// one WATCH and never lists; store and subscriber end equal to a fresh LIST.
+    async fn a_restart_replays_the_changes_made_while_down_without_a_list(server: Server) {
+        let (env, ns, api) = shared_env(server, "warm-replay").await;
+        let (_folder, file) = seeded_and_saved(&api, &ns, "replay").await;
+        change_while_down(&api).await;
+
+        let mut writer = Writer::<ConfigMap>::new();
+        let restored = writer.restore(&file).expect("restore");
+        assert_eq!(restored.objects, 30);
+        let store = writer.as_reader();
+        assert!(store.is_ready(), "ready at once: a real past state");
+        assert!(store.health().replaying);
+        let view = follow(store.subscribe(), std::time::Duration::ZERO);
+
+        let (_proxy, log, watched) = cut_off_recorded(env, &ns).await;
+        let _reflector = Reflector::start(watched, restored.resume(Config::default()), writer);
+        let converged = converges(&api, &store, std::slice::from_ref(&view)).await;
+        assert_eq!(converged.objects, 30);
+        let kinds = log.kinds();
+        assert!(!kinds.is_empty() && kinds.iter().all(|k| *k == "WATCH"), "{kinds:?}");
+        let first = &log.requests()[0];
+        assert!(first.contains(&format!("resourceVersion={}", restored.resource_version)), "{first}");
+        assert!(view.deleted().iter().filter(|k| k.contains("/cm-2")).count() == 5, "{:?}", view.deleted());
+    }
+}
+
+on_each_server! {
+    /// The history is gone (etcd compacted, no watch cache): a 410, then the ordinary relist,
+    /// in which unchanged objects keep their restored copies.
+    async fn a_restart_after_compaction_relists_and_keeps_unchanged_copies(server: Server) {
+        let (env, ns, api) = private_env(server, "warm-gone").await;
+        let (_folder, file) = seeded_and_saved(&api, &ns, "gone").await;
+        change_while_down(&api).await;
+        env.compact_etcd().await.unwrap();
+
+        let mut writer = Writer::<ConfigMap>::new();
+        let restored = writer.restore(&file).expect("restore");
+        let store = writer.as_reader();
+        let unchanged = store.get(Some(&ns), "cm-0").unwrap();
+        let view = follow(store.subscribe(), std::time::Duration::ZERO);
+        let (_proxy, log, watched) = cut_off_recorded(&env, &ns).await;
+        let reflector = Reflector::start(watched, restored.resume(Config::default()), writer);
+        converges(&api, &store, std::slice::from_ref(&view)).await;
+        assert!(reflector.counters.gone.load(Ordering::Relaxed) >= 1);
+        let kinds = log.kinds();
+        assert_eq!(kinds[0], "WATCH", "{kinds:?}");
+        assert!(kinds.iter().any(|k| *k == "LIST" || *k == "STREAM"), "{kinds:?}");
+        assert!(
+            Arc::ptr_eq(&unchanged, &store.get(Some(&ns), "cm-0").unwrap()),
+            "an unchanged object keeps its restored copy through the relist"
+        );
+        assert!(!store.health().replaying, "the relist ends the replay");
+    }
+}
+
+on_each_server! {
+    /// The API server restarted while the process was down: the resumed watch replays or,
+    /// where the restarted server's cache lacks the history, relists; either way the store
+    /// ends equal to a fresh LIST.
+    async fn a_restart_against_a_restarted_server_converges(server: Server) {
+        let env = own_env(server).await;
+        let ns = env.create_namespace("warm-restarted").await.unwrap();
+        let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
+        let (_folder, file) = seeded_and_saved(&api, &ns, "restarted").await;
+        env.restart_apiserver().await.unwrap();
+        change_while_down(&api).await;
+
+        let mut writer = Writer::<ConfigMap>::new();
+        let restored = writer.restore(&file).expect("restore");
+        let store = writer.as_reader();
+        let view = follow(store.subscribe(), std::time::Duration::ZERO);
+        let _reflector = Reflector::start(api.clone(), restored.resume(Config::default()), writer);
+        converges(&api, &store, std::slice::from_ref(&view)).await;
+    }
+}
+
+on_each_server! {
+    /// Every kind of bad snapshot: the store stays empty, and a cold start syncs it.
+    async fn a_bad_snapshot_is_a_cold_start(server: Server) {
+        let (env, ns, api) = shared_env(server, "warm-bad").await;
+        create_configmaps(&api, "cm", 10, &[]).await;
+        let folder = Folder::new("bad");
+        let file = folder.file(&ns);
+        first_run(&api, &file).await;
+        let good = std::fs::read(file.path()).unwrap();
+        let mut corrupt = good.clone();
+        let middle = corrupt.len() / 2;
+        corrupt[middle] ^= 0x01;
+        let mut format = good.clone();
+        format[8] = 99;
+        let other_watch = SnapshotFile::new(
+            file.path(),
+            WatchIdentity::of::<ConfigMap>(Some(&ns), &Config::default().labels("app=x")),
+        )
+        .schema("test-v1");
+        let cases: Vec<(&str, Option<Vec<u8>>, SnapshotFile)> = vec![
+            ("missing", None, file.clone()),
+            ("truncated", Some(good[..good.len() - 10].to_vec()), file.clone()),
+            ("corrupt", Some(corrupt), file.clone()),
+            ("foreign", Some(b"apiVersion: v1\nkind: List\n".to_vec()), file.clone()),
+            ("format version", Some(format), file.clone()),
+            ("another watch", Some(good.clone()), other_watch),
+            ("another schema", Some(good.clone()), file.clone().schema("test-v2")),
+        ];
+        for (case, bytes, file) in cases {
+            match bytes {
+                Some(bytes) => std::fs::write(file.path(), bytes).unwrap(),
+                None => {
+                    let _ = std::fs::remove_file(file.path());
+                }
+            }
+            let mut writer = Writer::<ConfigMap>::new();
+            let err = writer.restore(&file).expect_err(case);
+            let kache_store::Error::SnapshotRejected { reason, .. } = &err else {
+                panic!("{case}: {err}");
+            };
+            let expected_kind = match case {
+                "missing" => matches!(reason, Rejected::Missing),
+                "truncated" => matches!(reason, Rejected::Truncated),
+                "corrupt" => matches!(reason, Rejected::Corrupt),
+                "foreign" => matches!(reason, Rejected::ForeignFormat),
+                "format version" => matches!(reason, Rejected::FormatVersion { found: 99 }),
+                "another watch" => matches!(reason, Rejected::Identity { .. }),
+                _ => matches!(reason, Rejected::Schema { .. }),
+            };
+            assert!(expected_kind, "{case}: {err}");
+            let store = writer.as_reader();
+            assert!(store.is_empty() && !store.is_ready(), "{case}");
+
+            let (_proxy, log, watched) = cut_off_recorded(env, &ns).await;
+            let _reflector = Reflector::start(watched, Config::default(), writer);
+            converges(&api, &store, &[]).await;
+            assert!(log.kinds().iter().any(|k| *k == "LIST" || *k == "STREAM"), "{case}: a cold start lists");
+        }
+    }
+}
+
+on_each_server! {
+    /// A snapshot saved while a relist was being built holds the generation readers saw, at
+    /// its version: resuming from it converges.
+    async fn a_snapshot_taken_during_a_relist_resumes_correctly(server: Server) {
+        let (_, ns, api) = shared_env(server, "warm-relist").await;
+        create_configmaps(&api, "cm", 30, &[]).await;
+        let folder = Folder::new("relist");
+        let file = folder.file(&ns);
+        // Events by hand from real LISTs, as a watcher would send them.
+        let mut writer = Writer::<ConfigMap>::new();
+        let first = api.list(&ListParams::default()).await.unwrap();
+        writer.apply(Event::Init);
+        for cm in first.items {
+            writer.apply(Event::InitApply(cm));
+        }
+        writer.apply(Event::InitDone);
+        writer.apply_progress(first.metadata.resource_version.as_deref().unwrap());
+        change_while_down(&api).await;
+        let second = api.list(&ListParams::default()).await.unwrap();
+        writer.apply(Event::Init);
+        for cm in second.items.into_iter().take(10) {
+            writer.apply(Event::InitApply(cm));
+        }
+        let saved = file.save(&writer.as_reader()).unwrap();
+        assert_eq!((saved.objects, saved.resource_version), (30, first.metadata.resource_version.unwrap()));
+        drop(writer);
+
+        let mut writer = Writer::<ConfigMap>::new();
+        let restored = writer.restore(&file).unwrap();
+        let store = writer.as_reader();
+        let _reflector = Reflector::start(api.clone(), restored.resume(Config::default()), writer);
+        converges(&api, &store, &[]).await;
+    }
+}
+
+on_each_server! {
+    /// A save killed between its write and its rename leaves its temporary file beside the
+    /// old snapshot: the old one is restored, and resuming from it converges.
+    async fn a_crash_between_write_and_rename_restores_the_old_snapshot(server: Server) {
+        let (_, ns, api) = shared_env(server, "warm-crash").await;
+        let (folder, file) = seeded_and_saved(&api, &ns, "crash").await;
+        let old = std::fs::read(file.path()).unwrap();
+        change_while_down(&api).await;
+        // The newer save, as far as it got: complete, under its temporary name.
+        let newer = folder.0.join("newer");
+        first_run(&api, &SnapshotFile::new(&newer, file.identity().clone()).schema("test-v1")).await;
+        std::fs::rename(&newer, folder.0.join(".configmaps.snapshot.tmp-1-0")).unwrap();
+        assert_eq!(std::fs::read(file.path()).unwrap(), old);
+
+        let mut writer = Writer::<ConfigMap>::new();
+        let restored = writer.restore(&file).unwrap();
+        assert_eq!(restored.objects, 30, "the old snapshot");
+        let store = writer.as_reader();
+        let _reflector = Reflector::start(api.clone(), restored.resume(Config::default()), writer);
+        converges(&api, &store, &[]).await;
+    }
+}
+
+/// `namespace/name` → resourceVersion of dynamic objects.
+fn dynamic_versions<'a>(
+    objects: impl IntoIterator<Item = &'a DynamicObject>,
+) -> BTreeMap<String, String> {
+    objects
+        .into_iter()
+        .map(|obj| {
+            let meta = &obj.metadata;
+            (
+                format!(
+                    "{}/{}",
+                    meta.namespace.as_deref().unwrap_or_default(),
+                    meta.name.as_deref().unwrap_or_default()
+                ),
+                meta.resource_version.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+on_each_server! {
+    /// Dynamic objects (`DynamicObject`, the type of CRDs known at run time) restart warm too.
+    async fn dynamic_objects_restart_warm(server: Server) {
+        let (env, ns, api) = shared_env(server, "warm-dynamic").await;
+        create_configmaps(&api, "cm", 30, &[]).await;
+        let resource = ApiResource::erase::<ConfigMap>(&());
+        let dynamic: Api<DynamicObject> = Api::namespaced_with(env.client(), &ns, &resource);
+        let folder = Folder::new("dynamic");
+        let file = SnapshotFile::new(
+            folder.0.join("widgets.snapshot"),
+            WatchIdentity::new::<DynamicObject>(&resource, Some(&ns), &Config::default()),
+        );
+
+        let writer = Writer::<DynamicObject>::new();
+        let store = writer.as_reader();
+        let first = AbortOnDrop(tokio::spawn(drive(watcher(dynamic.clone(), Config::default()), writer)));
+        within("the first sync", store.wait_until_ready()).await.unwrap();
+        kache_tests::eventually("the first store equals a LIST", || async {
+            dynamic_versions(store.state().iter().map(AsRef::as_ref)) == listed_versions(&api).await
+        })
+        .await;
+        file.save(&store).unwrap();
+        drop(first);
+        change_while_down(&api).await;
+
+        let mut writer = Writer::<DynamicObject>::new();
+        let restored = writer.restore(&file).unwrap();
+        let store = writer.as_reader();
+        let (proxy, log, _) = cut_off_recorded(env, &ns).await;
+        let mut config = env.config().clone();
+        config.cluster_url = proxy.url().parse().unwrap();
+        let watched: Api<DynamicObject> = Api::namespaced_with(log.client(&config), &ns, &resource);
+        let _second = AbortOnDrop(tokio::spawn(
+            drive(watcher(watched, restored.resume(Config::default())), writer),
+        ));
+        kache_tests::eventually("the restored store equals a LIST", || async {
+            dynamic_versions(store.state().iter().map(AsRef::as_ref)) == listed_versions(&api).await
+        })
+        .await;
+        let kinds = log.kinds();
+        assert!(kinds.iter().all(|k| *k == "WATCH"), "{kinds:?}");
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Applies a watch stream to a writer until the task running it is aborted.
+async fn drive<K, St>(events: St, writer: Writer<K>)
+where
+    St: futures::Stream<Item = Result<Event<K>, kache_watch::Error>> + Send,
+    K: kube_client::Resource + Send + Sync + 'static,
+{
+    events.reflect(writer).for_each(|_| async {}).await;
+}
+
+on_each_server! {
+    /// A snapshot whose version the server has not reached (taken against another cluster,
+    /// or before etcd was restored from a backup): the server answers the WATCH with silence,
+    /// and once that watch ends (a short server-side timeout here) with no event and no
+    /// bookmark, the watcher lists instead of waiting forever; the list's version replaces
+    /// the snapshot's.
+    async fn a_snapshot_ahead_of_the_server_falls_back_to_a_list(server: Server) {
+        let (env, ns, api) = shared_env(server, "warm-ahead").await;
+        create_configmaps(&api, "cm", 10, &[]).await;
+        let folder = Folder::new("ahead");
+        let file = folder.file(&ns);
+        let list = api.list(&ListParams::default()).await.unwrap();
+        let listed: u64 = list.metadata.resource_version.as_deref().unwrap().parse().unwrap();
+        let mut writer = Writer::<ConfigMap>::new();
+        writer.apply(Event::Init);
+        for cm in list.items {
+            writer.apply(Event::InitApply(cm));
+        }
+        writer.apply(Event::InitDone);
+        writer.apply_progress(&(listed + 1_000_000).to_string());
+        file.save(&writer.as_reader()).unwrap();
+        create_configmaps(&api, "new", 2, &[]).await;
+
+        let mut writer = Writer::<ConfigMap>::new();
+        let restored = writer.restore(&file).unwrap();
+        let store = writer.as_reader();
+        let (_proxy, log, watched) = cut_off_recorded(env, &ns).await;
+        let config = restored.resume(Config::default().timeout(3));
+        let _reflector = Reflector::start(watched, config, writer);
+        converges(&api, &store, &[]).await;
+        let kinds = log.kinds();
+        assert_eq!(kinds[0], "WATCH", "{kinds:?}");
+        assert!(kinds.iter().any(|k| *k == "LIST" || *k == "STREAM"), "{kinds:?}");
+        let version: u64 = store.resource_version().unwrap().parse().unwrap();
+        assert!(version < listed + 1_000_000, "the list's version replaced the snapshot's");
+    }
+}
