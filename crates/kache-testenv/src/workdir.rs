@@ -53,30 +53,13 @@ pub(crate) fn random_token() -> Result<String> {
     }))
 }
 
-/// The first port [`free_ports`] tries: below it are the well-known services of a machine.
-const FIRST_CHOSEN_PORT: u16 = 10_000;
-
-/// `N` distinct free loopback ports for the servers.
-///
-/// They are chosen at random below the kernel's ephemeral range
-/// (`net.ipv4.ip_local_port_range`) when there is room, because the kernel hands out ports
-/// of that range to every `bind(0)` and outgoing connection: a test's proxy or client could
-/// otherwise take a server's port in the moment a restarted server binds it again ("address
-/// already in use"). Another process could still bind a chosen port before the server does;
-/// envtest accepts the same small race, and the random choice keeps it rare. Without room
-/// below the range, the kernel picks (`bind(0)`).
+/// Three distinct free loopback ports. Another process could take one before the server
+/// binds it; envtest accepts the same small race.
 pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N]> {
-    let listeners = match ephemeral_range_start() {
-        Some(end) if end >= FIRST_CHOSEN_PORT + 1_000 => bind_below(end, N)?,
-        _ => None,
-    };
-    let listeners = match listeners {
-        Some(listeners) => listeners,
-        None => (0..N)
-            .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(setup_error("find a free loopback port"))?,
-    };
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(setup_error("find a free loopback port"))?;
     let mut ports = [0; N];
     for (port, listener) in ports.iter_mut().zip(&listeners) {
         *port = listener
@@ -85,46 +68,6 @@ pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N]> {
             .port();
     }
     Ok(ports)
-}
-
-/// `n` listeners on random free ports in `[FIRST_CHOSEN_PORT, end)`; `None` if that many
-/// tries found too few free ones. Holding each listener until all are found keeps them
-/// distinct.
-fn bind_below(end: u16, n: usize) -> Result<Option<Vec<TcpListener>>> {
-    let mut state = random_u64()?;
-    let span = u64::from(end - FIRST_CHOSEN_PORT);
-    let mut listeners = Vec::with_capacity(n);
-    for _ in 0..n * 100 {
-        if listeners.len() == n {
-            break;
-        }
-        // splitmix64: a well-spread sequence from one random seed.
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        // `z % span` is below `span`, itself below 2^16.
-        let port = FIRST_CHOSEN_PORT + u16::try_from(z % span).unwrap_or(0);
-        if let Ok(listener) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
-            listeners.push(listener);
-        }
-    }
-    Ok((listeners.len() == n).then_some(listeners))
-}
-
-/// The first port of the kernel's ephemeral range, where the system says.
-fn ephemeral_range_start() -> Option<u16> {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    range.split_whitespace().next()?.parse().ok()
-}
-
-fn random_u64() -> Result<u64> {
-    let mut bytes = [0_u8; 8];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(setup_error("read /dev/urandom"))?;
-    Ok(u64::from_le_bytes(bytes))
 }
 
 /// `TOKEN,user,uid[,"groups"]` lines for `--token-auth-file`.
@@ -204,25 +147,4 @@ current-context: {ADMIN_CONTEXT}
 "
     );
     std::fs::write(path, text).map_err(setup_error(format!("write {}", path.display())))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
-        let ports: [u16; 3] = free_ports().unwrap();
-        assert!(ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2]);
-        if let Some(start) = ephemeral_range_start().filter(|s| *s >= FIRST_CHOSEN_PORT + 1_000) {
-            assert!(
-                ports.iter().all(|p| (FIRST_CHOSEN_PORT..start).contains(p)),
-                "{ports:?} not in [{FIRST_CHOSEN_PORT}, {start})"
-            );
-        }
-        // Released again: a server can bind each.
-        for port in ports {
-            TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
-        }
-    }
 }
