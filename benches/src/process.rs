@@ -42,3 +42,56 @@ pub fn proc_status_bytes(field: &str) -> Result<u64, BoxError> {
     let kib: u64 = value.trim().trim_end_matches("kB").trim().parse()?;
     Ok(kib * 1024)
 }
+
+/// The report a benchmark's child process printed: its stdout line that begins with a
+/// prefix, made of `name=value` fields.
+#[derive(Debug)]
+pub struct ChildReport {
+    line: String,
+}
+
+impl ChildReport {
+    /// The line of `output` that begins with `prefix`, if the child (`what`, for the error)
+    /// succeeded.
+    ///
+    /// # Errors
+    /// When the child failed or printed no such line; the error carries its stderr.
+    pub fn from_output(
+        output: &std::process::Output,
+        prefix: &str,
+        what: &str,
+    ) -> Result<Self, BoxError> {
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .filter(|_| output.status.success())
+            .map(|line| Self {
+                line: line.to_owned(),
+            })
+            .ok_or_else(|| {
+                format!(
+                    "{what} failed ({}): {}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr)
+                )
+                .into()
+            })
+    }
+
+    /// The value of field `name`.
+    ///
+    /// # Errors
+    /// When the report has no such field or its value does not parse.
+    pub fn field<T>(&self, name: &str) -> Result<T, BoxError>
+    where
+        T: std::str::FromStr,
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
+        let value = self
+            .line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .ok_or_else(|| format!("no {name} in the child's report {:?}", self.line))?;
+        Ok(value.parse()?)
+    }
+}

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
-    BoxError, Table, bench_servers, config_map, env_usize, fmt_bytes, fmt_ns, percentile,
-    proc_status_bytes, ratio,
+    BoxError, ChildReport, Table, bench_servers, config_map, env_usize, fmt_bytes, fmt_ns,
+    percentile, proc_status_bytes, ratio,
 };
 use kache_store::ReflectExt;
 use kache_testenv::{Server, TestEnv};
@@ -317,29 +317,14 @@ async fn measure_memory(
         &n.to_string(),
     ]);
     let output = tokio::task::spawn_blocking(move || command.output()).await??;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let report = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix(CHILD_REPORT))
-        .filter(|_| output.status.success())
-        .ok_or_else(|| {
-            format!(
-                "child for {} failed ({}): {}",
-                variant.id(),
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })?;
-    let field = |name: &str| -> Result<i64, BoxError> {
-        let value = report
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .ok_or_else(|| format!("no {name} in the child's report {report:?}"))?;
-        Ok(value.parse()?)
-    };
+    let report = ChildReport::from_output(
+        &output,
+        CHILD_REPORT,
+        &format!("child for {}", variant.id()),
+    )?;
     Ok(Memory {
-        peak: field("peak")?,
-        synced: field("synced")?,
+        peak: report.field("peak")?,
+        synced: report.field("synced")?,
     })
 }
 

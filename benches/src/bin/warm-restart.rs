@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kache_benches::{
-    BoxError, Table, bench_servers, env_usize, fmt_bytes, fmt_ns, percentile, pod,
+    BoxError, ChildReport, Table, bench_servers, env_usize, fmt_bytes, fmt_ns, percentile, pod,
     proc_status_bytes, ratio,
 };
 use kache_store::{ReflectExt, SnapshotFile, Store, WatchIdentity, Writer};
@@ -354,31 +354,14 @@ fn run_child(
         .arg(snapshot)
         .arg(expected)
         .output()?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix(CHILD_REPORT))
-        .filter(|_| output.status.success())
-        .ok_or_else(|| {
-            format!(
-                "{mode} child failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })?;
+    let report = ChildReport::from_output(&output, CHILD_REPORT, &format!("{mode} child"))?;
     for phase in String::from_utf8_lossy(&output.stderr)
         .lines()
         .filter(|l| l.contains("restore done"))
     {
         eprintln!("  {phase}");
     }
-    let field = |name: &str| -> Result<u64, BoxError> {
-        Ok(line
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .ok_or_else(|| format!("no {name} in {line:?}"))?
-            .parse()?)
-    };
+    let field = |name: &str| report.field::<u64>(name);
     Ok(Report {
         time: Duration::from_nanos(field("nanos")?),
         bytes: field("bytes")?,
