@@ -31,8 +31,19 @@ test:
 # Package the library crates as crates.io would get them, and build each from its package alone.
 # Cargo packages workspace members as one set, so their dependencies on each other resolve
 # before any of them is on crates.io.
+# Cargo treats a registry package as immutable: it unpacks the packages it verifies against into
+# `$CARGO_HOME/registry/src/-<hash of the temporary registry's path>/`, never refreshes an
+# unpacked copy, and reuses a build of one whatever its sources. A second run from the same
+# checkout path would verify against the first run's kache-watch, so both go first: our crates'
+# unpacked copies, and the verification's own build folder (removed again at the end).
 package:
-    cargo package --allow-dirty -p kache-watch -p kache-store -p kache-testenv
+    #!/usr/bin/env bash
+    set -euo pipefail
+    rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/kache-{watch,store,testenv}-*
+    verify="${CARGO_TARGET_DIR:-target}/package-verify"
+    rm -rf "$verify"
+    cargo package --allow-dirty --target-dir "$verify" -p kache-watch -p kache-store -p kache-testenv
+    rm -rf "$verify"
 
 # End-to-end and fault tests against both local control planes (provisioned on first use):
 # kache-testenv's own tests once per server, kache-tests' suites on each server in one run.
