@@ -257,14 +257,7 @@ fn main() {
          subscribers drained by tasks on 2 tokio workers, buffer {BUFFER}); criterion medians\n"
     );
     println!("{}", table.render());
-    for function in FUNCTIONS {
-        if let (Some(one), Some(hundred)) = (per_event(function, 1), per_event(function, 100)) {
-            println!(
-                "{function}: 100 subscribers cost the writer {:.2}x one subscriber",
-                hundred / one
-            );
-        }
-    }
+    print_scaling("", per_event);
     print_busy(&busy);
     for line in resyncs {
         println!("{line}");
@@ -312,10 +305,15 @@ fn print_busy(busy: &[(&str, usize, f64)]) {
          excluded); means over the iterations\n"
     );
     println!("{}", table.render());
+    print_scaling(" in busy time", busy_of);
+}
+
+/// Prints, for each function, what 100 subscribers cost the writer against one, by `of`.
+fn print_scaling(what: &str, of: impl Fn(&str, usize) -> Option<f64>) {
     for function in FUNCTIONS {
-        if let (Some(one), Some(hundred)) = (busy_of(function, 1), busy_of(function, 100)) {
+        if let (Some(one), Some(hundred)) = (of(function, 1), of(function, 100)) {
             println!(
-                "{function}: 100 subscribers cost the writer {:.2}x one subscriber in busy time",
+                "{function}: 100 subscribers cost the writer {:.2}x one subscriber{what}",
                 hundred / one
             );
         }
