@@ -14,15 +14,22 @@
 //! - `kube-runtime`: its writer waits for the slowest subscriber; subscribers receive an
 //!   `ObjectRef` and look the object up in the store.
 //!
-//! After the runs, a table of medians and ratios is printed.
+//! Two figures per run: the writer's wall time (criterion's, from the first event to the end
+//! of the writer's stream, which for backpressure includes waiting for the slowest of the
+//! subscribers to make room) and its busy time (the time spent inside the writer stream's
+//! polls, i.e. applying and publishing, without the waits; a mean over the iterations).
+//!
+//! After the runs, tables of medians, means and ratios are printed.
 
 use std::convert::Infallible;
-use std::future::ready;
+use std::future::{poll_fn, ready};
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use futures::{StreamExt, stream};
+use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
     Table, config_map, criterion_dir, criterion_median, fmt_ns, kache_events, kube_runtime_events,
@@ -39,6 +46,9 @@ const BUFFER: usize = 1024;
 static RESYNCS: AtomicU64 = AtomicU64::new(0);
 /// Iterations of the current benchmark.
 static ITERATIONS: AtomicU64 = AtomicU64::new(0);
+/// The writer's busy time (nanoseconds inside its stream's polls), summed over the iterations
+/// of the current benchmark.
+static BUSY: AtomicU64 = AtomicU64::new(0);
 
 const FUNCTIONS: [&str; 3] = ["kache", "kache-backpressure", "kube-runtime"];
 
@@ -48,6 +58,31 @@ fn runtime() -> Runtime {
         .enable_all()
         .build()
         .expect("a tokio runtime")
+}
+
+/// Drives the writer's stream to its end, as `for_each` would (one poll runs until the stream
+/// is pending), adding the time spent inside its polls to `BUSY`.
+async fn drive<S: Stream>(writer: S) {
+    let mut writer = pin!(writer);
+    let mut busy = Duration::ZERO;
+    poll_fn(|cx| {
+        loop {
+            let start = Instant::now();
+            let polled = writer.as_mut().poll_next(cx);
+            busy += start.elapsed();
+            match polled {
+                Poll::Ready(Some(_)) => {}
+                Poll::Ready(None) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await;
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "nanoseconds of one run fit in u64"
+    )]
+    BUSY.fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
 }
 
 /// One iteration for kache: returns the writer's time.
@@ -82,10 +117,7 @@ fn kache_once(
             .collect();
         let timed = tokio::spawn(async move {
             let start = Instant::now();
-            stream::iter(events)
-                .reflect(writer)
-                .for_each(|_| ready(()))
-                .await;
+            drive(stream::iter(events).reflect(writer)).await;
             start.elapsed()
         });
         let elapsed = timed.await.expect("writer task");
@@ -127,9 +159,7 @@ fn kube_once(
             .collect();
         let timed = tokio::spawn(async move {
             let start = Instant::now();
-            reflector::reflector(writer, stream::iter(events))
-                .for_each(|_| ready(()))
-                .await;
+            drive(reflector::reflector(writer, stream::iter(events))).await;
             start.elapsed()
         });
         let elapsed = timed.await.expect("writer task");
@@ -150,6 +180,8 @@ fn main() {
     let after = world(OBJECTS, 1_000_000, config_map);
 
     let mut resyncs = Vec::new();
+    // Busy time per event, by (function, subscribers).
+    let mut busy = Vec::new();
     let mut group = c.benchmark_group("fanout");
     group
         .sample_size(10)
@@ -161,6 +193,7 @@ fn main() {
         for function in FUNCTIONS {
             RESYNCS.store(0, Ordering::Relaxed);
             ITERATIONS.store(0, Ordering::Relaxed);
+            BUSY.store(0, Ordering::Relaxed);
             group.bench_with_input(BenchmarkId::new(function, s), &s, |b, &s| {
                 b.iter_custom(|iters| {
                     ITERATIONS.fetch_add(iters, Ordering::Relaxed);
@@ -175,6 +208,7 @@ fn main() {
                         .sum()
                 });
             });
+            busy.push((function, s, busy_per_event()));
             if function.starts_with("kache") {
                 #[allow(clippy::cast_precision_loss, reason = "small counts")]
                 let per_run = RESYNCS.load(Ordering::Relaxed) as f64
@@ -223,15 +257,65 @@ fn main() {
          subscribers drained by tasks on 2 tokio workers, buffer {BUFFER}); criterion medians\n"
     );
     println!("{}", table.render());
+    print_scaling("", per_event);
+    print_busy(&busy);
+    for line in resyncs {
+        println!("{line}");
+    }
+}
+
+/// The writer's mean busy time per event over the iterations of the current benchmark.
+fn busy_per_event() -> f64 {
+    #[allow(clippy::cast_precision_loss, reason = "nanosecond sums fit in f64")]
+    let busy = BUSY.load(Ordering::Relaxed) as f64
+        / 1e9
+        / ITERATIONS.load(Ordering::Relaxed).max(1) as f64
+        / OBJECTS as f64;
+    busy
+}
+
+/// Prints the writer's busy time per event: `busy` holds (function, subscribers, seconds).
+fn print_busy(busy: &[(&str, usize, f64)]) {
+    let busy_of = |function: &str, s: usize| {
+        busy.iter()
+            .find(|(f, n, _)| *f == function && *n == s)
+            .map(|(_, _, secs)| *secs)
+    };
+    let mut table = Table::new(&[
+        "subscribers",
+        "kache (resync)",
+        "kache (backpressure)",
+        "kube-runtime",
+    ]);
+    for s in SUBSCRIBERS {
+        let cell = |function: &str| {
+            busy_of(function, s).map_or_else(String::new, |secs| {
+                format!("{} per event", fmt_ns(Duration::from_secs_f64(secs)))
+            })
+        };
+        table.row(vec![
+            s.to_string(),
+            cell("kache"),
+            cell("kache-backpressure"),
+            cell("kube-runtime"),
+        ]);
+    }
+    println!(
+        "\nfan-out: writer busy time per Apply event (inside the writer stream's polls, waits \
+         excluded); means over the iterations\n"
+    );
+    println!("{}", table.render());
+    print_scaling(" in busy time", busy_of);
+}
+
+/// Prints, for each function, what 100 subscribers cost the writer against one, by `of`.
+fn print_scaling(what: &str, of: impl Fn(&str, usize) -> Option<f64>) {
     for function in FUNCTIONS {
-        if let (Some(one), Some(hundred)) = (per_event(function, 1), per_event(function, 100)) {
+        if let (Some(one), Some(hundred)) = (of(function, 1), of(function, 100)) {
             println!(
-                "{function}: 100 subscribers cost the writer {:.2}x one subscriber",
+                "{function}: 100 subscribers cost the writer {:.2}x one subscriber{what}",
                 hundred / one
             );
         }
-    }
-    for line in resyncs {
-        println!("{line}");
     }
 }

@@ -7,6 +7,11 @@
 //! of the store and then skips every message numbered at or below it: a message numbered
 //! above it was sent after the snapshot, so the subscriber's receiver (created before the
 //! snapshot) holds it, unless it overflowed, in which case the subscriber resyncs.
+//!
+//! A resync may instead take the snapshot another subscriber of the same ring took shortly
+//! before (see `Receiver::join_snapshot`): its receiver is then moved back to the first
+//! message numbered above that snapshot, which the ring still holds (that is the condition for
+//! sharing it), and the same skipping rule applies from there.
 
 use std::fmt;
 use std::future::Future;
@@ -15,7 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
-use async_broadcast::{Receiver, RecvError};
 use futures::Stream;
 use kache_watch::Event;
 use kube_client::Resource;
@@ -23,7 +27,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::error::{Error, Result};
-use crate::fanout::{Batch, Msg, Payload};
+use crate::fanout::{Batch, Payload, Receiver, Recv};
 use crate::shared::Shared;
 use crate::version::ResourceVersion;
 use crate::wait::{Handover, Stats, Target};
@@ -73,10 +77,7 @@ pub enum Delivery {
 /// Created by [`Store::subscribe`](crate::Store::subscribe) or
 /// [`Writer::subscribe`](crate::Writer::subscribe). Dropping it frees its buffer at once.
 pub struct Subscriber<K> {
-    // Declared first so it is dropped before `_room` wakes the writer: by then the buffer
-    // it held has been released.
-    rx: Receiver<Msg<K>>,
-    _room: RoomGuard<K>,
+    rx: Receiver<K>,
     // `Arc`: a subscriber reads snapshots from the same state as every store handle.
     pub(crate) shared: Arc<Shared<K>>,
     delivery: Delivery,
@@ -96,21 +97,9 @@ pub struct Subscriber<K> {
 
 enum Phase<K> {
     NeedSnapshot,
-    Snapshot(std::vec::IntoIter<Arc<K>>),
+    /// A snapshot (possibly shared with other subscribers) and the index of its next object.
+    Snapshot(Arc<[Arc<K>]>, usize),
     Live,
-}
-
-/// Wakes a writer waiting on a backpressure subscriber when that subscriber goes away.
-struct RoomGuard<K> {
-    shared: Option<Arc<Shared<K>>>,
-}
-
-impl<K> Drop for RoomGuard<K> {
-    fn drop(&mut self) {
-        if let Some(shared) = &self.shared {
-            shared.hub.made_room();
-        }
-    }
 }
 
 impl<K> Subscriber<K> {
@@ -120,12 +109,8 @@ impl<K> Subscriber<K> {
             Delivery::Resync => shared.hub.resync_receiver(),
             Delivery::Backpressure => shared.hub.backpressure_receiver(),
         };
-        let room = RoomGuard {
-            shared: (delivery == Delivery::Backpressure).then(|| Arc::clone(&shared)),
-        };
         Self {
             rx,
-            _room: room,
             shared,
             delivery,
             phase: Phase::NeedSnapshot,
@@ -233,13 +218,6 @@ impl<K> Subscriber<K> {
         self.delivery
     }
 
-    fn received(&self) {
-        if self.delivery == Delivery::Backpressure {
-            // A slot may have been freed: let a waiting writer retry.
-            self.shared.hub.made_room();
-        }
-    }
-
     /// The next event of the relist batch being delivered, if any. Handing over the last one
     /// (or finding the batch empty) completes the change numbered `delivered_seq`.
     fn next_in_batch(&mut self) -> Option<Event<Arc<K>>> {
@@ -269,31 +247,41 @@ impl<K> Stream for Subscriber<K> {
         loop {
             match &mut this.phase {
                 Phase::NeedSnapshot => {
-                    // Objects and their sequence number are read under one lock.
-                    let snapshot = {
-                        let state = this.shared.state.read();
-                        state.ready.then(|| {
+                    // A snapshot another subscriber took moments ago, with the changes after
+                    // it replayed from the ring, or a fresh one: objects and their sequence
+                    // number read under one lock.
+                    let snapshot = this.rx.join_snapshot().or_else(|| {
+                        let (objects, seq) = {
+                            let state = this.shared.state.read();
+                            if !state.ready {
+                                return None;
+                            }
                             (
                                 state.objects.values().cloned().collect::<Vec<_>>(),
                                 state.seq,
                             )
-                        })
-                    };
+                        };
+                        // Made shareable after the lock is released.
+                        let objects: Arc<[_]> = objects.into();
+                        this.rx.share_snapshot(&objects, seq);
+                        Some((objects, seq))
+                    });
                     if let Some((objects, seq)) = snapshot {
                         this.snapshot_seq = seq;
                         this.batch = None;
-                        this.phase = Phase::Snapshot(objects.into_iter());
+                        this.phase = Phase::Snapshot(objects, 0);
                         return Poll::Ready(Some(Event::Init));
                     }
                     // Not ready: the writer sends a message when the store becomes ready.
-                    match ready!(Pin::new(&mut this.rx).poll_recv(cx)) {
-                        Some(_) => this.received(),
-                        None => return Poll::Ready(None),
+                    match ready!(this.rx.poll_recv(cx)) {
+                        Recv::Msg(_) | Recv::Overflowed(_) => {}
+                        Recv::Closed => return Poll::Ready(None),
                     }
                 }
-                Phase::Snapshot(objects) => {
-                    if let Some(obj) = objects.next() {
-                        return Poll::Ready(Some(Event::InitApply(obj)));
+                Phase::Snapshot(objects, next) => {
+                    if let Some(obj) = objects.get(*next) {
+                        *next += 1;
+                        return Poll::Ready(Some(Event::InitApply(Arc::clone(obj))));
                     }
                     this.phase = Phase::Live;
                     this.delivered_seq = this.snapshot_seq;
@@ -305,15 +293,14 @@ impl<K> Stream for Subscriber<K> {
                     if let Some(event) = this.next_in_batch() {
                         return Poll::Ready(Some(event));
                     }
-                    match ready!(Pin::new(&mut this.rx).poll_recv(cx)) {
-                        None | Some(Err(RecvError::Closed)) => return Poll::Ready(None),
-                        Some(Err(RecvError::Overflowed(missed))) => {
+                    match ready!(this.rx.poll_recv(cx)) {
+                        Recv::Closed => return Poll::Ready(None),
+                        Recv::Overflowed(missed) => {
                             this.stats.resyncs.fetch_add(1, Ordering::Relaxed);
                             debug!(missed, "subscriber fell behind; resyncing");
                             this.phase = Phase::NeedSnapshot;
                         }
-                        Some(Ok(msg)) => {
-                            this.received();
+                        Recv::Msg(msg) => {
                             if msg.seq <= this.snapshot_seq {
                                 continue;
                             }

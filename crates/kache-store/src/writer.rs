@@ -462,7 +462,7 @@ where
 
     /// Waits until every backpressure subscriber has taken the last change.
     pub(crate) fn poll_flush(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        self.publisher.poll_flush(&self.shared.hub, cx)
+        self.publisher.poll_flush(cx)
     }
 
     /// Applies `event`, queueing the change for backpressure subscribers; the caller flushes.

@@ -210,6 +210,168 @@ fn stalled_subscriber_does_not_block_writer_or_others_and_is_resynced() {
     assert_eq!(stalled.lag(), 0);
 }
 
+/// Takes up to `n` events without waiting.
+fn take(sub: &mut Subscriber<ConfigMap>, n: usize) -> Vec<String> {
+    std::iter::from_fn(|| sub.next().now_or_never().flatten())
+        .take(n)
+        .map(|event| show(&event))
+        .collect()
+}
+
+/// Two subscribers a full buffer behind (buffer 8); the first has started its resync, then
+/// `changes` more changes (to `b`) are made before the second resyncs. Returns what the
+/// second yields, split at its `InitDone`: its snapshot (sorted) and the live events after it.
+fn second_resync_after(changes: u64, first_done: bool) -> (Vec<String>, Vec<String>) {
+    let mut writer = Writer::new().with_buffer(8);
+    relist(&mut writer, [cm("a", 1), cm("b", 1)]);
+    let store = writer.as_reader();
+    let mut first = writer.subscribe();
+    let mut second = writer.subscribe();
+    drain(&mut first);
+    drain(&mut second);
+    for rv in 2..12 {
+        writer.apply(Event::Apply(cm("a", rv)));
+    }
+    assert_eq!(take(&mut first, 2)[0], "Init");
+    if first_done {
+        drain(&mut first);
+    }
+    for rv in 12..12 + changes {
+        writer.apply(Event::Apply(cm("b", rv)));
+    }
+    let events: Vec<_> = std::iter::from_fn(|| second.next().now_or_never().flatten()).collect();
+    drain(&mut first);
+    assert_eq!((first.resyncs(), second.resyncs()), (1, 1));
+    // Whichever snapshot it got, the second subscriber's replay is the store.
+    let mut replay = Replay::default();
+    for event in &events {
+        replay.apply(event);
+    }
+    assert_eq!(replay.versions(), crate::testing::stored_versions(&store));
+    let events: Vec<String> = events.iter().map(show).collect();
+    let done = events
+        .iter()
+        .position(|e| e == "InitDone")
+        .expect("a resync");
+    (snapshot(&events[..=done]), events[done + 1..].to_vec())
+}
+
+#[test]
+fn resync_soon_after_another_shares_its_snapshot_and_replays_the_changes_since() {
+    let (snapshot, live) = second_resync_after(3, false);
+    // The first subscriber's snapshot (b still at 1), then the three changes made since.
+    assert_eq!(snapshot, ["InitApply(a)@11", "InitApply(b)@1"]);
+    assert_eq!(live, ["Apply(b)@12", "Apply(b)@13", "Apply(b)@14"]);
+}
+
+#[test]
+fn resync_half_a_buffer_after_another_takes_a_fresh_snapshot() {
+    let (snapshot, live) = second_resync_after(5, false);
+    assert_eq!(snapshot, ["InitApply(a)@11", "InitApply(b)@16"]);
+    assert!(live.is_empty(), "{live:?}");
+}
+
+#[test]
+fn snapshot_no_subscriber_walks_any_more_is_not_shared() {
+    let (snapshot, live) = second_resync_after(1, true);
+    assert_eq!(snapshot, ["InitApply(a)@11", "InitApply(b)@12"]);
+    assert!(live.is_empty(), "{live:?}");
+}
+
+/// A flood on two threads: subscribers that start reading only once the writer is halfway
+/// through fall behind a small buffer, resync (sharing snapshots as they go), and their
+/// replay still ends equal to the store; prompt subscribers of both kinds see it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_subscribers_replay_equals_the_store_after_a_flood() {
+    const EVENTS: u64 = 4_000;
+    let mut writer = Writer::new().with_buffer(16);
+    relist(&mut writer, (0..50).map(|i| cm(&format!("o{i}"), 0)));
+    let store = writer.as_reader();
+    let (halfway_tx, halfway) = tokio::sync::watch::channel(false);
+    let mut late_handles = Vec::new();
+    let consumers: Vec<_> = (0..12)
+        .map(|i| {
+            let delivery = if i % 4 == 0 {
+                Delivery::Backpressure
+            } else {
+                Delivery::Resync
+            };
+            let late = i % 2 == 1;
+            let mut sub = writer.subscribe_with(delivery);
+            if late {
+                late_handles.push(sub.handle());
+            }
+            let mut halfway = halfway.clone();
+            tokio::spawn(async move {
+                let mut replay = Replay::default();
+                if late {
+                    // Its first snapshot, then a pause while the writer runs far ahead.
+                    while !sub.is_synced() {
+                        let event = sub.next().await.expect("the first snapshot");
+                        replay.apply(&event);
+                    }
+                    halfway
+                        .wait_for(|halfway| *halfway)
+                        .await
+                        .expect("the flood runs");
+                }
+                while let Some(event) = sub.next().await {
+                    replay.apply(&event);
+                }
+                (late, sub.resyncs(), replay.versions())
+            })
+        })
+        .collect();
+    // Every change after a relist in the middle: deletes, re-creates and updates of 50 keys.
+    let events = (1..=EVENTS).flat_map(|rv| {
+        let name = format!("o{}", rv % 50);
+        let event = if rv % 7 == 0 {
+            Event::Delete(cm(&name, rv))
+        } else {
+            Event::Apply(cm(&name, rv))
+        };
+        let relist = (rv == EVENTS / 2).then(move || {
+            std::iter::once(Event::Init)
+                .chain((0..25).map(move |i| Event::InitApply(cm(&format!("o{i}"), rv))))
+                .chain(std::iter::once(Event::InitDone))
+        });
+        std::iter::once(event).chain(relist.into_iter().flatten())
+    });
+    for handle in &late_handles {
+        tokio::time::timeout(std::time::Duration::from_secs(60), handle.synced())
+            .await
+            .expect("late subscribers take their first snapshot")
+            .expect("they are alive");
+    }
+    let mut applied = 0;
+    stream::iter(events.map(Ok::<_, ()>))
+        .reflect(writer)
+        .for_each(|_| {
+            applied += 1;
+            if applied == EVENTS / 2 {
+                halfway_tx.send_replace(true);
+            }
+            std::future::ready(())
+        })
+        .await;
+    let expected = crate::testing::stored_versions(&store);
+    for consumer in consumers {
+        let (late, resyncs, seen) =
+            tokio::time::timeout(std::time::Duration::from_secs(60), consumer)
+                .await
+                .expect("every subscriber stream ends once the writer is gone")
+                .expect("no consumer panicked");
+        assert_eq!(seen, expected, "late: {late}, resyncs: {resyncs}");
+        if late {
+            assert!(
+                resyncs >= 1,
+                "a late subscriber fell {} changes behind a buffer of 16",
+                EVENTS / 2
+            );
+        }
+    }
+}
+
 #[test]
 fn lag_counts_changes_not_yet_taken_in() {
     let mut writer = Writer::new();
