@@ -27,10 +27,11 @@ use std::convert::Infallible;
 use std::hint::black_box;
 use std::process::Command;
 
-use futures::{FutureExt, StreamExt, executor::block_on, stream};
+use futures::{FutureExt, Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
-    Rng, Table, config_map, kache_events, kube_runtime_events, namespace_of, world,
+    Rng, Table, config_map, kache_events, kache_reflect, kube_runtime_events, kube_runtime_reflect,
+    namespace_of, world,
 };
 use kache_store::ReflectExt;
 use kube_runtime::reflector::{self, ObjectRef};
@@ -177,13 +178,7 @@ fn kache_sync(objects: usize, run: bool) {
         return;
     }
     let (store, writer) = kache_store::store::<ConfigMap>();
-    let reflected = stream::iter(events.into_iter().map(Ok::<_, Infallible>))
-        .reflect(writer)
-        .for_each(|event| {
-            drop(black_box(event));
-            futures::future::ready(())
-        });
-    block_on(reflected);
+    kache_reflect(writer, events);
     std::mem::forget(store);
 }
 
@@ -194,15 +189,7 @@ fn kube_sync(objects: usize, run: bool) {
         return;
     }
     let (store, writer) = reflector::store::<ConfigMap>();
-    let reflected = reflector::reflector(
-        writer,
-        stream::iter(events.into_iter().map(Ok::<_, watcher::Error>)),
-    )
-    .for_each(|event| {
-        drop(black_box(event));
-        futures::future::ready(())
-    });
-    block_on(reflected);
+    kube_runtime_reflect(writer, events);
     std::mem::forget(store);
 }
 
@@ -228,9 +215,7 @@ fn kache_apply(objects: usize, run: bool, with_subscriber: bool) {
     let mut subscriber = with_subscriber.then(|| {
         let mut subscriber = store.subscribe();
         // Its first snapshot of the store, before the counted part.
-        while let Some(Some(event)) = subscriber.next().now_or_never() {
-            drop(black_box(event));
-        }
+        drain(&mut subscriber);
         subscriber
     });
     if !run {
@@ -238,14 +223,7 @@ fn kache_apply(objects: usize, run: bool, with_subscriber: bool) {
         return;
     }
     let mut reflected = stream::iter(events).reflect(writer);
-    while let Some(Some(event)) = reflected.next().now_or_never() {
-        drop(black_box(event));
-        if let Some(subscriber) = &mut subscriber {
-            while let Some(Some(event)) = subscriber.next().now_or_never() {
-                drop(black_box(event));
-            }
-        }
-    }
+    reflect_and_deliver(&mut reflected, subscriber.as_mut());
     std::mem::forget((store, reflected, subscriber));
 }
 
@@ -268,15 +246,29 @@ fn kube_apply(objects: usize, run: bool, with_subscriber: bool) {
         return;
     }
     let mut reflected = Box::pin(reflector::reflector(writer, stream::iter(events)));
+    reflect_and_deliver(&mut reflected, subscriber.as_mut());
+    std::mem::forget((store, reflected, subscriber));
+}
+
+/// Polls `reflected` one event at a time, draining `subscriber` (if any) after each.
+fn reflect_and_deliver<R, S>(reflected: &mut R, mut subscriber: Option<&mut S>)
+where
+    R: Stream + Unpin,
+    S: Stream + Unpin,
+{
     while let Some(Some(event)) = reflected.next().now_or_never() {
         drop(black_box(event));
-        if let Some(subscriber) = &mut subscriber {
-            while let Some(Some(event)) = subscriber.next().now_or_never() {
-                drop(black_box(event));
-            }
+        if let Some(subscriber) = subscriber.as_deref_mut() {
+            drain(subscriber);
         }
     }
-    std::mem::forget((store, reflected, subscriber));
+}
+
+/// Takes every event `stream` has ready.
+fn drain<S: Stream + Unpin>(stream: &mut S) {
+    while let Some(Some(event)) = stream.next().now_or_never() {
+        drop(black_box(event));
+    }
 }
 
 fn kache_get(objects: usize, run: bool) {
