@@ -97,3 +97,11 @@ bench-warm: control-plane
 # The soak test: minutes of churn with slow subscribers, then a convergence check.
 soak: control-plane
     cargo test --release -p kache-tests --test soak -- --ignored --nocapture
+
+# Counted with valgrind's cachegrind: repeatable whatever else the machine runs. The argument
+# sizes the store.
+
+# Instructions of sync, apply, get and one subscriber's delivery, kache beside kube-runtime.
+bench-instructions objects="10000":
+    cargo build --profile bench -p kache-benches --bin reflect-instructions
+    "${CARGO_TARGET_DIR:-target}/release/reflect-instructions" {{objects}}

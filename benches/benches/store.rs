@@ -15,20 +15,16 @@
 //!
 //! After the runs, a table of medians and `kache / kube-runtime` ratios is printed.
 
-use std::convert::Infallible;
-use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput};
-use futures::executor::block_on;
-use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
     Kind, Rng, Table, app_of, config_map, config_map_managed, criterion_dir, criterion_median,
-    fmt_ns, kache_events, kube_runtime_events, namespace_of, pod, ratio, world,
+    fmt_ns, kache_events, kache_reflect, kube_runtime_events, kube_runtime_reflect, namespace_of,
+    pod, ratio, world,
 };
-use kache_store::ReflectExt;
 use kube_client::{Resource, ResourceExt as _};
 use kube_runtime::reflector::{self, ObjectRef};
 use kube_runtime::watcher;
@@ -93,13 +89,7 @@ where
                 || kache_events(objects.iter().cloned()),
                 |events| {
                     let (store, writer) = kache_store::store::<K>();
-                    let reflected = stream::iter(events.into_iter().map(Ok::<_, Infallible>))
-                        .reflect(writer)
-                        .for_each(|event| {
-                            drop(black_box(event));
-                            futures::future::ready(())
-                        });
-                    block_on(reflected);
+                    kache_reflect(writer, events);
                     store
                 },
                 BatchSize::PerIteration,
@@ -110,15 +100,7 @@ where
                 || kube_runtime_events(objects.iter().cloned()),
                 |events| {
                     let (store, writer) = reflector::store::<K>();
-                    let reflected = reflector::reflector(
-                        writer,
-                        stream::iter(events.into_iter().map(Ok::<_, watcher::Error>)),
-                    )
-                    .for_each(|event| {
-                        drop(black_box(event));
-                        futures::future::ready(())
-                    });
-                    block_on(reflected);
+                    kube_runtime_reflect(writer, events);
                     store
                 },
                 BatchSize::PerIteration,
@@ -162,13 +144,7 @@ fn apply(c: &mut Criterion, rows: &mut Vec<Row>) {
                     (store, writer, events)
                 },
                 |(store, writer, events)| {
-                    let reflected = stream::iter(events.into_iter().map(Ok::<_, Infallible>))
-                        .reflect(writer)
-                        .for_each(|event| {
-                            drop(black_box(event));
-                            futures::future::ready(())
-                        });
-                    block_on(reflected);
+                    kache_reflect(writer, events);
                     store
                 },
                 BatchSize::PerIteration,
@@ -185,15 +161,7 @@ fn apply(c: &mut Criterion, rows: &mut Vec<Row>) {
                     (store, writer, events)
                 },
                 |(store, writer, events)| {
-                    let reflected = reflector::reflector(
-                        writer,
-                        stream::iter(events.into_iter().map(Ok::<_, watcher::Error>)),
-                    )
-                    .for_each(|event| {
-                        drop(black_box(event));
-                        futures::future::ready(())
-                    });
-                    block_on(reflected);
+                    kube_runtime_reflect(writer, events);
                     store
                 },
                 BatchSize::PerIteration,

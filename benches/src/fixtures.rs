@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use futures::StreamExt;
+
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ContainerPort, ContainerStatus, EnvVar, Pod, PodCondition, PodSpec,
     PodStatus, ResourceRequirements, Volume, VolumeMount,
@@ -314,4 +316,40 @@ pub fn kube_runtime_events<K>(
     events.extend(objects.into_iter().map(Event::InitApply));
     events.push(Event::InitDone);
     events
+}
+
+/// Feeds `events` through kache's `reflect` stream into `writer` and drops each event it
+/// yields, as a consumer of the stream would.
+pub fn kache_reflect<K>(writer: kache_store::Writer<K>, events: Vec<kache_watch::Event<K>>)
+where
+    K: kube_client::Resource + Send + Sync + 'static,
+{
+    use kache_store::ReflectExt;
+    let events = events.into_iter().map(Ok::<_, std::convert::Infallible>);
+    let reflected = futures::stream::iter(events)
+        .reflect(writer)
+        .for_each(|event| {
+            drop(std::hint::black_box(event));
+            futures::future::ready(())
+        });
+    futures::executor::block_on(reflected);
+}
+
+/// The same through kube-runtime's `reflector` stream.
+pub fn kube_runtime_reflect<K>(
+    writer: kube_runtime::reflector::store::Writer<K>,
+    events: Vec<kube_runtime::watcher::Event<K>>,
+) where
+    K: kube_runtime::reflector::Lookup + Clone,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let events = events
+        .into_iter()
+        .map(Ok::<_, kube_runtime::watcher::Error>);
+    let reflected = kube_runtime::reflector::reflector(writer, futures::stream::iter(events))
+        .for_each(|event| {
+            drop(std::hint::black_box(event));
+            futures::future::ready(())
+        });
+    futures::executor::block_on(reflected);
 }

@@ -11,8 +11,8 @@ mod report;
 mod stats;
 
 pub use fixtures::{
-    APPS, Kind, NAMESPACES, app_of, config_map, config_map_managed, kache_events,
-    kube_runtime_events, namespace_of, pod, world,
+    APPS, Kind, NAMESPACES, app_of, config_map, config_map_managed, kache_events, kache_reflect,
+    kube_runtime_events, kube_runtime_reflect, namespace_of, pod, world,
 };
 pub use process::{BoxError, ChildReport, bench_servers, env_usize, proc_status_bytes};
 pub use report::{criterion_dir, criterion_median};

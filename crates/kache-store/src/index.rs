@@ -49,6 +49,21 @@ impl<V: Hash + Eq + Borrow<str>> Postings<V> {
         self.map.entry(value).or_default().insert(key.clone());
     }
 
+    /// Like `insert`, but allocates the value only the first time it is seen.
+    fn insert_borrowed(&mut self, value: &str, key: &ObjectKey)
+    where
+        V: for<'a> From<&'a str>,
+    {
+        if let Some(keys) = self.map.get_mut(value) {
+            keys.insert(key.clone());
+        } else {
+            self.map
+                .entry(V::from(value))
+                .or_default()
+                .insert(key.clone());
+        }
+    }
+
     fn remove(&mut self, value: &str, key: &ObjectKey) {
         if let Some(keys) = self.map.get_mut(value) {
             keys.remove(key);
@@ -165,7 +180,7 @@ pub(crate) fn build_postings<K>(f: &IndexFn<K>, objects: &ObjectMap<K>) -> Posti
 #[derive(Default)]
 #[cfg_attr(test, derive(Debug, PartialEq))]
 pub(crate) struct Indexes {
-    by_namespace: Postings<Arc<str>>,
+    by_namespace: Postings<Box<str>>,
     /// Same order as the writer's `IndexFns`; few enough that a linear name search wins.
     custom: Vec<(String, Postings<String>)>,
 }
@@ -173,8 +188,8 @@ pub(crate) struct Indexes {
 impl Indexes {
     /// Records a new key in the namespace index (a key never changes namespace).
     pub(crate) fn insert_namespace(&mut self, key: &ObjectKey) {
-        if let Some(ns) = key.namespace_arc() {
-            self.by_namespace.insert(Arc::clone(ns), key);
+        if let Some(ns) = key.namespace() {
+            self.by_namespace.insert_borrowed(ns, key);
         }
     }
 

@@ -84,6 +84,10 @@ struct Relist<K> {
     objects: ObjectMap<K>,
     /// Where the generation will have reached once visible.
     version: Reached,
+    /// Whether the visible generation is known to hold no object: then no listed object can
+    /// be an unchanged stored one, and an `InitApply` skips the lock and the lookup (the
+    /// whole of an initial sync). Cleared by any change to the visible generation.
+    visible_empty: bool,
 }
 
 impl<K> Default for Relist<K> {
@@ -91,6 +95,7 @@ impl<K> Default for Relist<K> {
         Self {
             objects: ObjectMap::default(),
             version: Reached::Nothing,
+            visible_empty: false,
         }
     }
 }
@@ -526,13 +531,12 @@ where
     }
 
     fn start_relist(&mut self) {
+        let visible = self.shared.state.read().objects.len();
         // Sized like the current generation: a relist usually lists about as many.
         let relist = Relist {
-            objects: ObjectMap::with_capacity_and_hasher(
-                self.shared.state.read().objects.len(),
-                RandomState::default(),
-            ),
+            objects: ObjectMap::with_capacity_and_hasher(visible, RandomState::default()),
             version: Reached::Nothing,
+            visible_empty: visible == 0,
         };
         if let Some(unfinished) = self.relist.replace(relist) {
             debug!(
@@ -587,6 +591,7 @@ where
             // (an older listed copy comes back, an object created since disappears), with no
             // event to tell subscribers. The same `Arc`, so the relist diff sees no change.
             relist.objects.insert(key.clone(), Arc::clone(&new));
+            relist.visible_empty = false;
             // Readers still see the generation from before the relist began, which this
             // version does not describe: it counts once the new generation is visible.
             relist.version.advance(version_of(new.as_ref()));
@@ -653,14 +658,17 @@ where
             Relist::default()
         });
         relist.version.advance(version_of(&obj));
-        let existing = self
-            .shared
-            .state
-            .read()
-            .objects
-            .get(&key)
-            .filter(|stored| same_version(stored.as_ref(), &obj))
-            .cloned();
+        let existing = if relist.visible_empty {
+            None
+        } else {
+            self.shared
+                .state
+                .read()
+                .objects
+                .get(&key)
+                .filter(|stored| same_version(stored.as_ref(), &obj))
+                .cloned()
+        };
         // Reuse the stored `Arc` for an unchanged object: the relist then costs no new copy,
         // and pointer equality tells the relist diff that nothing changed.
         let obj = existing.unwrap_or_else(|| Arc::new(obj));
@@ -680,6 +688,7 @@ where
         let Some(Relist {
             mut objects,
             version,
+            ..
         }) = self.relist.take()
         else {
             unreachable!("a relist is in progress: its indexes were just built");
@@ -766,6 +775,7 @@ where
                 RandomState::default(),
             ),
             version: Reached::Nothing,
+            visible_empty: false,
         };
         for obj in objects {
             relist
@@ -918,6 +928,9 @@ where
                 .collect();
             (put_changes, delete_changes)
         };
+        if let Some(relist) = &mut self.relist {
+            relist.visible_empty = false;
+        }
         let mut put_changes = put_changes.into_iter();
         let mut delete_changes = delete_changes.into_iter();
         let mut events = Vec::with_capacity(puts.len() + deletes.len());
