@@ -63,6 +63,7 @@ mod activity;
 mod backoff;
 mod class;
 mod config;
+mod decode;
 mod error;
 mod event;
 mod ext;
