@@ -1,7 +1,12 @@
 //! What the end-to-end benchmark binaries share: their settings from the environment, the
 //! servers to run against, and the memory of their own process.
 
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kache_testenv::Server;
+use kube_client::{Api, api::PostParams};
+
+use crate::config_map;
 
 /// A boxed error, enough for a benchmark binary.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -27,6 +32,31 @@ pub fn bench_servers() -> Result<Vec<Server>, BoxError> {
             .collect(),
         _ => Ok(Server::ALL.to_vec()),
     }
+}
+
+/// Creates `n` of the benches' `ConfigMap`s ([`config_map`]) in `namespace`, 32 creates in
+/// flight. The server records one `managedFields` entry for each.
+///
+/// # Errors
+/// When a create fails.
+pub async fn seed_config_maps(
+    api: &Api<ConfigMap>,
+    namespace: &str,
+    n: usize,
+) -> Result<(), BoxError> {
+    stream::iter(0..n)
+        .map(|i| {
+            let mut cm = config_map(i, 0);
+            cm.metadata.namespace = Some(namespace.to_owned());
+            cm.metadata.resource_version = None;
+            cm.metadata.uid = None;
+            cm.metadata.creation_timestamp = None;
+            async move { api.create(&PostParams::default(), &cm).await }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
 }
 
 /// A field of `/proc/self/status` given in kB, such as `VmHWM` (peak RSS) or `VmRSS`, in bytes.

@@ -25,16 +25,16 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
-    BoxError, ChildReport, Table, bench_servers, config_map, env_usize, fmt_bytes,
-    proc_status_bytes, ratio,
+    BoxError, ChildReport, Table, bench_servers, env_usize, fmt_bytes, proc_status_bytes, ratio,
+    seed_config_maps,
 };
 use kache_store::ReflectExt;
 use kache_testenv::{Server, TestEnv};
 use kache_watch::InitialListStrategy;
-use kube_client::api::{ListParams, PostParams};
+use kube_client::api::ListParams;
 use kube_client::config::{KubeConfigOptions, Kubeconfig};
 use kube_client::{Api, Client};
 use tokio::task::JoinHandle;
@@ -241,36 +241,27 @@ async fn child(args: &[String]) -> Result<(), BoxError> {
     let api: Api<ConfigMap> = Api::namespaced(Client::try_from(config)?, namespace);
     // Opens the connection first: every variant would pay for it alike.
     api.list(&ListParams::default().limit(1)).await?;
-    let report = if kind == Kind::Heap.id() {
-        // Counts only what is allocated from here on: the sync's own heap.
-        let profiler = dhat::Profiler::builder().testing().build();
-        let before = heap_now();
-        let synced = tokio::time::timeout(SYNC_BOUND, sync(variant, &api)).await??;
+    // Counts only what is allocated from here on: the sync's own heap.
+    let profiler = (kind == Kind::Heap.id()).then(|| dhat::Profiler::builder().testing().build());
+    let before = profiler.as_ref().map(|_| heap_now());
+    let synced = tokio::time::timeout(SYNC_BOUND, sync(variant, &api)).await??;
+    let report = if let Some(before) = before {
         let stats = dhat::HeapStats::get();
         let held = stats.curr_bytes as u64 - before;
         let peak = stats.max_bytes as u64 - before;
-        if synced.len() != n {
-            return Err(
-                format!("{} synced {} objects, not {n}", variant.id(), synced.len()).into(),
-            );
-        }
-        synced.close().await;
-        drop(profiler);
         format!("held={held} peak={peak}")
     } else {
-        let synced = tokio::time::timeout(SYNC_BOUND, sync(variant, &api)).await??;
-        // Let the runtime settle (the last page's buffers are freed as tasks finish).
+        // Lets the runtime settle (the last page's buffers are freed as tasks finish).
         tokio::time::sleep(Duration::from_millis(200)).await;
         let rss = proc_status_bytes("VmRSS")?;
         let hwm = proc_status_bytes("VmHWM")?;
-        if synced.len() != n {
-            return Err(
-                format!("{} synced {} objects, not {n}", variant.id(), synced.len()).into(),
-            );
-        }
-        synced.close().await;
         format!("held={rss} peak={hwm}")
     };
+    if synced.len() != n {
+        return Err(format!("{} synced {} objects, not {n}", variant.id(), synced.len()).into());
+    }
+    synced.close().await;
+    drop(profiler);
     println!("{CHILD_REPORT} {report}");
     Ok(())
 }
@@ -308,22 +299,6 @@ async fn measure(
     })
 }
 
-async fn seed(api: &Api<ConfigMap>, namespace: &str, n: usize) -> Result<(), BoxError> {
-    stream::iter(0..n)
-        .map(|i| {
-            let mut cm = config_map(i, 0);
-            cm.metadata.namespace = Some(namespace.to_owned());
-            cm.metadata.resource_version = None;
-            cm.metadata.uid = None;
-            cm.metadata.creation_timestamp = None;
-            async move { api.create(&PostParams::default(), &cm).await }
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await?;
-    Ok(())
-}
-
 fn median(mut values: Vec<u64>) -> u64 {
     values.sort_unstable();
     values[values.len() / 2]
@@ -342,7 +317,7 @@ async fn bench_server(server: Server, n: usize, runs: usize) -> Result<String, B
     let env = TestEnv::builder().server(server).start().await?;
     let namespace = env.create_namespace("bench-memory").await?;
     let api: Api<ConfigMap> = Api::namespaced(env.client(), &namespace);
-    seed(&api, &namespace, n).await?;
+    seed_config_maps(&api, &namespace, n).await?;
     eprintln!("[{server}] seeded {n} ConfigMaps");
     let variants: Vec<Variant> = Variant::ALL
         .into_iter()
