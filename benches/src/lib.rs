@@ -15,7 +15,8 @@ pub use fixtures::{
     kube_runtime_events, namespace_of, pod, world,
 };
 pub use process::{
-    BoxError, ChildReport, bench_servers, env_usize, proc_status_bytes, seed_config_maps,
+    BoxError, ChildReport, bench_servers, connected_api, env_usize, proc_status_bytes,
+    seed_config_maps,
 };
 pub use report::{criterion_dir, criterion_median};
 pub use stats::{Rng, Table, fmt_bytes, fmt_ns, percentile, ratio};

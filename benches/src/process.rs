@@ -1,10 +1,16 @@
 //! What the end-to-end benchmark binaries share: their settings from the environment, the
 //! servers to run against, and the memory of their own process.
 
+use std::path::Path;
+
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_testenv::Server;
-use kube_client::{Api, api::PostParams};
+use kube_client::{
+    Api, Client,
+    api::{ListParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
 
 use crate::config_map;
 
@@ -32,6 +38,23 @@ pub fn bench_servers() -> Result<Vec<Server>, BoxError> {
             .collect(),
         _ => Ok(Server::ALL.to_vec()),
     }
+}
+
+/// The `ConfigMap`s of `namespace` on the cluster of `kubeconfig`, for a benchmark's child
+/// process, with its connection already open: one small LIST first, so that the connection
+/// (TLS session, buffers, resolver threads) is not part of what the child measures.
+///
+/// # Errors
+/// When the kubeconfig cannot be read or the LIST fails.
+pub async fn connected_api(kubeconfig: &Path, namespace: &str) -> Result<Api<ConfigMap>, BoxError> {
+    let config = kube_client::Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(kubeconfig)?,
+        &KubeConfigOptions::default(),
+    )
+    .await?;
+    let api = Api::namespaced(Client::try_from(config)?, namespace);
+    api.list(&ListParams::default().limit(1)).await?;
+    Ok(api)
 }
 
 /// Creates `n` of the benches' `ConfigMap`s ([`config_map`]) in `namespace`, 32 creates in

@@ -28,15 +28,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
-    BoxError, ChildReport, Table, bench_servers, env_usize, fmt_bytes, proc_status_bytes, ratio,
-    seed_config_maps,
+    BoxError, ChildReport, Table, bench_servers, connected_api, env_usize, fmt_bytes,
+    proc_status_bytes, ratio, seed_config_maps,
 };
 use kache_store::ReflectExt;
 use kache_testenv::{Server, TestEnv};
 use kache_watch::InitialListStrategy;
-use kube_client::api::ListParams;
-use kube_client::config::{KubeConfigOptions, Kubeconfig};
-use kube_client::{Api, Client};
+use kube_client::Api;
 use tokio::task::JoinHandle;
 
 #[global_allocator]
@@ -233,14 +231,7 @@ async fn child(args: &[String]) -> Result<(), BoxError> {
     };
     let variant = Variant::from_id(variant).ok_or_else(|| format!("unknown variant {variant}"))?;
     let n: usize = n.parse()?;
-    let config = kube_client::Config::from_custom_kubeconfig(
-        Kubeconfig::read_from(Path::new(kubeconfig))?,
-        &KubeConfigOptions::default(),
-    )
-    .await?;
-    let api: Api<ConfigMap> = Api::namespaced(Client::try_from(config)?, namespace);
-    // Opens the connection first: every variant would pay for it alike.
-    api.list(&ListParams::default().limit(1)).await?;
+    let api = connected_api(Path::new(kubeconfig), namespace).await?;
     // Counts only what is allocated from here on: the sync's own heap.
     let profiler = (kind == Kind::Heap.id()).then(|| dhat::Profiler::builder().testing().build());
     let before = profiler.as_ref().map(|_| heap_now());
