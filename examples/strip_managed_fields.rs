@@ -1,5 +1,7 @@
-//! Drop `metadata.managedFields` (often the largest part of an object) before objects are
-//! stored, with the writer's transform.
+//! `metadata.managedFields` (often the largest part of an object) is left out by the watcher
+//! by default, skipped while decoding; `Config::keep_managed_fields()` keeps it for a
+//! controller that reads it. A writer's transform can drop other fields the same way, after
+//! decoding.
 //!
 //! `cargo run -p kache-examples --example strip_managed_fields`
 
@@ -39,23 +41,30 @@ async fn main() -> Result<(), BoxError> {
         created.managed_fields().len()
     );
 
-    // The transform runs on every object before it is stored and passed downstream.
-    let writer = Writer::new().with_transform(|cm: &mut ConfigMap| cm.managed_fields_mut().clear());
-    let store = writer.as_reader();
-    let events = watcher(api, Config::default())
-        .default_backoff()
-        .reflect(writer);
-    let reflector = tokio::spawn(events.for_each(|_| async {}));
-    store.wait_until_ready().await?;
+    for config in [Config::default(), Config::default().keep_managed_fields()] {
+        // The transform runs on every object before it is stored and passed downstream.
+        let writer = Writer::new().with_transform(|cm: &mut ConfigMap| {
+            cm.annotations_mut()
+                .remove("kubectl.kubernetes.io/last-applied-configuration");
+        });
+        let store = writer.as_reader();
+        let kept = config.keep_managed_fields;
+        let events = watcher(api.clone(), config)
+            .default_backoff()
+            .reflect(writer);
+        let reflector = tokio::spawn(events.for_each(|_| async {}));
+        store.wait_until_ready().await?;
 
-    let cached = store
-        .get(Some(&ns), "settings")
-        .ok_or("settings is missing")?;
-    println!(
-        "the cached copy has {} managedFields entries",
-        cached.managed_fields().len()
-    );
-    assert!(!created.managed_fields().is_empty() && cached.managed_fields().is_empty());
-    reflector.abort(); // stop watching before the control plane goes away
+        let cached = store
+            .get(Some(&ns), "settings")
+            .ok_or("settings is missing")?;
+        println!(
+            "keep_managed_fields {kept}: the cached copy has {} managedFields entries",
+            cached.managed_fields().len()
+        );
+        assert_eq!(cached.managed_fields().is_empty(), !kept);
+        reflector.abort(); // stop watching before the control plane goes away
+    }
+    assert!(!created.managed_fields().is_empty());
     Ok(())
 }

@@ -1,7 +1,18 @@
 //! What the end-to-end benchmark binaries share: their settings from the environment, the
 //! servers to run against, and the memory of their own process.
 
+use std::path::Path;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kache_testenv::Server;
+use kube_client::{
+    Api, Client,
+    api::{ListParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+use crate::config_map;
 
 /// A boxed error, enough for a benchmark binary.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -27,6 +38,48 @@ pub fn bench_servers() -> Result<Vec<Server>, BoxError> {
             .collect(),
         _ => Ok(Server::ALL.to_vec()),
     }
+}
+
+/// The `ConfigMap`s of `namespace` on the cluster of `kubeconfig`, for a benchmark's child
+/// process, with its connection already open: one small LIST first, so that the connection
+/// (TLS session, buffers, resolver threads) is not part of what the child measures.
+///
+/// # Errors
+/// When the kubeconfig cannot be read or the LIST fails.
+pub async fn connected_api(kubeconfig: &Path, namespace: &str) -> Result<Api<ConfigMap>, BoxError> {
+    let config = kube_client::Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(kubeconfig)?,
+        &KubeConfigOptions::default(),
+    )
+    .await?;
+    let api = Api::namespaced(Client::try_from(config)?, namespace);
+    api.list(&ListParams::default().limit(1)).await?;
+    Ok(api)
+}
+
+/// Creates `n` of the benches' `ConfigMap`s ([`config_map`]) in `namespace`, 32 creates in
+/// flight. The server records one `managedFields` entry for each.
+///
+/// # Errors
+/// When a create fails.
+pub async fn seed_config_maps(
+    api: &Api<ConfigMap>,
+    namespace: &str,
+    n: usize,
+) -> Result<(), BoxError> {
+    stream::iter(0..n)
+        .map(|i| {
+            let mut cm = config_map(i, 0);
+            cm.metadata.namespace = Some(namespace.to_owned());
+            cm.metadata.resource_version = None;
+            cm.metadata.uid = None;
+            cm.metadata.creation_timestamp = None;
+            async move { api.create(&PostParams::default(), &cm).await }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
 }
 
 /// A field of `/proc/self/status` given in kB, such as `VmHWM` (peak RSS) or `VmRSS`, in bytes.

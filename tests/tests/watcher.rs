@@ -584,3 +584,57 @@ on_each_server! {
         assert_eq!(kinds.iter().filter(|k| **k == "STREAM").count(), 2, "{kinds:?}");
     }
 }
+
+/// Whether every object of an initial sync, then one live `Apply`, carried managed fields.
+async fn managed_fields_seen(api: &Api<ConfigMap>, config: Config, live: &str) -> Vec<bool> {
+    let mut events = watch(api.clone(), config);
+    loop {
+        match next(&mut events).await {
+            Ok(Event::Init) => break,
+            Ok(other) => panic!("expected Init, got {other:?}"),
+            Err(_) => {}
+        }
+    }
+    let mut seen = Vec::new();
+    loop {
+        match next(&mut events)
+            .await
+            .expect("no error during a healthy list")
+        {
+            Event::InitApply(cm) => seen.push(cm.metadata.managed_fields.is_some()),
+            Event::InitDone => break,
+            other => panic!("unexpected {other:?} during the initial sync"),
+        }
+    }
+    create_configmaps(api, live, 1, &[]).await;
+    match next(&mut events).await.expect("no error while watching") {
+        Event::Apply(cm) => seen.push(cm.metadata.managed_fields.is_some()),
+        other => panic!("expected the live Apply, got {other:?}"),
+    }
+    seen
+}
+
+on_each_server! {
+    async fn managed_fields_are_dropped_by_default_and_kept_on_request(server: Server) {
+        let (_, _, api) = shared_env(server, "watch-managed").await;
+        create_configmaps(&api, "cm", 3, &[]).await;
+        // The server records them (so that their absence below is the watcher's doing).
+        let stored = api.get("cm-0").await.unwrap();
+        assert!(stored.metadata.managed_fields.is_some_and(|f| !f.is_empty()));
+
+        // `Auto` streams on the modern server and pages on v1.20; `ListWatch` pages on both.
+        for (round, strategy) in [InitialListStrategy::Auto, InitialListStrategy::ListWatch]
+            .into_iter()
+            .enumerate()
+        {
+            let config = Config::default().page_size(2).initial_list_strategy(strategy);
+            let dropped = managed_fields_seen(&api, config.clone(), &format!("drop-{round}")).await;
+            // At least the 3 listed and the live one (earlier rounds' live ones are listed too).
+            assert!(dropped.len() >= 4, "{strategy:?}: {dropped:?}");
+            assert!(dropped.iter().all(|m| !m), "{strategy:?}: managed fields dropped: {dropped:?}");
+
+            let kept = managed_fields_seen(&api, config.keep_managed_fields(), &format!("keep-{round}")).await;
+            assert!(kept.iter().all(|m| *m), "{strategy:?}: managed fields kept: {kept:?}");
+        }
+    }
+}

@@ -80,6 +80,19 @@ pub struct Config {
     /// ends (its `timeout`) with no event and no bookmark, the watcher lists too. Set it with
     /// [`Config::resume_from()`].
     pub resume_from: Option<String>,
+    /// Keep each object's `metadata.managedFields`. Default off: the watcher leaves them out.
+    ///
+    /// The server's record of which manager set which field (server-side apply) is often the
+    /// largest part of a small object: decoded, about 4 KB for a `ConfigMap` with one
+    /// manager's entry, more than the rest of it (docs/benchmarks.md, memory). Few controllers read it,
+    /// and a cache would hold it for every object, so by default the watcher skips the field
+    /// while decoding each object: it is never allocated, which a transform after decoding
+    /// (`modify`, a store's transform) cannot avoid.
+    ///
+    /// Turn this on ([`Config::keep_managed_fields()`]) if you read `managedFields` from the
+    /// watched objects, for instance to see which manager owns a field before a server-side
+    /// apply. Applying itself needs nothing from the cache: the server keeps the record.
+    pub keep_managed_fields: bool,
 }
 
 impl Default for Config {
@@ -95,6 +108,7 @@ impl Default for Config {
             retry_backoff: true,
             shard: None,
             resume_from: None,
+            keep_managed_fields: false,
         }
     }
 }
@@ -204,6 +218,21 @@ impl Config {
     #[must_use]
     pub fn resume_from(mut self, resource_version: &str) -> Self {
         self.resume_from = (!resource_version.is_empty()).then(|| resource_version.to_owned());
+        self
+    }
+
+    /// Keeps each object's `metadata.managedFields`, which the watcher drops by default
+    /// (see [`Config::keep_managed_fields`](Config#structfield.keep_managed_fields)).
+    ///
+    /// ```
+    /// use kache_watch::Config;
+    ///
+    /// assert!(!Config::default().keep_managed_fields);
+    /// assert!(Config::default().keep_managed_fields().keep_managed_fields);
+    /// ```
+    #[must_use]
+    pub fn keep_managed_fields(mut self) -> Self {
+        self.keep_managed_fields = true;
         self
     }
 

@@ -28,6 +28,12 @@
 //! if the server refuses it, uses paged LIST + WATCH from then on. Either way the stream speaks
 //! the same protocol.
 //!
+//! # managedFields
+//! The watcher leaves each object's `metadata.managedFields` out by default: it skips the
+//! field while decoding, so a cache of small objects holds less than half the memory (the
+//! server keeps the record; server-side apply needs nothing from the cache). A controller that
+//! reads `managedFields` from watched objects opts out with [`Config::keep_managed_fields()`].
+//!
 //! # Shards
 //! [`Config::shard`] watches one part of a collection: the objects whose [`uid_hash`] falls in
 //! a [`Shard`]'s ranges (KEP-5866). A Kubernetes 1.36+ server with the `ShardedListAndWatch`
@@ -63,6 +69,7 @@ mod activity;
 mod backoff;
 mod class;
 mod config;
+mod decode;
 mod error;
 mod event;
 mod ext;

@@ -4,7 +4,7 @@ use futures::{Stream, StreamExt, stream::BoxStream};
 use kube_client::{
     Api, Client, Resource, ResourceExt,
     api::{ListParams, WatchEvent, WatchParams},
-    core::{ObjectList, PartialObjectMeta},
+    core::PartialObjectMeta,
 };
 use serde::{Deserialize, de::DeserializeOwned};
 use tokio::time::Instant;
@@ -12,6 +12,7 @@ use tracing::{debug, info, trace, warn};
 
 use crate::activity;
 use crate::backoff::{self, Backoff};
+use crate::decode::Trimmed;
 use crate::error::status_code;
 use crate::progress::{self, Progress};
 use crate::shard::encode_query_value;
@@ -70,7 +71,14 @@ pub fn watcher<K>(api: Api<K>, config: Config) -> impl Stream<Item = Result<Even
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    run(FullObject(api), config)
+    let keep_managed_fields = config.keep_managed_fields;
+    run(
+        FullObject {
+            api,
+            keep_managed_fields,
+        },
+        config,
+    )
 }
 
 /// Like [`watcher`], but fetches only each object's metadata (`PartialObjectMeta`).
@@ -84,7 +92,14 @@ pub fn metadata_watcher<K>(
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    run(MetaOnly(api), config)
+    let keep_managed_fields = config.keep_managed_fields;
+    run(
+        MetaOnly {
+            api,
+            keep_managed_fields,
+        },
+        config,
+    )
 }
 
 /// Watches one object by name: yields `Some(object)` when it is listed, created or changed,
@@ -165,10 +180,13 @@ where
         ..ListParams::default()
     };
     let selector = Shard::new([crate::ShardRange::full()])?.selector();
-    let page = FullObject(api.clone())
-        .list(&params, Some(&selector))
-        .await
-        .map_err(Error::InitialListFailed)?;
+    let page = FullObject {
+        api: api.clone(),
+        keep_managed_fields: false,
+    }
+    .list(&params, Some(&selector))
+    .await
+    .map_err(Error::InitialListFailed)?;
     Ok(page.shard_echo.is_some())
 }
 
@@ -715,17 +733,18 @@ impl<A: ApiMode> Watcher<A> {
             .await
             .map_err(|err| log_error(Error::InitialListFailed(err)))?;
         self.note_shard_echo(list.shard_echo.as_deref());
+        let items = list.items;
         let continue_token = list.continue_token.filter(|s| !s.is_empty());
         let resource_version = list.resource_version.filter(|s| !s.is_empty());
         trace!(
-            items = list.items.len(),
+            items = items.len(),
             more = continue_token.is_some(),
             "list page"
         );
         Ok(State::Listing {
             continue_token,
             resource_version,
-            objects: list.items.into(),
+            objects: items.into(),
         })
     }
 }
@@ -802,13 +821,13 @@ struct Page<V> {
     shard_echo: Option<String>,
 }
 
-impl<V: Clone> From<ObjectList<V>> for Page<V> {
-    fn from(list: ObjectList<V>) -> Self {
-        Self {
-            items: list.items,
-            resource_version: list.metadata.resource_version,
-            continue_token: list.metadata.continue_,
-            shard_echo: None,
+impl<V> Page<V> {
+    fn map<W>(self, f: impl FnMut(V) -> W) -> Page<W> {
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            resource_version: self.resource_version,
+            continue_token: self.continue_token,
+            shard_echo: self.shard_echo,
         }
     }
 }
@@ -846,29 +865,47 @@ where
     Ok(Option::<Vec<V>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
-/// Adds `shardSelector` to a request that kube-client built (its parameters have no field for
-/// it) and names the request for kube-client's tracing, as `Api`'s own methods do.
-fn with_shard(
+/// Adds `shardSelector`, if any, to a request that kube-client built (its parameters have no
+/// field for it) and names the request for kube-client's tracing, as `Api`'s own methods do.
+fn prepare(
     request: std::result::Result<http::Request<Vec<u8>>, kube_client::core::request::Error>,
-    selector: &str,
+    selector: Option<&str>,
     name: &'static str,
 ) -> kube_client::Result<http::Request<Vec<u8>>> {
     let mut request = request.map_err(kube_client::Error::BuildRequest)?;
-    let uri = format!(
-        "{}&shardSelector={}",
-        request.uri(),
-        encode_query_value(selector)
-    );
-    *request.uri_mut() = uri.parse().map_err(|err: http::uri::InvalidUri| {
-        kube_client::Error::BuildRequest(kube_client::core::request::Error::BuildRequest(
-            err.into(),
-        ))
-    })?;
+    if let Some(selector) = selector {
+        let uri = format!(
+            "{}&shardSelector={}",
+            request.uri(),
+            encode_query_value(selector)
+        );
+        *request.uri_mut() = uri.parse().map_err(|err: http::uri::InvalidUri| {
+            kube_client::Error::BuildRequest(kube_client::core::request::Error::BuildRequest(
+                err.into(),
+            ))
+        })?;
+    }
     request.extensions_mut().insert(name);
     Ok(request)
 }
 
-async fn sharded_list<V: Clone + DeserializeOwned>(
+/// Sends a LIST request and decodes its page, without `managedFields` unless `keep` (see
+/// [`Trimmed`]).
+async fn list_page<V: Clone + DeserializeOwned>(
+    client: Client,
+    request: http::Request<Vec<u8>>,
+    keep_managed_fields: bool,
+) -> kube_client::Result<Page<V>> {
+    if keep_managed_fields {
+        decode_list::<V>(client, request).await
+    } else {
+        Ok(decode_list::<Trimmed<V>>(client, request)
+            .await?
+            .map(|Trimmed(obj)| obj))
+    }
+}
+
+async fn decode_list<V: Clone + DeserializeOwned>(
     client: Client,
     request: http::Request<Vec<u8>>,
 ) -> kube_client::Result<Page<V>> {
@@ -881,14 +918,31 @@ async fn sharded_list<V: Clone + DeserializeOwned>(
     })
 }
 
-async fn sharded_watch<V: Clone + DeserializeOwned + Send + 'static>(
+/// Sends a WATCH request and decodes its events, objects without `managedFields` unless
+/// `keep` (see [`Trimmed`]).
+async fn watch_events<V: Clone + DeserializeOwned + Send + 'static>(
     client: Client,
     request: http::Request<Vec<u8>>,
+    keep_managed_fields: bool,
 ) -> kube_client::Result<WatchStream<V>> {
-    client
-        .request_events::<V>(request)
-        .await
-        .map(StreamExt::boxed)
+    if keep_managed_fields {
+        return client
+            .request_events::<V>(request)
+            .await
+            .map(StreamExt::boxed);
+    }
+    let events = client.request_events::<Trimmed<V>>(request).await?;
+    Ok(events
+        .map(|event| {
+            event.map(|event| match event {
+                WatchEvent::Added(Trimmed(obj)) => WatchEvent::Added(obj),
+                WatchEvent::Modified(Trimmed(obj)) => WatchEvent::Modified(obj),
+                WatchEvent::Deleted(Trimmed(obj)) => WatchEvent::Deleted(obj),
+                WatchEvent::Bookmark(bookmark) => WatchEvent::Bookmark(bookmark),
+                WatchEvent::Error(status) => WatchEvent::Error(status),
+            })
+        })
+        .boxed())
 }
 
 /// Lists and watches either whole objects or only their metadata.
@@ -911,7 +965,11 @@ trait ApiMode: Send + Sync {
     ) -> impl Future<Output = kube_client::Result<WatchStream<Self::Value>>> + Send;
 }
 
-struct FullObject<K>(Api<K>);
+/// Whole objects; `managedFields` decoded only if kept ([`Config::keep_managed_fields`]).
+struct FullObject<K> {
+    api: Api<K>,
+    keep_managed_fields: bool,
+}
 
 impl<K> ApiMode for FullObject<K>
 where
@@ -920,17 +978,19 @@ where
     type Value = K;
 
     async fn list(&self, params: &ListParams, shard: Option<&str>) -> kube_client::Result<Page<K>> {
-        let Some(selector) = shard else {
-            return self.0.list(params).await.map(Page::from);
-        };
-        let builder = kube_client::core::Request::new(self.0.resource_url());
+        let builder = kube_client::core::Request::new(self.api.resource_url());
         let request = if K::metadata_api() {
             builder.list_metadata(params)
         } else {
             builder.list(params)
         };
-        let request = with_shard(request, selector, "list")?;
-        sharded_list(self.0.clone().into_client(), request).await
+        let request = prepare(request, shard, "list")?;
+        list_page(
+            self.api.clone().into_client(),
+            request,
+            self.keep_managed_fields,
+        )
+        .await
     }
 
     async fn watch(
@@ -939,21 +999,27 @@ where
         version: &str,
         shard: Option<&str>,
     ) -> kube_client::Result<WatchStream<K>> {
-        let Some(selector) = shard else {
-            return self.0.watch(params, version).await.map(StreamExt::boxed);
-        };
-        let builder = kube_client::core::Request::new(self.0.resource_url());
+        let builder = kube_client::core::Request::new(self.api.resource_url());
         let request = if K::metadata_api() {
             builder.watch_metadata(params, version)
         } else {
             builder.watch(params, version)
         };
-        let request = with_shard(request, selector, "watch")?;
-        sharded_watch(self.0.clone().into_client(), request).await
+        let request = prepare(request, shard, "watch")?;
+        watch_events(
+            self.api.clone().into_client(),
+            request,
+            self.keep_managed_fields,
+        )
+        .await
     }
 }
 
-struct MetaOnly<K>(Api<K>);
+/// Only the objects' metadata; `managedFields` decoded only if kept.
+struct MetaOnly<K> {
+    api: Api<K>,
+    keep_managed_fields: bool,
+}
 
 impl<K> ApiMode for MetaOnly<K>
 where
@@ -966,12 +1032,14 @@ where
         params: &ListParams,
         shard: Option<&str>,
     ) -> kube_client::Result<Page<Self::Value>> {
-        let Some(selector) = shard else {
-            return self.0.list_metadata(params).await.map(Page::from);
-        };
-        let builder = kube_client::core::Request::new(self.0.resource_url());
-        let request = with_shard(builder.list_metadata(params), selector, "list_metadata")?;
-        sharded_list(self.0.clone().into_client(), request).await
+        let builder = kube_client::core::Request::new(self.api.resource_url());
+        let request = prepare(builder.list_metadata(params), shard, "list_metadata")?;
+        list_page(
+            self.api.clone().into_client(),
+            request,
+            self.keep_managed_fields,
+        )
+        .await
     }
 
     async fn watch(
@@ -980,19 +1048,17 @@ where
         version: &str,
         shard: Option<&str>,
     ) -> kube_client::Result<WatchStream<Self::Value>> {
-        let Some(selector) = shard else {
-            return self
-                .0
-                .watch_metadata(params, version)
-                .await
-                .map(StreamExt::boxed);
-        };
-        let builder = kube_client::core::Request::new(self.0.resource_url());
-        let request = with_shard(
+        let builder = kube_client::core::Request::new(self.api.resource_url());
+        let request = prepare(
             builder.watch_metadata(params, version),
-            selector,
+            shard,
             "watch_metadata",
         )?;
-        sharded_watch(self.0.clone().into_client(), request).await
+        watch_events(
+            self.api.clone().into_client(),
+            request,
+            self.keep_managed_fields,
+        )
+        .await
     }
 }
