@@ -86,9 +86,10 @@ demo: control-plane
 bench:
     cargo bench -p kache-benches
 
-# End-to-end initial-sync benchmark against the local control plane.
+# End-to-end initial-sync benchmark against the local control plane, beside client-go's informer
+# (its runner is built once from Debian sid's packages, then cached).
 bench-e2e: control-plane
-    cargo run --release -p kache-benches --bin e2e-sync
+    KACHE_CLIENTGO="$(bash benches/clientgo/build.sh | tail -n1)" cargo run --release -p kache-benches --bin e2e-sync
 
 # Warm restart (snapshot restored, watch resumed) against a cold start, and the snapshot format.
 bench-warm: control-plane
