@@ -67,6 +67,8 @@ mod error;
 mod event;
 mod ext;
 mod progress;
+#[cfg(feature = "protobuf")]
+mod proto;
 mod shard;
 mod watcher;
 
@@ -78,6 +80,8 @@ pub use error::{Error, Result};
 pub use event::Event;
 pub use ext::WatchStreamExt;
 pub use progress::{Progress, observe_progress};
+#[cfg(feature = "protobuf")]
+pub use proto::{Proto, ProtoError, ProtoObject, ProtoScope, protobuf_watcher};
 pub use shard::{Shard, ShardRange, uid_hash};
 pub use watcher::{metadata_watcher, server_shards, watch_object, watcher};
 
