@@ -236,16 +236,38 @@ async fn seed(api: &Api<ConfigMap>, namespace: &str, n: usize) -> Result<(), Box
     Ok(())
 }
 
-/// Decodes the same list, fetched once in each encoding, `runs` times each, alternating:
-/// returns the median times (JSON, protobuf).
+/// Median decode times of the same list, fetched once in each encoding.
+struct DecodeTimes {
+    /// `serde_json` into k8s-openapi's `ObjectList<ConfigMap>`.
+    json: Duration,
+    /// prost into k8s-pb's `ConfigMapList`, nothing more.
+    prost: Duration,
+    /// prost, then each item's metadata converted (`Proto::new`), as the watcher does.
+    proto: Duration,
+    /// Of the conversion: parsing `managedFields`' `fieldsV1` (JSON inside protobuf) alone.
+    fields_v1: Duration,
+}
+
+/// Decodes the same list `runs` times each way, alternating.
 fn decode_times(
     json: &Bytes,
     proto: &Bytes,
     n: usize,
     runs: usize,
-) -> Result<(Duration, Duration), BoxError> {
-    let mut json_times = Vec::new();
-    let mut proto_times = Vec::new();
+) -> Result<DecodeTimes, BoxError> {
+    let decode_pb = || -> Result<PbConfigMapList, BoxError> {
+        let mut body = proto.clone();
+        if !body.starts_with(b"k8s\0") {
+            return Err("no protobuf envelope".into());
+        }
+        body.advance(4);
+        let envelope = k8s_pb::apimachinery::pkg::runtime::Unknown::decode(body)?;
+        Ok(PbConfigMapList::decode(
+            envelope.raw.unwrap_or_default().as_slice(),
+        )?)
+    };
+    let (mut json_times, mut prost_times, mut proto_times) = (Vec::new(), Vec::new(), Vec::new());
+    let mut fields_v1_times = Vec::new();
     for _ in 0..runs {
         let start = Instant::now();
         let list: ObjectList<ConfigMap> = serde_json::from_slice(json)?;
@@ -254,25 +276,39 @@ fn decode_times(
         drop(list);
 
         let start = Instant::now();
-        let mut body = proto.clone();
-        if !body.starts_with(b"k8s\0") {
-            return Err("no protobuf envelope".into());
-        }
-        body.advance(4);
-        let envelope = k8s_pb::apimachinery::pkg::runtime::Unknown::decode(body)?;
-        let list = PbConfigMapList::decode(envelope.raw.unwrap_or_default().as_slice())?;
-        let items = list
+        let list = decode_pb()?;
+        prost_times.push(start.elapsed());
+        assert_eq!(list.items.len(), n);
+        drop(list);
+
+        let start = Instant::now();
+        let items = decode_pb()?
             .items
             .into_iter()
             .map(Proto::new)
             .collect::<Result<Vec<_>, _>>()?;
         proto_times.push(start.elapsed());
         assert_eq!(items.len(), n);
+
+        let list = decode_pb()?;
+        let start = Instant::now();
+        let mut parsed = Vec::with_capacity(n);
+        for item in &list.items {
+            for entry in item.metadata.iter().flat_map(|m| &m.managed_fields) {
+                if let Some(raw) = entry.fields_v1.as_ref().and_then(|f| f.raw.as_deref()) {
+                    parsed.push(serde_json::from_slice::<serde_json::Value>(raw)?);
+                }
+            }
+        }
+        fields_v1_times.push(start.elapsed());
+        assert_eq!(parsed.len(), n, "one managedFields entry per object");
     }
-    Ok((
-        percentile(&mut json_times, 50.0),
-        percentile(&mut proto_times, 50.0),
-    ))
+    Ok(DecodeTimes {
+        json: percentile(&mut json_times, 50.0),
+        prost: percentile(&mut prost_times, 50.0),
+        proto: percentile(&mut proto_times, 50.0),
+        fields_v1: percentile(&mut fields_v1_times, 50.0),
+    })
 }
 
 async fn bench_server(server: Server, n: usize, runs: usize) -> Result<String, BoxError> {
@@ -350,20 +386,24 @@ async fn bench_server(server: Server, n: usize, runs: usize) -> Result<String, B
     let client = api.clone().into_client();
     let json = raw_list(&client, &api, Encoding::Json).await?;
     let proto = raw_list(&client, &api, Encoding::Protobuf).await?;
-    let (json_decode, proto_decode) = decode_times(&json, &proto, n, runs.max(5))?;
+    let decode = decode_times(&json, &proto, n, runs.max(5))?;
     let report = format!(
         "proto-sync, {server}: {n} ConfigMaps (about 400 bytes of data, 4 labels, 2 \
          annotations, one managedFields entry) on loopback; median of {runs} runs per variant, \
-         order rotating\n\n{}\nDecoding the same unpaginated list in memory, median of {} runs: \
-         serde_json into k8s-openapi {} ({}), prost into k8s-pb plus Proto's metadata \
-         conversion {} ({}): protobuf {:.2}x JSON's time",
+         order rotating\n\n{}\nDecoding the same unpaginated list in memory, median of {} runs, \
+         alternating: serde_json into k8s-openapi {} ({}); prost into k8s-pb alone {} ({}), \
+         {:.2}x JSON's time; prost plus Proto's metadata conversion (the watcher's path) {}, \
+         {:.2}x JSON's time, of which parsing managedFields' fieldsV1 JSON alone takes {}",
         table.render(),
         runs.max(5),
-        fmt_ns(json_decode),
+        fmt_ns(decode.json),
         megabytes(json.len()),
-        fmt_ns(proto_decode),
+        fmt_ns(decode.prost),
         megabytes(proto.len()),
-        proto_decode.as_secs_f64() / json_decode.as_secs_f64(),
+        decode.prost.as_secs_f64() / decode.json.as_secs_f64(),
+        fmt_ns(decode.proto),
+        decode.proto.as_secs_f64() / decode.json.as_secs_f64(),
+        fmt_ns(decode.fields_v1),
     );
     drop(env);
     Ok(report)

@@ -67,7 +67,8 @@ pub enum ProtoError {
     /// The envelope's payload is compressed or in another encoding.
     #[error("unsupported envelope encoding {0:?}")]
     Encoding(String),
-    /// A watch frame announced more bytes than [`MAX_FRAME`](self) allows.
+    /// A watch frame announced more bytes than the limit of 64 MiB (etcd keeps objects of at
+    /// most 1.5 MiB by default): refused before any of it is buffered.
     #[error("watch frame of {0} bytes is over the limit of {MAX_FRAME} bytes")]
     FrameTooLarge(usize),
     /// The watch stream ended inside a frame.
