@@ -14,6 +14,8 @@ pub use fixtures::{
     APPS, Kind, NAMESPACES, app_of, config_map, config_map_managed, kache_events,
     kube_runtime_events, namespace_of, pod, world,
 };
-pub use process::{BoxError, ChildReport, bench_servers, env_usize, proc_status_bytes};
+pub use process::{
+    BoxError, ChildReport, bench_servers, env_usize, proc_status_bytes, seed_config_maps,
+};
 pub use report::{criterion_dir, criterion_median};
 pub use stats::{Rng, Table, fmt_bytes, fmt_ns, percentile, ratio};

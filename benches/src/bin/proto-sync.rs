@@ -18,15 +18,17 @@ use std::future::ready;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::{StreamExt, TryStreamExt};
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_pb::api::core::v1::{ConfigMap as PbConfigMap, ConfigMapList as PbConfigMapList};
-use kache_benches::{BoxError, Table, bench_servers, config_map, env_usize, fmt_ns, percentile};
+use kache_benches::{
+    BoxError, Table, bench_servers, env_usize, fmt_ns, percentile, seed_config_maps,
+};
 use kache_store::ReflectExt;
 use kache_testenv::{Server, TestEnv};
 use kache_watch::{Config, InitialListStrategy, Proto};
-use kube_client::api::{ListParams, ObjectList, PostParams, WatchParams};
+use kube_client::api::{ListParams, ObjectList, WatchParams};
 use kube_client::{Api, Client};
 use prost::Message;
 
@@ -173,35 +175,29 @@ async fn kache(
     config: Config,
 ) -> Result<usize, BoxError> {
     match encoding {
-        Encoding::Json => {
-            let (store, writer) = kache_store::store::<ConfigMap>();
-            let driver = tokio::spawn(
-                kache_watch::watcher(api.clone(), config)
-                    .reflect(writer)
-                    .for_each(|_| ready(())),
-            );
-            store.wait_until_ready().await?;
-            let n = store.len();
-            driver.abort();
-            Ok(n)
-        }
+        Encoding::Json => ready_len(kache_watch::watcher(api.clone(), config)).await,
         Encoding::Protobuf => {
             let api: Api<Proto<PbConfigMap>> = Api::namespaced(
                 api.clone().into_client(),
                 api.namespace().unwrap_or_default(),
             );
-            let (store, writer) = kache_store::store::<Proto<PbConfigMap>>();
-            let driver = tokio::spawn(
-                kache_watch::protobuf_watcher(api, config)
-                    .reflect(writer)
-                    .for_each(|_| ready(())),
-            );
-            store.wait_until_ready().await?;
-            let n = store.len();
-            driver.abort();
-            Ok(n)
+            ready_len(kache_watch::protobuf_watcher(api, config)).await
         }
     }
+}
+
+/// Applies `events` to a new store until it is ready; returns its size.
+async fn ready_len<K, S>(events: S) -> Result<usize, BoxError>
+where
+    K: kube_client::Resource + Send + Sync + 'static,
+    S: futures::Stream<Item = kache_watch::Result<kache_watch::Event<K>>> + Send + 'static,
+{
+    let (store, writer) = kache_store::store::<K>();
+    let driver = tokio::spawn(events.reflect(writer).for_each(|_| ready(())));
+    store.wait_until_ready().await?;
+    let n = store.len();
+    driver.abort();
+    Ok(n)
 }
 
 /// Runs `variant` once: the objects it synced (or, for raw reads, the bytes it read).
@@ -218,22 +214,6 @@ async fn run(variant: Variant, api: &Api<ConfigMap>) -> Result<usize, BoxError> 
             kache(api, e, config).await
         }
     }
-}
-
-async fn seed(api: &Api<ConfigMap>, namespace: &str, n: usize) -> Result<(), BoxError> {
-    stream::iter(0..n)
-        .map(|i| {
-            let mut cm = config_map(i, 0);
-            cm.metadata.namespace = Some(namespace.to_owned());
-            cm.metadata.resource_version = None;
-            cm.metadata.uid = None;
-            cm.metadata.creation_timestamp = None;
-            async move { api.create(&PostParams::default(), &cm).await }
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await?;
-    Ok(())
 }
 
 /// Median decode times of the same list, fetched once in each encoding.
@@ -316,7 +296,7 @@ async fn bench_server(server: Server, n: usize, runs: usize) -> Result<String, B
     let env = TestEnv::builder().server(server).start().await?;
     let namespace = env.create_namespace("bench-proto").await?;
     let api: Api<ConfigMap> = Api::namespaced(env.client(), &namespace);
-    seed(&api, &namespace, n).await?;
+    seed_config_maps(&api, &namespace, n).await?;
     eprintln!("[{server}] seeded {n} ConfigMaps");
 
     let variants: Vec<Variant> = Variant::ALL
