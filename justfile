@@ -18,14 +18,17 @@ fmt-check:
     cargo fmt --all -- --check
 
 # Clippy on every target, warnings as errors; kache-store also without its `metrics` feature
-# (the workspace build turns it on for the examples and tests).
+# and kache-watch without `protobuf` (the workspace build turns them on for the tests).
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
     cargo clippy -p kache-store --all-targets -- -D warnings
+    cargo clippy -p kache-watch --all-targets -- -D warnings
 
-# Unit, property and doc tests (no cluster needed), kache-store with and without `metrics`.
+# Unit, property and doc tests (no cluster needed), kache-store with and without `metrics`,
+# kache-watch with and without `protobuf`.
 test:
     cargo test -p kache-watch -p kache-store
+    cargo test -p kache-watch --features protobuf
     cargo test -p kache-store --features metrics
 
 # Package the library crates as crates.io would get them, and build each from its package alone.

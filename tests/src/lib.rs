@@ -803,3 +803,8 @@ pub struct ShardingDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/warm-restart.md")]
 pub struct WarmRestartDoctests;
+
+/// The code of docs/protobuf.md (kache-watch's `protobuf` feature is on in this crate).
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/protobuf.md")]
+pub struct ProtobufDoctests;

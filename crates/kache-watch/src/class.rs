@@ -116,6 +116,8 @@ fn client_error_class(err: &kube_client::Error) -> ErrorClass {
         E::SerdeError(_) | E::FromUtf8(_) | E::LinesCodecMaxLineLengthExceeded => {
             ErrorClass::Decode
         }
+        // A protobuf answer that could not be used (feature `protobuf`).
+        E::Service(source) if crate::error::is_protobuf(source.as_ref()) => ErrorClass::Decode,
         // Transport failures, and the client-side failures that keep a request from getting
         // any answer (TLS, authentication, a request that could not be built).
         _ => ErrorClass::Network,

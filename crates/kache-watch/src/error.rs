@@ -99,6 +99,19 @@ impl Error {
         }
     }
 
+    /// The protobuf decoding error behind this error, if it is one: an answer to
+    /// [`protobuf_watcher`](crate::protobuf_watcher) that could not be used.
+    #[cfg(feature = "protobuf")]
+    #[must_use]
+    pub fn protobuf(&self) -> Option<&crate::ProtoError> {
+        match self {
+            Self::InitialListFailed(kube_client::Error::Service(source))
+            | Self::WatchStartFailed(kube_client::Error::Service(source))
+            | Self::WatchFailed(kube_client::Error::Service(source)) => source.downcast_ref(),
+            _ => None,
+        }
+    }
+
     /// Whether the server refused for lack of permission (`403 Forbidden`). Retrying will not
     /// help until the permissions change.
     #[must_use]
@@ -113,6 +126,18 @@ pub(crate) fn status_code(err: &kube_client::Error) -> Option<u16> {
     match err {
         kube_client::Error::Api(status) if status.code != 0 => Some(status.code),
         _ => None,
+    }
+}
+
+/// Whether a kube-client service error is a protobuf decoding error (always false without the
+/// `protobuf` feature).
+pub(crate) fn is_protobuf(source: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    #[cfg(feature = "protobuf")]
+    return source.is::<crate::ProtoError>();
+    #[cfg(not(feature = "protobuf"))]
+    {
+        let _ = source;
+        false
     }
 }
 

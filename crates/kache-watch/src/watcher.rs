@@ -190,7 +190,7 @@ where
     Ok(page.shard_echo.is_some())
 }
 
-type WatchStream<K> = BoxStream<'static, kube_client::Result<WatchEvent<K>>>;
+pub(crate) type WatchStream<K> = BoxStream<'static, kube_client::Result<WatchEvent<K>>>;
 
 /// Where the watcher stands between two items.
 enum State<K> {
@@ -299,7 +299,7 @@ enum ShardSupport {
     Client,
 }
 
-fn run<A>(api: A, config: Config) -> impl Stream<Item = Result<Event<A::Value>>> + Send
+pub(crate) fn run<A>(api: A, config: Config) -> impl Stream<Item = Result<Event<A::Value>>> + Send
 where
     A: ApiMode + 'static,
 {
@@ -813,12 +813,12 @@ fn log_error(err: Error) -> Error {
 }
 
 /// One LIST page: its objects and what the watcher needs of its metadata.
-struct Page<V> {
-    items: Vec<V>,
-    resource_version: Option<String>,
-    continue_token: Option<String>,
+pub(crate) struct Page<V> {
+    pub(crate) items: Vec<V>,
+    pub(crate) resource_version: Option<String>,
+    pub(crate) continue_token: Option<String>,
     /// `metadata.shardInfo.selector`: the shard selector a server that shards echoes back.
-    shard_echo: Option<String>,
+    pub(crate) shard_echo: Option<String>,
 }
 
 impl<V> Page<V> {
@@ -867,7 +867,7 @@ where
 
 /// Adds `shardSelector`, if any, to a request that kube-client built (its parameters have no
 /// field for it) and names the request for kube-client's tracing, as `Api`'s own methods do.
-fn prepare(
+pub(crate) fn prepare(
     request: std::result::Result<http::Request<Vec<u8>>, kube_client::core::request::Error>,
     selector: Option<&str>,
     name: &'static str,
@@ -946,7 +946,7 @@ async fn watch_events<V: Clone + DeserializeOwned + Send + 'static>(
 }
 
 /// Lists and watches either whole objects or only their metadata.
-trait ApiMode: Send + Sync {
+pub(crate) trait ApiMode: Send + Sync {
     type Value: Resource + Clone + Debug + Send + 'static;
 
     /// One LIST page; with a shard selector, sent as `shardSelector`.
