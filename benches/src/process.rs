@@ -148,32 +148,3 @@ impl ChildReport {
         Ok(value.parse()?)
     }
 }
-
-/// Creates the `n` objects of [`config_map`](crate::config_map) in `namespace`, 32 requests
-/// in flight, as a client would (no version, uid or creation time of the fixture's own).
-///
-/// # Errors
-/// When the server refuses a create.
-pub async fn seed_config_maps(
-    api: &kube_client::Api<k8s_openapi::api::core::v1::ConfigMap>,
-    namespace: &str,
-    n: usize,
-) -> Result<(), BoxError> {
-    use futures::{StreamExt, TryStreamExt};
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let mut cm = crate::config_map(i, 0);
-            cm.metadata.namespace = Some(namespace.to_owned());
-            cm.metadata.resource_version = None;
-            cm.metadata.uid = None;
-            cm.metadata.creation_timestamp = None;
-            async move {
-                api.create(&kube_client::api::PostParams::default(), &cm)
-                    .await
-            }
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await?;
-    Ok(())
-}
