@@ -1,7 +1,7 @@
 //! The protobuf wire mode (`protobuf_watcher`, `Proto<T>`) against both real API servers:
 //! every initial-list strategy syncs and follows the same objects a JSON LIST shows, into an
 //! unchanged kache-store; error answers become the JSON path's errors; a real `410 Gone`
-//! relists; bookmarks advance the store's version.
+//! relists; bookmarks advance the store's version; managedFields are dropped unless kept.
 
 use std::{collections::BTreeMap, pin::Pin, sync::Arc};
 
@@ -100,7 +100,10 @@ fn strategies(server: kache_tests::Server) -> Vec<Config> {
         Config::default()
             .initial_list_strategy(InitialListStrategy::ListWatch)
             .page_size(7),
-        Config::default().initial_list_strategy(InitialListStrategy::Auto),
+        // managedFields are dropped by default, as in JSON; one strategy keeps them.
+        Config::default()
+            .initial_list_strategy(InitialListStrategy::Auto)
+            .keep_managed_fields(),
     ];
     if server.serves_streaming_lists() {
         configs.push(Config::default().streaming_lists());
@@ -115,14 +118,20 @@ on_each_server! {
 
         for (round, config) in strategies(server).into_iter().enumerate() {
             let strategy = config.initial_list_strategy;
+            let keep_managed_fields = config.keep_managed_fields;
             let writer = Writer::<Cm>::new();
             let store = writer.as_reader();
             let mut events = watch_into(&api, config, writer);
             until_synced(&mut events).await;
             assert_eq!(stored(&store), json_list(&api).await, "{strategy:?} initial sync");
             // The metadata converted from protobuf is what JSON gives, field for field.
-            for cm in api.list(&ListParams::default()).await.unwrap() {
+            for mut cm in api.list(&ListParams::default()).await.unwrap() {
                 let proto = store.get(api.namespace(), &cm.name_any()).unwrap();
+                if keep_managed_fields {
+                    assert!(cm.metadata.managed_fields.is_some(), "the server records them");
+                } else {
+                    cm.metadata.managed_fields = None;
+                }
                 assert_eq!(proto.meta(), &cm.metadata, "{strategy:?}");
             }
 

@@ -140,8 +140,8 @@ impl<T> ProtoObject for T where
 ///
 /// The metadata lives in one place: [`meta`](kube_client::Resource::meta) (through
 /// `ResourceExt`: `name_any()`, `labels()`, `resource_version()` ...). The inner message, which
-/// `Proto` derefs to for its other fields (`data`, `spec`, `status` ...), keeps an empty
-/// `metadata`, so no object holds two copies of it.
+/// `Proto` derefs to for its other fields (`data`, `spec`, `status` ...), keeps none (its
+/// `metadata` is `None` as decoded, empty after [`Proto::new`]), so no object holds two copies.
 ///
 /// ```
 /// use k8s_pb::api::core::v1::ConfigMap;
@@ -183,12 +183,12 @@ impl<T: ProtoObject> Proto<T> {
 }
 
 impl<T> Proto<T> {
-    /// The k8s-pb message, whose `metadata` is empty (see [`Proto`]).
+    /// The k8s-pb message, whose `metadata` is `None` or empty (see [`Proto`]).
     pub fn get(&self) -> &T {
         &self.object
     }
 
-    /// The metadata and the k8s-pb message, whose `metadata` is empty.
+    /// The metadata and the k8s-pb message, whose `metadata` is `None` or empty.
     pub fn into_parts(self) -> (openapi::ObjectMeta, T) {
         (self.meta, self.object)
     }
@@ -271,10 +271,21 @@ pub fn protobuf_watcher<T>(
 where
     T: ProtoObject + fmt::Debug,
 {
-    run(ProtoMode(api), config)
+    let keep_managed_fields = config.keep_managed_fields;
+    run(
+        ProtoMode {
+            api,
+            keep_managed_fields,
+        },
+        config,
+    )
 }
 
-struct ProtoMode<T>(Api<Proto<T>>);
+/// Objects in protobuf; `managedFields` decoded only if kept ([`Config::keep_managed_fields`]).
+struct ProtoMode<T> {
+    api: Api<Proto<T>>,
+    keep_managed_fields: bool,
+}
 
 impl<T> ApiMode for ProtoMode<T>
 where
@@ -287,16 +298,16 @@ where
         params: &ListParams,
         shard: Option<&str>,
     ) -> kube_client::Result<Page<Proto<T>>> {
-        let request = kube_client::core::Request::new(self.0.resource_url()).list(params);
+        let request = kube_client::core::Request::new(self.api.resource_url()).list(params);
         let request = finish_request(request, shard, "list", PROTOBUF)?;
-        let response = send(self.0.clone().into_client(), request).await?;
+        let response = send(self.api.clone().into_client(), request).await?;
         let body = response
             .into_body()
             .collect()
             .await
             .map_err(|err| kube_client::Error::Service(Box::new(err)))?
             .to_bytes();
-        Ok(decode_list::<T>(body)?)
+        Ok(decode_list::<T>(body, self.keep_managed_fields)?)
     }
 
     async fn watch(
@@ -305,14 +316,15 @@ where
         version: &str,
         shard: Option<&str>,
     ) -> kube_client::Result<WatchStream<Proto<T>>> {
-        let request = kube_client::core::Request::new(self.0.resource_url()).watch(params, version);
+        let request =
+            kube_client::core::Request::new(self.api.resource_url()).watch(params, version);
         let mut request = finish_request(request, shard, "watch", PROTOBUF_WATCH)?;
         // As kube-client does for JSON watches: a compressed stream would hold back events.
         request.headers_mut().insert(
             http::header::ACCEPT_ENCODING,
             http::HeaderValue::from_static("identity"),
         );
-        let response = send(self.0.clone().into_client(), request).await?;
+        let response = send(self.api.clone().into_client(), request).await?;
         let chunks = response
             .into_body()
             .into_data_stream()
@@ -322,7 +334,7 @@ where
                 }
                 other => other,
             });
-        Ok(watch_events::<T, _>(chunks).boxed())
+        Ok(watch_events::<T, _>(chunks, self.keep_managed_fields).boxed())
     }
 }
 
@@ -434,14 +446,21 @@ fn decode_envelope(bytes: &mut Bytes) -> Result<Envelope, ProtoError> {
     Ok(envelope)
 }
 
-/// Decodes a LIST response.
-pub(crate) fn decode_list<T: ProtoObject>(body: Bytes) -> Result<Page<Proto<T>>, ProtoError> {
+/// Decodes a LIST response; `managedFields` only if `keep_managed_fields`.
+pub(crate) fn decode_list<T: ProtoObject>(
+    body: Bytes,
+    keep_managed_fields: bool,
+) -> Result<Page<Proto<T>>, ProtoError> {
     let raw = unwrap_envelope(body, &format!("{}List", T::KIND))?;
-    let list = List::<T>::decode(raw)?;
+    let mut list = List::<Lean<T>> {
+        keep_managed_fields,
+        ..List::default()
+    };
+    list.merge(raw)?;
     let items = list
         .items
         .into_iter()
-        .map(Proto::new)
+        .map(Lean::into_proto)
         .collect::<Result<Vec<_>, _>>()?;
     let meta = list.metadata.unwrap_or_default();
     Ok(Page {
@@ -491,18 +510,19 @@ impl Frames {
 /// The watch events in a stream of body chunks. The stream ends after its first error.
 pub(crate) fn watch_events<T, S>(
     chunks: S,
+    keep_managed_fields: bool,
 ) -> impl Stream<Item = kube_client::Result<WatchEvent<Proto<T>>>> + Send + 'static
 where
     T: ProtoObject,
     S: Stream<Item = kube_client::Result<Bytes>> + Send + Unpin + 'static,
 {
-    futures::stream::unfold(Some((chunks, Frames::default())), |state| async move {
+    futures::stream::unfold(Some((chunks, Frames::default())), move |state| async move {
         let (mut chunks, mut frames) = state?;
         loop {
             match frames.next_frame() {
                 Ok(Some(frame)) => {
                     return Some((
-                        decode_event::<T>(frame).map_err(Into::into),
+                        decode_event::<T>(frame, keep_managed_fields).map_err(Into::into),
                         Some((chunks, frames)),
                     ));
                 }
@@ -518,9 +538,11 @@ where
     })
 }
 
-/// Decodes one watch frame: a raw `WatchEvent` whose object is an enveloped object.
+/// Decodes one watch frame: a raw `WatchEvent` whose object is an enveloped object;
+/// `managedFields` only if `keep_managed_fields`.
 pub(crate) fn decode_event<T: ProtoObject>(
     mut frame: Bytes,
+    keep_managed_fields: bool,
 ) -> Result<WatchEvent<Proto<T>>, ProtoError> {
     let event = WatchEventFrame::decode(&mut frame)?;
     let mut raw = event
@@ -549,10 +571,11 @@ pub(crate) fn decode_event<T: ProtoObject>(
             got: kind.to_owned(),
         });
     }
+    let object = || Lean::<T>::decode_from(payload.clone(), keep_managed_fields)?.into_proto();
     match event_type.as_str() {
-        "ADDED" => Ok(WatchEvent::Added(Proto::new(T::decode(payload)?)?)),
-        "MODIFIED" => Ok(WatchEvent::Modified(Proto::new(T::decode(payload)?)?)),
-        "DELETED" => Ok(WatchEvent::Deleted(Proto::new(T::decode(payload)?)?)),
+        "ADDED" => Ok(WatchEvent::Added(object()?)),
+        "MODIFIED" => Ok(WatchEvent::Modified(object()?)),
+        "DELETED" => Ok(WatchEvent::Deleted(object()?)),
         "BOOKMARK" => {
             let meta = MetadataOnly::decode(payload)?.metadata.unwrap_or_default();
             Ok(WatchEvent::Bookmark(Bookmark {
@@ -762,6 +785,111 @@ struct MetadataOnly {
     metadata: Option<pb::ObjectMeta>,
 }
 
+/// A built-in object decoded with its metadata apart, and without `metadata.managedFields`
+/// unless kept: those entries are skipped on the wire, never allocated (the `fieldsV1` JSON
+/// inside them costs more to decode than the rest of a small object).
+#[derive(Debug, Default)]
+pub(crate) struct Lean<T> {
+    meta: LeanMeta,
+    object: T,
+}
+
+impl<T: ProtoObject> Lean<T> {
+    fn decode_from(bytes: Bytes, keep_managed_fields: bool) -> Result<Self, prost::DecodeError> {
+        let mut lean = Self::keeping_managed_fields(keep_managed_fields);
+        lean.merge(bytes)?;
+        Ok(lean)
+    }
+
+    fn into_proto(self) -> Result<Proto<T>, ProtoError> {
+        Ok(Proto {
+            meta: object_meta(self.meta.meta)?,
+            object: self.object,
+        })
+    }
+}
+
+impl<T: ProtoObject> Item for Lean<T> {
+    fn keeping_managed_fields(keep: bool) -> Self {
+        Self {
+            meta: LeanMeta {
+                meta: pb::ObjectMeta::default(),
+                keep_managed_fields: keep,
+            },
+            object: T::default(),
+        }
+    }
+}
+
+impl<T: ProtoObject> Message for Lean<T> {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        prost::encoding::message::encode(1, &self.meta.meta, buf);
+        self.object.encode_raw(buf);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // Field 1 of every built-in object is its `ObjectMeta` (as `MetadataOnly` reads it).
+        if tag == 1 {
+            prost::encoding::message::merge(wire_type, &mut self.meta, buf, ctx)
+        } else {
+            self.object.merge_field(tag, wire_type, buf, ctx)
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        prost::encoding::message::encoded_len(1, &self.meta.meta) + self.object.encoded_len()
+    }
+
+    fn clear(&mut self) {
+        self.meta.meta.clear();
+        self.object.clear();
+    }
+}
+
+/// `ObjectMeta`, skipping `managedFields` (field 17) unless kept.
+#[derive(Debug, Default)]
+struct LeanMeta {
+    meta: pb::ObjectMeta,
+    keep_managed_fields: bool,
+}
+
+/// `ObjectMeta.managedFields`' field number.
+const MANAGED_FIELDS: u32 = 17;
+
+impl Message for LeanMeta {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        self.meta.encode_raw(buf);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        if tag == MANAGED_FIELDS && !self.keep_managed_fields {
+            prost::encoding::skip_field(wire_type, tag, buf, ctx)
+        } else {
+            self.meta.merge_field(tag, wire_type, buf, ctx)
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.meta.encoded_len()
+    }
+
+    fn clear(&mut self) {
+        self.meta.clear();
+    }
+}
+
 /// `metav1.ListMeta` with `shardInfo` (field 5, Kubernetes 1.36), which k8s-pb 0.9 lacks.
 #[derive(Clone, PartialEq, Message)]
 pub(crate) struct ListMeta {
@@ -785,9 +913,22 @@ pub(crate) struct ShardInfo {
 pub(crate) struct List<T> {
     pub(crate) metadata: Option<ListMeta>,
     pub(crate) items: Vec<T>,
+    /// Decode each item's `managedFields` (when the items are [`Lean`]).
+    pub(crate) keep_managed_fields: bool,
 }
 
-impl<T: Message + Default> Message for List<T> {
+/// A list item that can be told, before it is decoded, whether to keep `managedFields`.
+pub(crate) trait Item: Message + Default {
+    fn keeping_managed_fields(keep: bool) -> Self;
+}
+
+impl<T: ProtoObject> Item for T {
+    fn keeping_managed_fields(_: bool) -> Self {
+        T::default()
+    }
+}
+
+impl<T: Item> Message for List<T> {
     fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
         if let Some(metadata) = &self.metadata {
             prost::encoding::message::encode(1, metadata, buf);
@@ -811,7 +952,12 @@ impl<T: Message + Default> Message for List<T> {
                 buf,
                 ctx,
             ),
-            2 => prost::encoding::message::merge_repeated(wire_type, &mut self.items, buf, ctx),
+            2 => {
+                let mut item = T::keeping_managed_fields(self.keep_managed_fields);
+                prost::encoding::message::merge(wire_type, &mut item, buf, ctx)?;
+                self.items.push(item);
+                Ok(())
+            }
             _ => prost::encoding::skip_field(wire_type, tag, buf, ctx),
         }
     }
@@ -901,16 +1047,17 @@ mod tests {
     }
 
     fn cm_frame(event_type: &str, name: &str, rv: &str) -> Vec<u8> {
-        frame(
-            event_type,
-            envelope("ConfigMap", cm(name, rv).encode_to_vec()),
-        )
+        cm_frame_of(event_type, &cm(name, rv))
+    }
+
+    fn cm_frame_of(event_type: &str, cm: &ConfigMap) -> Vec<u8> {
+        frame(event_type, envelope("ConfigMap", cm.encode_to_vec()))
     }
 
     /// The watch events of a body delivered in `chunks`.
     fn events(chunks: Vec<Vec<u8>>) -> Vec<kube_client::Result<WatchEvent<Proto<ConfigMap>>>> {
         let chunks = futures::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c))));
-        block_on(watch_events::<ConfigMap, _>(chunks).collect())
+        block_on(watch_events::<ConfigMap, _>(chunks, false).collect())
     }
 
     fn proto_error<T: fmt::Debug>(item: &kube_client::Result<T>) -> &ProtoError {
@@ -957,8 +1104,8 @@ mod tests {
         );
         assert_eq!(obj.data["k"], "v");
         assert_eq!(
-            obj.get().metadata.as_ref().map(|m| m.name.is_none()),
-            Some(true),
+            obj.get().metadata,
+            None,
             "the metadata is held once, converted"
         );
     }
@@ -1051,7 +1198,7 @@ mod tests {
         assert!(matches!(proto_error(&out[0]), ProtoError::Magic));
         // And a list.
         assert!(matches!(
-            decode_list::<ConfigMap>(object.into()),
+            decode_list::<ConfigMap>(object.into(), false),
             Err(ProtoError::Magic)
         ));
     }
@@ -1066,7 +1213,7 @@ mod tests {
         ));
         let list = envelope("SecretList", Vec::new());
         assert!(matches!(
-            decode_list::<ConfigMap>(list.into()),
+            decode_list::<ConfigMap>(list.into(), false),
             Err(ProtoError::Kind { .. })
         ));
         let compressed = {
@@ -1125,8 +1272,11 @@ mod tests {
         // event; never a panic.
         let valid = cm_frame("ADDED", "a", "5");
         for end in 0..valid.len() {
-            let _ = decode_event::<ConfigMap>(Bytes::copy_from_slice(&valid[4..end.max(4)]));
-            let _ = decode_list::<ConfigMap>(Bytes::copy_from_slice(&valid[..end]));
+            for keep in [false, true] {
+                let event = Bytes::copy_from_slice(&valid[4..end.max(4)]);
+                let _ = decode_event::<ConfigMap>(event, keep);
+                let _ = decode_list::<ConfigMap>(Bytes::copy_from_slice(&valid[..end]), keep);
+            }
         }
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;
         for _ in 0..2_000 {
@@ -1138,11 +1288,79 @@ mod tests {
                     seed.to_le_bytes()[0]
                 })
                 .collect();
-            let _ = decode_event::<ConfigMap>(Bytes::from(bytes.clone()));
             let mut with_magic = MAGIC.to_vec();
             with_magic.extend(&bytes);
-            let _ = decode_list::<ConfigMap>(Bytes::from(with_magic));
+            for keep in [false, true] {
+                let _ = decode_event::<ConfigMap>(Bytes::from(bytes.clone()), keep);
+                let _ = decode_list::<ConfigMap>(Bytes::from(with_magic.clone()), keep);
+            }
             let _ = events(vec![bytes]);
+        }
+    }
+
+    /// `cm(name, rv)` with two managedFields entries, written between other metadata fields.
+    fn cm_managed(name: &str, rv: &str) -> ConfigMap {
+        let mut cm = cm(name, rv);
+        let meta = cm.metadata.as_mut().unwrap();
+        meta.managed_fields = ["kubectl", "operator"]
+            .map(|manager| pb::ManagedFieldsEntry {
+                manager: Some(manager.to_owned()),
+                operation: Some("Apply".to_owned()),
+                api_version: Some("v1".to_owned()),
+                fields_type: Some("FieldsV1".to_owned()),
+                fields_v1: Some(pb::FieldsV1 {
+                    raw: Some(br#"{"f:data":{"f:k":{}}}"#.to_vec()),
+                }),
+                ..pb::ManagedFieldsEntry::default()
+            })
+            .into();
+        meta.labels = [("app".to_owned(), "web".to_owned())].into();
+        meta.finalizers = vec!["keep".to_owned()];
+        cm
+    }
+
+    #[test]
+    fn managed_fields_are_skipped_unless_kept_and_the_rest_is_whole() {
+        let list = List {
+            metadata: Some(ListMeta::default()),
+            items: vec![cm_managed("a", "1"), cm_managed("b", "2")],
+            keep_managed_fields: false,
+        };
+        let body = Bytes::from(envelope("ConfigMapList", list.encode_to_vec()));
+        let frame = Bytes::from(cm_frame_of("MODIFIED", &cm_managed("c", "3"))[4..].to_vec());
+        for keep in [false, true] {
+            let page = decode_list::<ConfigMap>(body.clone(), keep).unwrap();
+            let Ok(WatchEvent::Modified(live)) = decode_event::<ConfigMap>(frame.clone(), keep)
+            else {
+                panic!("expected a MODIFIED event");
+            };
+            for obj in page.items.iter().chain([&live]) {
+                let meta = kube_client::Resource::meta(obj);
+                let managers: Vec<_> = meta
+                    .managed_fields
+                    .iter()
+                    .flatten()
+                    .map(|entry| entry.manager.clone().unwrap_or_default())
+                    .collect();
+                let expected: &[&str] = if keep { &["kubectl", "operator"] } else { &[] };
+                assert_eq!(managers, expected, "keep={keep}");
+                // Everything around the skipped entries is decoded.
+                assert_eq!(meta.labels.as_ref().unwrap()["app"], "web");
+                assert_eq!(meta.finalizers.as_deref(), Some(&["keep".to_owned()][..]));
+                assert_eq!(meta.namespace.as_deref(), Some("ns"));
+                assert_eq!(obj.data["k"], "v");
+            }
+            if keep {
+                // Kept, they read as the JSON watcher's: fieldsV1 as a JSON value.
+                let entry = &kube_client::Resource::meta(&page.items[0])
+                    .managed_fields
+                    .as_ref()
+                    .unwrap()[0];
+                assert_eq!(
+                    entry.fields_v1.as_ref().unwrap().0,
+                    serde_json::json!({"f:data": {"f:k": {}}})
+                );
+            }
         }
     }
 
@@ -1157,9 +1375,13 @@ mod tests {
                 }),
             }),
             items: vec![cm("a", "1"), cm("b", "2")],
+            keep_managed_fields: false,
         };
-        let page = decode_list::<ConfigMap>(envelope("ConfigMapList", list.encode_to_vec()).into())
-            .unwrap();
+        let page = decode_list::<ConfigMap>(
+            envelope("ConfigMapList", list.encode_to_vec()).into(),
+            false,
+        )
+        .unwrap();
         let names: Vec<_> = page
             .items
             .iter()
