@@ -1,7 +1,7 @@
 //! End-to-end initial sync against real API servers (kache-testenv: etcd and either
 //! kube-apiserver v1.20.2, which refuses streaming lists, or the modern server on the
 //! Kubernetes 1.36 apiserver library, which serves them): kache (`watcher` + `reflect`) with
-//! each initial list strategy, kube-runtime 5.x (`watcher` + `reflector`), client-go 0.36's
+//! each initial list strategy, in JSON and in protobuf (`protobuf_watcher`), kube-runtime 5.x (`watcher` + `reflector`), client-go 0.36's
 //! shared informer asking for protobuf (its default) and for JSON (the Go program in
 //! `benches/clientgo/`), one raw unpaginated `Api::list` of the same objects, and the bytes of
 //! one unpaginated LIST in JSON and in protobuf read to the end and counted, not decoded. For
@@ -40,7 +40,7 @@ use kache_benches::{
 };
 use kache_store::ReflectExt;
 use kache_testenv::{Server, TestEnv};
-use kache_watch::InitialListStrategy;
+use kache_watch::{InitialListStrategy, Proto};
 use kube_client::api::{ListParams, ObjectList, ObjectMeta, PostParams};
 use kube_client::config::{KubeConfigOptions, Kubeconfig};
 use kube_client::{Api, Client, Resource};
@@ -131,13 +131,17 @@ enum Variant {
     KacheListWatch(Option<u32>),
     KubeRuntimeListWatch(Option<u32>),
     KubeRuntimeStreamingList,
+    /// kache in protobuf (`protobuf_watcher`), `Auto`: a streaming list where served.
+    KacheProtobufAuto,
+    /// kache in protobuf, `ListWatch` with pages.
+    KacheProtobufListWatch(Option<u32>),
     /// client-go's shared informer, in its own process.
     ClientGo(Encoding),
 }
 
 impl Variant {
     /// Every variant, in table order.
-    const ALL: [Self; 12] = [
+    const ALL: [Self; 14] = [
         Self::RawList,
         Self::RawBytes(Encoding::Json),
         Self::RawBytes(Encoding::Protobuf),
@@ -148,6 +152,8 @@ impl Variant {
         Self::KubeRuntimeListWatch(Some(500)),
         Self::KacheListWatch(None),
         Self::KubeRuntimeListWatch(None),
+        Self::KacheProtobufAuto,
+        Self::KacheProtobufListWatch(Some(500)),
         Self::ClientGo(Encoding::Protobuf),
         Self::ClientGo(Encoding::Json),
     ];
@@ -181,6 +187,10 @@ impl Variant {
                 format!("kube-runtime ListWatch, page {}", pages(page))
             }
             Self::KubeRuntimeStreamingList => "kube-runtime StreamingList".to_owned(),
+            Self::KacheProtobufAuto => "kache protobuf, Auto (default)".to_owned(),
+            Self::KacheProtobufListWatch(page) => {
+                format!("kache protobuf, ListWatch page {}", pages(page))
+            }
             Self::ClientGo(Encoding::Protobuf) => {
                 "client-go informer, protobuf (its default)".to_owned()
             }
@@ -199,12 +209,27 @@ impl Variant {
             Self::KacheListWatch(page) => format!("kache-listwatch-{}", pages(page)),
             Self::KubeRuntimeListWatch(page) => format!("kube-runtime-listwatch-{}", pages(page)),
             Self::KubeRuntimeStreamingList => "kube-runtime-streaming".to_owned(),
+            Self::KacheProtobufAuto => "kache-protobuf-auto".to_owned(),
+            Self::KacheProtobufListWatch(page) => {
+                format!("kache-protobuf-listwatch-{}", pages(page))
+            }
             Self::ClientGo(encoding) => format!("client-go-{}", encoding.name()),
         }
     }
 
     fn from_id(id: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|v| v.id() == id)
+    }
+
+    /// The encoding of a kache variant's sync, whose raw bytes it is compared with.
+    fn kache_encoding(self) -> Option<Encoding> {
+        match self {
+            Self::KacheAuto | Self::KacheStreamingList | Self::KacheListWatch(_) => {
+                Some(Encoding::Json)
+            }
+            Self::KacheProtobufAuto | Self::KacheProtobufListWatch(_) => Some(Encoding::Protobuf),
+            _ => None,
+        }
     }
 
     /// The kube-runtime variant that gets the initial list the same way on `server`.
@@ -232,17 +257,24 @@ trait Object:
     + Sync
     + 'static
 {
+    /// The same type as k8s-pb has it, for protobuf on the wire.
+    type Pb: kache_watch::ProtoObject<Scope = k8s_pb::NamespaceResourceScope> + Debug + Sync;
+
     /// Object `i` of the seeded set.
     fn fixture(i: usize) -> Self;
 }
 
 impl Object for ConfigMap {
+    type Pb = k8s_pb::api::core::v1::ConfigMap;
+
     fn fixture(i: usize) -> Self {
         config_map(i, 0)
     }
 }
 
 impl Object for Pod {
+    type Pb = k8s_pb::api::core::v1::Pod;
+
     fn fixture(i: usize) -> Self {
         let mut pod = pod(i, 0);
         // The server sets a new pod's status itself.
@@ -257,6 +289,7 @@ enum Synced<K: Object> {
     List(ObjectList<K>),
     Bytes(u64),
     Kache(kache_store::Store<K>, JoinHandle<()>),
+    KacheProtobuf(kache_store::Store<Proto<K::Pb>>, JoinHandle<()>),
     KubeRuntime(kube_runtime::reflector::Store<K>, JoinHandle<()>),
     Process { objects: usize, report: Report },
 }
@@ -268,6 +301,7 @@ impl<K: Object> Synced<K> {
             Self::List(list) => Some(list.items.len()),
             Self::Bytes(_) => None,
             Self::Kache(store, _) => Some(store.len()),
+            Self::KacheProtobuf(store, _) => Some(store.len()),
             Self::KubeRuntime(store, _) => Some(store.len()),
             Self::Process { objects, .. } => Some(*objects),
         }
@@ -288,7 +322,10 @@ impl<K: Object> Synced<K> {
     /// first, and a watcher without backoff then retries its failing request in a loop that
     /// never yields, so the shutdown never ends.
     async fn close(mut self) {
-        if let Self::Kache(_, driver) | Self::KubeRuntime(_, driver) = &mut self {
+        if let Self::Kache(_, driver)
+        | Self::KacheProtobuf(_, driver)
+        | Self::KubeRuntime(_, driver) = &mut self
+        {
             driver.abort();
             // `Err(cancelled)` is the expected outcome.
             let _ = driver.await;
@@ -298,7 +335,10 @@ impl<K: Object> Synced<K> {
 
 impl<K: Object> Drop for Synced<K> {
     fn drop(&mut self) {
-        if let Self::Kache(_, driver) | Self::KubeRuntime(_, driver) = self {
+        if let Self::Kache(_, driver)
+        | Self::KacheProtobuf(_, driver)
+        | Self::KubeRuntime(_, driver) = self
+        {
             driver.abort();
         }
     }
@@ -380,6 +420,23 @@ async fn sync<K: Object>(variant: Variant, target: &Target<'_, K>) -> Result<Syn
             };
             let (store, driver) = kache(config);
             let synced = Synced::Kache(store.clone(), driver);
+            store.wait_until_ready().await?;
+            synced
+        }
+        Variant::KacheProtobufAuto | Variant::KacheProtobufListWatch(_) => {
+            let config = match variant {
+                Variant::KacheProtobufListWatch(page) => kache_list_watch(page),
+                _ => kache_watch::Config::default(),
+            };
+            let (store, writer) = kache_store::store::<Proto<K::Pb>>();
+            let api: Api<Proto<K::Pb>> =
+                Api::namespaced(api.clone().into_client(), target.namespace);
+            let driver = tokio::spawn(
+                kache_watch::protobuf_watcher(api, config)
+                    .reflect(writer)
+                    .for_each(|_| ready(())),
+            );
+            let synced = Synced::KacheProtobuf(store.clone(), driver);
             store.wait_until_ready().await?;
             synced
         }
@@ -776,6 +833,7 @@ fn table(server: Server, rows: &[Row]) -> Result<Table, BoxError> {
         "median time",
         "min .. max",
         "time / raw list",
+        "time / raw bytes, same encoding",
         "time / client-go protobuf",
         "peak RSS during sync",
         "RSS once synced",
@@ -814,6 +872,13 @@ fn table(server: Server, rows: &[Row]) -> Result<Table, BoxError> {
                 fmt_ns(row.times[row.times.len() - 1])
             ),
             ratio(row.median.as_secs_f64(), list.median.as_secs_f64()),
+            row.variant
+                .kache_encoding()
+                .and_then(|encoding| find(Variant::RawBytes(encoding)))
+                .map_or_else(
+                    || "-".to_owned(),
+                    |raw| ratio(row.median.as_secs_f64(), raw.median.as_secs_f64()),
+                ),
             ratio(row.median.as_secs_f64(), client_go.median.as_secs_f64()),
             fmt_bytes(as_f64(row.memory.peak)),
             synced,
