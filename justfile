@@ -73,7 +73,7 @@ examples: control-plane
 doc:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
     K8S_OPENAPI_ENABLED_VERSION= RUSTDOCFLAGS="-D warnings" cargo doc --no-deps \
-        -p kache-watch -p kache-store -p kache-testenv --features k8s-openapi/latest
+        -p kache-watch -p kache-store -p kache-testenv --features k8s-openapi/latest,kache-watch/protobuf
 
 # Provision both control planes, each built once and then cached: etcd and kube-apiserver
 # v1.20.2 from Debian's source, and etcd 3.5 with the modern server from Debian sid's packages.

@@ -680,6 +680,10 @@ fn time(time: Option<pb::Time>) -> Result<Option<openapi::Time>, ProtoError> {
 }
 
 /// k8s-pb's `Status` as kube-client's, which the watcher's errors carry.
+#[allow(
+    clippy::needless_update,
+    reason = "k8s-openapi's ListMeta has more fields with newer Kubernetes versions"
+)]
 fn status(status: pb::Status) -> Status {
     let meta = status.metadata.unwrap_or_default();
     Status {
@@ -698,6 +702,8 @@ fn status(status: pb::Status) -> Status {
             remaining_item_count: meta.remaining_item_count,
             resource_version: non_empty(meta.resource_version),
             self_link: non_empty(meta.self_link),
+            // Newer Kubernetes versions of k8s-openapi add `shard_info`.
+            ..openapi::ListMeta::default()
         }),
         reason: status.reason.unwrap_or_default(),
         details: status
