@@ -5,9 +5,13 @@
 //! encodings (JSON and protobuf) on the modern server; `watch_object`, `metadata_watcher` and
 //! the handling of managed fields are JSON's only.
 
-use std::{collections::BTreeSet, pin::Pin};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    pin::Pin,
+};
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_store::Writer;
 use kache_tests::{
@@ -18,7 +22,7 @@ use kache_tests::{
 use kache_watch::{Config, Error, Event, InitialListStrategy, WatchStreamExt, watch_object};
 use kube_client::{
     Api,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 
@@ -638,5 +642,33 @@ on_each_server! {
             let kept = managed_fields_seen(&api, config.keep_managed_fields(), &format!("keep-{round}")).await;
             assert!(kept.iter().all(|m| *m), "{strategy:?}: managed fields kept: {kept:?}");
         }
+    }
+}
+
+on_each_server! {
+    /// What the protobuf runs of this suite stand on: an object read through
+    /// `configmap_watcher` is the same `ConfigMap` in both wires, data, binary data,
+    /// immutability and metadata alike (managed fields aside: see the test above).
+    async fn a_configmap_reads_the_same_in_both_wires(server: Server) {
+        let (_, _, api) = shared_env(server, "watch-wires").await;
+        let mut cm = kache_tests::configmap("both", &[("app", "web")]);
+        cm.binary_data = Some(BTreeMap::from([("blob".to_owned(), ByteString(vec![0, 1, 254, 255]))]));
+        cm.immutable = Some(true);
+        api.create(&PostParams::default(), &cm).await.unwrap();
+
+        let mut read = Vec::new();
+        for wire in [Wire::Json, Wire::Protobuf] {
+            let mut events = watch(api.clone(), Config::default(), wire);
+            assert!(matches!(next(&mut events).await, Ok(Event::Init)), "{wire:?}");
+            let Ok(Event::InitApply(mut cm)) = next(&mut events).await else {
+                panic!("{wire:?}: expected the object");
+            };
+            cm.metadata.managed_fields = None;
+            read.push(cm);
+        }
+        let (json, protobuf) = (&read[0], &read[1]);
+        assert_eq!(protobuf, json);
+        assert_eq!(json.binary_data, cm.binary_data);
+        assert_eq!((json.data.clone(), json.immutable), (cm.data.clone(), Some(true)));
     }
 }
