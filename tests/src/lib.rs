@@ -6,6 +6,10 @@
 //!
 //! `KACHE_TEST_SERVERS` picks the servers: a comma-separated list of `legacy` (kube-apiserver
 //! v1.20.2) and `modern` (the Kubernetes 1.36 apiserver library); both when unset.
+//!
+//! Tests of `ConfigMap` watchers also run once per [`Wire`] encoding on the modern server
+//! (see [`on_each_server_and_wire!`] and [`configmap_watcher`]): the same body, whether the
+//! watcher reads JSON or protobuf.
 
 /// The scripted wire-format responder, for what a real server cannot be made to send.
 pub use kache_testenv::scripted;
@@ -20,12 +24,13 @@ use std::{
     time::Duration,
 };
 
-use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::ConfigMap;
+use futures::{StreamExt, TryStreamExt, stream::BoxStream};
+use k8s_openapi::{ByteString, api::core::v1::ConfigMap};
+use k8s_pb::api::core::v1::ConfigMap as PbConfigMap;
 use kache_store::testing::Replay;
 use kache_store::{ReflectExt, Store, Subscriber, Writer};
 pub use kache_testenv::{Server, TestEnv};
-use kache_watch::{Backoff, Config, Event, WatchStreamExt, watcher};
+use kache_watch::{Backoff, Config, Event, Proto, WatchStreamExt, protobuf_watcher, watcher};
 use kube_client::{
     Api,
     api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
@@ -108,6 +113,122 @@ macro_rules! on_each_server {
         $crate::on_each_server! { $($rest)* }
     };
     () => {};
+}
+
+/// Defines one test per API server and wire encoding around one body:
+/// `async fn name(server: Server, wire: Wire) { ... }` becomes the module `name` with the tests
+/// `name::legacy` and `name::modern` (JSON) and `name::modern_protobuf`, each running the body
+/// when `KACHE_TEST_SERVERS` selects its server (see [`run_on`]). The body starts its watchers
+/// with [`configmap_watcher`] (or [`Reflector::start_in`]) in `wire`, so that both encodings
+/// run the same code. Protobuf runs on the modern server only: the wire mode is the same
+/// code whatever the server, and the legacy server's answers are covered by `protobuf.rs`.
+///
+/// ```ignore
+/// kache_tests::on_each_server_and_wire! {
+///     /// What the test shows.
+///     async fn lists_everything(server: Server, wire: Wire) {
+///         let (_, _, api) = shared_env(server, "list").await;
+///         let events = configmap_watcher(api, Config::default(), wire);
+///         // ...
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! on_each_server_and_wire {
+    (
+        $(#[$meta:meta])*
+        async fn $name:ident($server:ident: Server, $wire:ident: Wire) $body:block
+        $($rest:tt)*
+    ) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body($server: $crate::Server, $wire: $crate::Wire) $body
+
+            #[tokio::test]
+            async fn legacy() {
+                $crate::run_on($crate::Server::Legacy, |server| body(server, $crate::Wire::Json))
+                    .await;
+            }
+
+            #[tokio::test]
+            async fn modern() {
+                $crate::run_on($crate::Server::Modern, |server| body(server, $crate::Wire::Json))
+                    .await;
+            }
+
+            #[tokio::test]
+            async fn modern_protobuf() {
+                $crate::run_on($crate::Server::Modern, |server| {
+                    body(server, $crate::Wire::Protobuf)
+                })
+                .await;
+            }
+        }
+        $crate::on_each_server_and_wire! { $($rest)* }
+    };
+    () => {};
+}
+
+/// The encoding a watcher reads: what [`configmap_watcher`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// `watcher`: JSON on the wire.
+    Json,
+    /// `protobuf_watcher`: protobuf on the wire, each object converted to k8s-openapi's
+    /// `ConfigMap` as it arrives.
+    Protobuf,
+}
+
+/// The items of a [`configmap_watcher`].
+pub type ConfigMapEvents = BoxStream<'static, kache_watch::Result<Event<ConfigMap>>>;
+
+/// A watcher of `api`'s `ConfigMap`s reading `wire`, without backoff: `watcher(api, config)`
+/// for JSON; for protobuf, `protobuf_watcher` on the same client and namespace, each
+/// `Proto<ConfigMap>` converted to k8s-openapi's `ConfigMap` ([`openapi_configmap`]), each
+/// event kept as the same variant and each error as the same error. The conversion maps one
+/// item to one item, so the watcher's progress reports still reach a store (see
+/// `kache_watch::Progress`).
+#[must_use]
+pub fn configmap_watcher(api: Api<ConfigMap>, config: Config, wire: Wire) -> ConfigMapEvents {
+    match wire {
+        Wire::Json => watcher(api, config).boxed(),
+        Wire::Protobuf => protobuf_watcher(proto_api(&api), config)
+            .map(|item| item.map(|event| event.map(openapi_configmap)))
+            .boxed(),
+    }
+}
+
+/// An `Api` of protobuf-decoded `ConfigMap`s on `api`'s client and namespace.
+///
+/// # Panics
+/// If `api` is not namespaced.
+#[must_use]
+pub fn proto_api(api: &Api<ConfigMap>) -> Api<Proto<PbConfigMap>> {
+    Api::namespaced(
+        api.clone().into_client(),
+        api.namespace().expect("a namespaced Api"),
+    )
+}
+
+/// `cm` as k8s-openapi's `ConfigMap`, as a JSON answer gives it: its metadata, data, binary
+/// data and immutability. Empty maps become `None`, since JSON omits them.
+#[must_use]
+pub fn openapi_configmap(cm: Proto<PbConfigMap>) -> ConfigMap {
+    let (metadata, cm) = cm.into_parts();
+    ConfigMap {
+        metadata,
+        data: (!cm.data.is_empty()).then_some(cm.data),
+        binary_data: (!cm.binary_data.is_empty()).then(|| {
+            cm.binary_data
+                .into_iter()
+                .map(|(key, bytes)| (key, ByteString(bytes)))
+                .collect()
+        }),
+        immutable: cm.immutable,
+    }
 }
 
 /// The servers `KACHE_TEST_SERVERS` names (comma-separated), or both when it is unset.
@@ -535,8 +656,9 @@ impl Counters {
     }
 }
 
-/// `watcher(api, config).backoff(..).reflect(writer)` running on a background task, with
-/// counters; the task stops when this is dropped.
+/// `watcher(api, config).backoff(..).reflect(writer)` (or its protobuf twin, see
+/// [`Reflector::start_in`]) running on a background task, with counters; the task stops when
+/// this is dropped.
 #[derive(Debug)]
 pub struct Reflector {
     /// What the watcher has done so far.
@@ -551,12 +673,27 @@ impl Drop for Reflector {
 }
 
 impl Reflector {
-    /// Starts the watcher with [`quick_backoff`].
+    /// Starts the JSON watcher with [`quick_backoff`].
     #[must_use]
     pub fn start(api: Api<ConfigMap>, config: Config, writer: Writer<ConfigMap>) -> Self {
+        Self::start_in(Wire::Json, api, config, writer)
+    }
+
+    /// Starts a [`configmap_watcher`] reading `wire`, with [`quick_backoff`].
+    #[must_use]
+    pub fn start_in(
+        wire: Wire,
+        api: Api<ConfigMap>,
+        config: Config,
+        writer: Writer<ConfigMap>,
+    ) -> Self {
         let backoff = quick_backoff();
         let counters = Arc::new(Counters::default());
-        let mut events = Box::pin(watcher(api, config).backoff(backoff).reflect(writer));
+        let mut events = Box::pin(
+            configmap_watcher(api, config, wire)
+                .backoff(backoff)
+                .reflect(writer),
+        );
         let task = tokio::spawn({
             let counters = counters.clone();
             async move {

@@ -2,7 +2,8 @@
 //! `410 Gone` on a watch and in the middle of a paged list, churn through a restart, and
 //! missing permissions. Each scenario that breaks something has its own control plane, and
 //! each ends with the same check: the store and every subscriber's rebuilt view equal a fresh
-//! LIST exactly ([`converges`]).
+//! LIST exactly ([`converges`]). Every scenario runs in both wire encodings (JSON and
+//! protobuf) on the modern server.
 
 use std::{
     collections::BTreeSet,
@@ -18,11 +19,11 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kache_store::{Delivery, ReflectExt, Store, Writer};
 use kache_testenv::TestEnv;
 use kache_tests::{
-    Counters, Proxy, Reflector, View, churn, converges, create_configmaps, cut_off,
-    delete_configmaps, eventually, follow, key_of, listed_versions, on_each_server, own_env,
-    private_env, within,
+    Counters, Proxy, Reflector, View, Wire, churn, configmap_watcher, converges, create_configmaps,
+    cut_off, delete_configmaps, eventually, follow, key_of, listed_versions,
+    on_each_server_and_wire, own_env, private_env, within,
 };
-use kache_watch::{Backoff, Config, Error, Event, InitialListStrategy, WatchStreamExt, watcher};
+use kache_watch::{Backoff, Config, Error, Event, InitialListStrategy, WatchStreamExt};
 use kube_client::{
     Api,
     api::{Patch, PatchParams},
@@ -40,7 +41,7 @@ struct Watched {
 }
 
 impl Watched {
-    async fn start(env: &TestEnv, ns: &str, config: Config) -> Self {
+    async fn start(env: &TestEnv, ns: &str, config: Config, wire: Wire) -> Self {
         let (proxy, api) = cut_off(env, ns).await;
         let writer = Writer::new().with_buffer(64);
         let store = writer.as_reader();
@@ -52,7 +53,7 @@ impl Watched {
             ),
             follow(writer.subscribe(), Duration::from_millis(1)),
         ];
-        let reflector = Reflector::start(api, config, writer);
+        let reflector = Reflector::start_in(wire, api, config, writer);
         within("the store to be ready", store.wait_until_ready())
             .await
             .unwrap();
@@ -109,13 +110,13 @@ fn assert_deletes(views: &[View], expected: &BTreeSet<String>) {
     }
 }
 
-on_each_server! {
-    async fn apiserver_restart_mid_watch_converges_with_changes_made_while_it_was_away(server: Server) {
+on_each_server_and_wire! {
+    async fn apiserver_restart_mid_watch_converges_with_changes_made_while_it_was_away(server: Server, wire: Wire) {
         let env = own_env(server).await;
         let ns = env.create_namespace("fault-apiserver").await.unwrap();
         let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
         create_configmaps(&api, "cm", 100, &[]).await;
-        let watched = Watched::start(&env, &ns, Config::default()).await;
+        let watched = Watched::start(&env, &ns, Config::default(), wire).await;
         converges(&api, &watched.store, &watched.views).await;
 
         // The server dies under the watch; the watcher must notice and keep retrying.
@@ -137,13 +138,13 @@ on_each_server! {
     }
 }
 
-on_each_server! {
-    async fn etcd_restart_mid_watch_converges_with_changes_made_while_it_was_away(server: Server) {
+on_each_server_and_wire! {
+    async fn etcd_restart_mid_watch_converges_with_changes_made_while_it_was_away(server: Server, wire: Wire) {
         let env = own_env(server).await;
         let ns = env.create_namespace("fault-etcd").await.unwrap();
         let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
         create_configmaps(&api, "cm", 100, &[]).await;
-        let watched = Watched::start(&env, &ns, Config::default()).await;
+        let watched = Watched::start(&env, &ns, Config::default(), wire).await;
         converges(&api, &watched.store, &watched.views).await;
 
         // etcd dies and comes back under a connected watcher; changes right after must arrive.
@@ -161,11 +162,11 @@ on_each_server! {
     }
 }
 
-on_each_server! {
-    async fn gone_on_watch_relists_and_subscribers_get_a_delete_for_exactly_the_deleted_objects(server: Server) {
+on_each_server_and_wire! {
+    async fn gone_on_watch_relists_and_subscribers_get_a_delete_for_exactly_the_deleted_objects(server: Server, wire: Wire) {
         let (env, ns, api) = private_env(server, "fault-gone").await;
         create_configmaps(&api, "cm", 100, &[]).await;
-        let watched = Watched::start(&env, &ns, Config::default()).await;
+        let watched = Watched::start(&env, &ns, Config::default(), wire).await;
         converges(&api, &watched.store, &watched.views).await;
 
         watched.proxy.cut();
@@ -183,8 +184,8 @@ on_each_server! {
     }
 }
 
-on_each_server! {
-    async fn gone_between_list_pages_restarts_the_list_with_init_and_leaves_nothing_stale(server: Server) {
+on_each_server_and_wire! {
+    async fn gone_between_list_pages_restarts_the_list_with_init_and_leaves_nothing_stale(server: Server, wire: Wire) {
         let (env, ns, api) = private_env(server, "fault-pages").await;
         create_configmaps(&api, "cm", 50, &[]).await;
 
@@ -195,7 +196,7 @@ on_each_server! {
             .page_size(5)
             .initial_list_strategy(InitialListStrategy::ListWatch);
         // Unbacked and reflected: reading it item by item decides when each page is fetched.
-        let mut events = Box::pin(watcher(api.clone(), config).reflect(writer));
+        let mut events = Box::pin(configmap_watcher(api.clone(), config, wire).reflect(writer));
         let mut next = async || {
             within("the next watcher item", events.next())
                 .await
@@ -261,15 +262,15 @@ on_each_server! {
     }
 }
 
-on_each_server! {
-    async fn churn_from_concurrent_writers_through_a_server_restart_converges(server: Server) {
+on_each_server_and_wire! {
+    async fn churn_from_concurrent_writers_through_a_server_restart_converges(server: Server, wire: Wire) {
         const WORKERS: usize = 4;
         const OPS_PER_WORKER: u64 = 600;
         const TOTAL: u64 = OPS_PER_WORKER * WORKERS as u64;
         let env = own_env(server).await;
         let ns = env.create_namespace("fault-churn").await.unwrap();
         let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
-        let watched = Watched::start(&env, &ns, Config::default()).await;
+        let watched = Watched::start(&env, &ns, Config::default(), wire).await;
 
         let done = Arc::new(AtomicU64::new(0));
         let workers: Vec<_> = (0..WORKERS)
@@ -317,8 +318,8 @@ on_each_server! {
     }
 }
 
-on_each_server! {
-    async fn missing_list_permission_is_a_forbidden_error_on_every_retry_and_never_ready(server: Server) {
+on_each_server_and_wire! {
+    async fn missing_list_permission_is_a_forbidden_error_on_every_retry_and_never_ready(server: Server, wire: Wire) {
         let env = TestEnv::shared_on(server).await.expect("control plane");
         let ns = env.create_namespace("fault-forbidden").await.unwrap();
         for strategy in [InitialListStrategy::Auto, InitialListStrategy::ListWatch] {
@@ -330,7 +331,7 @@ on_each_server! {
                 .initial(Duration::from_millis(50))
                 .max(Duration::from_millis(200));
             let config = Config::default().initial_list_strategy(strategy);
-            let mut events = Box::pin(watcher(api, config).backoff(backoff).reflect(writer));
+            let mut events = Box::pin(configmap_watcher(api, config, wire).backoff(backoff).reflect(writer));
             for attempt in 0..4 {
                 let item = within("the next watcher item", events.next())
                     .await

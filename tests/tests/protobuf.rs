@@ -11,7 +11,7 @@ use k8s_pb::api::core::v1::ConfigMap as PbConfigMap;
 use kache_store::{ReflectExt, Store, Writer};
 use kache_tests::{
     create_configmaps, cut_off, delete_configmaps, eventually, on_each_server, private_env,
-    quick_backoff, shared_env, within,
+    proto_api, quick_backoff, shared_env, within,
 };
 use kache_watch::{
     Config, Error, Event, InitialListStrategy, Proto, WatchStreamExt, protobuf_watcher, watcher,
@@ -27,13 +27,6 @@ type Events = Pin<Box<dyn Stream<Item = Result<Event<Arc<Cm>>, Error>> + Send>>;
 
 /// What a test compares of each object: resourceVersion, labels and data.
 type Seen = BTreeMap<String, (String, BTreeMap<String, String>, BTreeMap<String, String>)>;
-
-fn proto_api(api: &Api<ConfigMap>) -> Api<Cm> {
-    Api::namespaced(
-        api.clone().into_client(),
-        api.namespace().expect("namespaced"),
-    )
-}
 
 /// A protobuf watcher that retries quickly, applied to `writer`.
 fn watch_into(api: &Api<ConfigMap>, config: Config, writer: Writer<Cm>) -> Events {

@@ -1,5 +1,6 @@
 //! The store fed by a real watcher (kache-testenv): readiness, live changes, indexes, and an
-//! exact match with the server after a forced `410 Gone` relist.
+//! exact match with the server after a forced `410 Gone` relist; in both wire encodings
+//! (JSON and protobuf) on the modern server.
 
 use std::sync::Arc;
 
@@ -7,14 +8,14 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kache_store::Writer;
 use kache_tests::{
     Reflector, create_configmaps, cut_off_recorded, delete_configmaps, eventually, listed_versions,
-    on_each_server, private_env, shared_env, stored_versions, within,
+    on_each_server_and_wire, private_env, shared_env, stored_versions, within,
 };
 use kache_watch::Config;
 use kube_client::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
-on_each_server! {
-    async fn reflected_store_becomes_ready_and_follows_creates_updates_and_deletes(server: Server) {
+on_each_server_and_wire! {
+    async fn reflected_store_becomes_ready_and_follows_creates_updates_and_deletes(server: Server, wire: Wire) {
         let (_, ns, api) = shared_env(server, "store-live").await;
         create_configmaps(&api, "cm", 50, &[("tier", "a")]).await;
 
@@ -29,7 +30,7 @@ on_each_server! {
         });
         let store = writer.as_reader();
         assert!(!store.is_ready());
-        let reflector = Reflector::start(api.clone(), Config::default(), writer);
+        let reflector = Reflector::start_in(wire, api.clone(), Config::default(), writer);
         within("the store to be ready", store.wait_until_ready())
             .await
             .unwrap();
@@ -66,15 +67,15 @@ on_each_server! {
     }
 }
 
-on_each_server! {
-    async fn store_equals_a_fresh_list_after_a_forced_410_relist(server: Server) {
+on_each_server_and_wire! {
+    async fn store_equals_a_fresh_list_after_a_forced_410_relist(server: Server, wire: Wire) {
         let (env, ns, api) = private_env(server, "store-gone").await;
         create_configmaps(&api, "cm", 200, &[]).await;
 
         let (proxy, log, cut_off_api) = cut_off_recorded(&env, &ns).await;
         let writer = Writer::new();
         let store = writer.as_reader();
-        let reflector = Reflector::start(cut_off_api, Config::default(), writer);
+        let reflector = Reflector::start_in(wire, cut_off_api, Config::default(), writer);
         within("the store to be ready", store.wait_until_ready())
             .await
             .unwrap();

@@ -1,24 +1,28 @@
 //! The watcher against both real API servers (kache-testenv): initial sync, live changes,
 //! selectors, paging, the requests each initial-list strategy makes, the streaming-list
 //! fallback, partitions and deletes during the initial events, relist after a real
-//! `410 Gone`, and `watch_object`.
+//! `410 Gone`, and `watch_object`. The tests of the `ConfigMap` watcher run in both wire
+//! encodings (JSON and protobuf) on the modern server; `watch_object`, `metadata_watcher` and
+//! the handling of managed fields are JSON's only.
 
-use std::{collections::BTreeSet, pin::Pin};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    pin::Pin,
+};
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_store::Writer;
 use kache_tests::{
-    TestEnv, create_configmaps, create_configmaps_of_size, cut_off, cut_off_recorded,
-    delete_configmaps, listed_versions, on_each_server, private_env, quick_backoff, shared_env,
-    stored_versions, within,
+    TestEnv, Wire, configmap_watcher, create_configmaps, create_configmaps_of_size, cut_off,
+    cut_off_recorded, delete_configmaps, listed_versions, on_each_server, on_each_server_and_wire,
+    private_env, quick_backoff, shared_env, stored_versions, within,
 };
-use kache_watch::{
-    Config, Error, Event, InitialListStrategy, WatchStreamExt, watch_object, watcher,
-};
+use kache_watch::{Config, Error, Event, InitialListStrategy, WatchStreamExt, watch_object};
 use kube_client::{
     Api,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 
@@ -28,9 +32,9 @@ fn name(cm: &ConfigMap) -> String {
     cm.metadata.name.clone().unwrap_or_default()
 }
 
-/// A watcher that retries quickly: faults in these tests are short.
-fn watch(api: Api<ConfigMap>, config: Config) -> Events {
-    Box::pin(watcher(api, config).backoff(quick_backoff()))
+/// A watcher reading `wire` that retries quickly: faults in these tests are short.
+fn watch(api: Api<ConfigMap>, config: Config, wire: Wire) -> Events {
+    Box::pin(configmap_watcher(api, config, wire).backoff(quick_backoff()))
 }
 
 async fn next(events: &mut Events) -> Result<Event<ConfigMap>, Error> {
@@ -62,12 +66,12 @@ fn names(prefix: &str, count: usize) -> BTreeSet<String> {
     (0..count).map(|i| format!("{prefix}-{i}")).collect()
 }
 
-on_each_server! {
-    async fn initial_sync_lists_every_object_then_streams_live_changes(server: Server) {
+on_each_server_and_wire! {
+    async fn initial_sync_lists_every_object_then_streams_live_changes(server: Server, wire: Wire) {
         let (_, _, api) = shared_env(server, "watch-sync").await;
         create_configmaps(&api, "cm", 300, &[]).await;
 
-        let mut events = watch(api.clone(), Config::default());
+        let mut events = watch(api.clone(), Config::default(), wire);
         assert_eq!(initial_sync(&mut events).await, names("cm", 300));
 
         create_configmaps(&api, "new", 1, &[]).await;
@@ -93,16 +97,16 @@ on_each_server! {
     }
 }
 
-on_each_server! {
-    async fn label_and_field_selectors_filter_on_the_server(server: Server) {
+on_each_server_and_wire! {
+    async fn label_and_field_selectors_filter_on_the_server(server: Server, wire: Wire) {
         let (_, _, api) = shared_env(server, "watch-select").await;
         create_configmaps(&api, "web", 5, &[("app", "web")]).await;
         create_configmaps(&api, "db", 4, &[("app", "db")]).await;
 
-        let mut by_label = watch(api.clone(), Config::default().labels("app=db"));
+        let mut by_label = watch(api.clone(), Config::default().labels("app=db"), wire);
         assert_eq!(initial_sync(&mut by_label).await, names("db", 4));
 
-        let mut by_field = watch(api.clone(), Config::default().fields("metadata.name=web-3"));
+        let mut by_field = watch(api.clone(), Config::default().fields("metadata.name=web-3"), wire);
         assert_eq!(
             initial_sync(&mut by_field).await,
             names("web", 5)
@@ -121,12 +125,12 @@ on_each_server! {
     }
 }
 
-on_each_server! {
+on_each_server_and_wire! {
     /// Where streaming lists are refused (v1.20, or a modern server with its `WatchList` gate
     /// off) a forced streaming list gets `422`, and `Auto` lists instead: one refused streaming
     /// list, then LIST and WATCH; it remembers the answer, so a relist after a `410 Gone` lists
     /// straight away.
-    async fn auto_falls_back_where_streaming_lists_are_refused_and_remembers_it(server: Server) {
+    async fn auto_falls_back_where_streaming_lists_are_refused_and_remembers_it(server: Server, wire: Wire) {
         // The watch cache off, so that a compaction gives a real 410 below.
         let mut builder = TestEnv::builder().server(server).watch_cache(false);
         if server.serves_streaming_lists() {
@@ -138,7 +142,7 @@ on_each_server! {
         create_configmaps(&api, "cm", 10, &[]).await;
 
         // Forcing streaming lists shows what this server says to them...
-        let mut streaming = watch(api.clone(), Config::default().streaming_lists());
+        let mut streaming = watch(api.clone(), Config::default().streaming_lists(), wire);
         let refused = next(&mut streaming)
             .await
             .expect_err("this server refuses streaming lists");
@@ -150,7 +154,7 @@ on_each_server! {
             InitialListStrategy::Auto
         );
         let (proxy, log, watched) = cut_off_recorded(&env, &ns).await;
-        let mut auto = watch(watched, Config::default());
+        let mut auto = watch(watched, Config::default(), wire);
         assert_eq!(initial_sync(&mut auto).await, names("cm", 10));
         create_configmaps(&api, "live", 1, &[]).await;
         assert!(matches!(next(&mut auto).await, Ok(Event::Apply(cm)) if name(&cm) == "live-0"));
@@ -174,28 +178,28 @@ on_each_server! {
     }
 }
 
-on_each_server! {
-    async fn small_pages_list_every_object_exactly_once(server: Server) {
+on_each_server_and_wire! {
+    async fn small_pages_list_every_object_exactly_once(server: Server, wire: Wire) {
         let (_, _, api) = shared_env(server, "watch-pages").await;
         create_configmaps(&api, "cm", 100, &[]).await;
 
         let config = Config::default()
             .page_size(7)
             .initial_list_strategy(InitialListStrategy::ListWatch);
-        let mut events = watch(api, config);
+        let mut events = watch(api, config, wire);
         assert_eq!(initial_sync(&mut events).await, names("cm", 100));
     }
 }
 
-on_each_server! {
-    async fn watch_from_a_compacted_version_relists_without_objects_deleted_meanwhile(server: Server) {
+on_each_server_and_wire! {
+    async fn watch_from_a_compacted_version_relists_without_objects_deleted_meanwhile(server: Server, wire: Wire) {
         // Its own control plane: the watch cache off (so requests reach etcd) and a compaction
         // that must not disturb other tests.
         let (env, ns, api) = private_env(server, "watch-gone").await;
         create_configmaps(&api, "cm", 20, &[]).await;
 
         let (proxy, cut_off_api) = cut_off(&env, &ns).await;
-        let mut events = watch(cut_off_api, Config::default());
+        let mut events = watch(cut_off_api, Config::default(), wire);
         assert_eq!(initial_sync(&mut events).await, names("cm", 20));
 
         // While the watcher is cut off: delete some, add some, and compact away the history.
@@ -271,13 +275,13 @@ on_each_server! {
     }
 }
 
-on_each_server! {
-    async fn dropped_connection_resumes_without_relist_and_delivers_changes_made_meanwhile(server: Server) {
+on_each_server_and_wire! {
+    async fn dropped_connection_resumes_without_relist_and_delivers_changes_made_meanwhile(server: Server, wire: Wire) {
         let (env, ns, api) = shared_env(server, "watch-resume").await;
         create_configmaps(&api, "cm", 5, &[]).await;
 
         let (proxy, log, cut_off_api) = cut_off_recorded(env, &ns).await;
-        let mut events = watch(cut_off_api, Config::default());
+        let mut events = watch(cut_off_api, Config::default(), wire);
         assert_eq!(initial_sync(&mut events).await, names("cm", 5));
         let synced = log.requests().len();
         let newest_listed = listed_versions(&api).await.values().map(|v| v.parse::<u64>().unwrap()).max();
@@ -386,12 +390,12 @@ fn live(item: Result<Event<ConfigMap>, Error>) -> String {
     }
 }
 
-on_each_server! {
+on_each_server_and_wire! {
     /// Each strategy makes exactly the requests its server calls for. Where streaming lists
     /// are served, `Auto` and `StreamingList` sync with one streaming list and no LIST at all,
     /// and follow on the same connection. Where they are not, `Auto` makes one refused
     /// streaming list, then LIST and WATCH, and `ListWatch` never tries streaming.
-    async fn each_strategy_makes_exactly_the_requests_its_server_calls_for(server: Server) {
+    async fn each_strategy_makes_exactly_the_requests_its_server_calls_for(server: Server, wire: Wire) {
         let (env, ns, api) = shared_env(server, "watch-requests").await;
         create_configmaps(&api, "cm", 50, &[]).await;
         let strategies = [
@@ -406,7 +410,7 @@ on_each_server! {
             }
             let (_proxy, log, watched) = cut_off_recorded(env, &ns).await;
             let mut writer = Writer::new();
-            let mut events = watch(watched, Config::default().initial_list_strategy(strategy));
+            let mut events = watch(watched, Config::default().initial_list_strategy(strategy), wire);
             assert_eq!(exact_initial_sync(&mut events, &mut writer).await, expected, "{strategy:?}");
             assert_eq!(stored_versions(&writer.as_reader()), listed_versions(&api).await, "{strategy:?}");
 
@@ -424,18 +428,18 @@ on_each_server! {
     }
 }
 
-on_each_server! {
+on_each_server_and_wire! {
     /// A partition in the middle of the initial events (a streaming list, or between the
     /// pages of a LIST) while objects are deleted and created: the watcher starts over with a
     /// fresh `Init`, and the store holds exactly a fresh LIST, nothing from the broken attempt.
-    async fn partition_during_the_initial_events_leaves_nothing_from_the_broken_attempt(server: Server) {
+    async fn partition_during_the_initial_events_leaves_nothing_from_the_broken_attempt(server: Server, wire: Wire) {
         let (env, ns, api) = shared_env(server, "watch-cut-sync").await;
         // 32 MB, more than the socket buffers between the server and the watcher hold, so
         // the cut lands while the server is still sending.
         create_configmaps_of_size(&api, "cm", 4000, &[], 8 * 1024).await;
         let (proxy, _log, watched) = cut_off_recorded(env, &ns).await;
         let mut writer = Writer::new();
-        let mut events = watch(watched, Config::default());
+        let mut events = watch(watched, Config::default(), wire);
         assert!(matches!(next(&mut events).await, Ok(Event::Init)));
         let mut first_attempt = BTreeSet::new();
         while first_attempt.len() < 100 {
@@ -493,16 +497,16 @@ on_each_server! {
     }
 }
 
-on_each_server! {
+on_each_server_and_wire! {
     /// Objects deleted and created while the initial events are being read: the initial sync
     /// is a consistent snapshot (a streaming list, or a paged LIST at one resourceVersion), so
     /// it still holds every object of its moment, and then exactly the changes follow, in
     /// order, as live events.
-    async fn changes_during_the_initial_events_follow_it_in_order(server: Server) {
+    async fn changes_during_the_initial_events_follow_it_in_order(server: Server, wire: Wire) {
         let (_, _, api) = shared_env(server, "watch-sync-changes").await;
         create_configmaps(&api, "cm", 700, &[]).await;
         let mut writer = Writer::new();
-        let mut events = watch(api.clone(), Config::default());
+        let mut events = watch(api.clone(), Config::default(), wire);
         let init = next(&mut events).await.expect("a healthy sync");
         assert!(matches!(init, Event::Init), "{init:?}");
         writer.apply(init);
@@ -551,14 +555,14 @@ on_each_server! {
     }
 }
 
-on_each_server! {
+on_each_server_and_wire! {
     /// A delete at exactly the resume point, then a compaction at that revision: etcd drops the
     /// delete's tombstone. The 1.36 server answers the resumed watch with `500 InternalError`
     /// ("etcd event received with PrevKv=nil") at every try, so the watcher must relist rather
     /// than resume forever; the store then converges without the deleted object. (kube-apiserver
     /// v1.20 with etcd 3.4 sends nothing at all for that delete, so no client can see it before
     /// its next relist: that server is left out.)
-    async fn a_delete_compacted_at_the_resume_point_ends_in_a_relist(server: Server) {
+    async fn a_delete_compacted_at_the_resume_point_ends_in_a_relist(server: Server, wire: Wire) {
         if server == kache_tests::Server::Legacy {
             eprintln!("v1.20 with etcd 3.4 drops such a delete silently; nothing to assert");
             return;
@@ -567,7 +571,7 @@ on_each_server! {
         create_configmaps(&api, "cm", 3, &[]).await;
         let (proxy, log, watched) = cut_off_recorded(&env, &ns).await;
         let mut writer = Writer::new();
-        let mut events = watch(watched, Config::default());
+        let mut events = watch(watched, Config::default(), wire);
         assert_eq!(exact_initial_sync(&mut events, &mut writer).await, names("cm", 3));
 
         // The delete is the first revision after the resume point, and the compaction is at
@@ -587,7 +591,7 @@ on_each_server! {
 
 /// Whether every object of an initial sync, then one live `Apply`, carried managed fields.
 async fn managed_fields_seen(api: &Api<ConfigMap>, config: Config, live: &str) -> Vec<bool> {
-    let mut events = watch(api.clone(), config);
+    let mut events = watch(api.clone(), config, Wire::Json);
     loop {
         match next(&mut events).await {
             Ok(Event::Init) => break,
@@ -615,6 +619,8 @@ async fn managed_fields_seen(api: &Api<ConfigMap>, config: Config, live: &str) -
 }
 
 on_each_server! {
+    /// JSON only for now: the protobuf watcher honours `keep_managed_fields` from a later
+    /// change; then this takes the wire as the others do.
     async fn managed_fields_are_dropped_by_default_and_kept_on_request(server: Server) {
         let (_, _, api) = shared_env(server, "watch-managed").await;
         create_configmaps(&api, "cm", 3, &[]).await;
@@ -636,5 +642,33 @@ on_each_server! {
             let kept = managed_fields_seen(&api, config.keep_managed_fields(), &format!("keep-{round}")).await;
             assert!(kept.iter().all(|m| *m), "{strategy:?}: managed fields kept: {kept:?}");
         }
+    }
+}
+
+on_each_server! {
+    /// What the protobuf runs of this suite stand on: an object read through
+    /// `configmap_watcher` is the same `ConfigMap` in both wires, data, binary data,
+    /// immutability and metadata alike (managed fields aside: see the test above).
+    async fn a_configmap_reads_the_same_in_both_wires(server: Server) {
+        let (_, _, api) = shared_env(server, "watch-wires").await;
+        let mut cm = kache_tests::configmap("both", &[("app", "web")]);
+        cm.binary_data = Some(BTreeMap::from([("blob".to_owned(), ByteString(vec![0, 1, 254, 255]))]));
+        cm.immutable = Some(true);
+        api.create(&PostParams::default(), &cm).await.unwrap();
+
+        let mut read = Vec::new();
+        for wire in [Wire::Json, Wire::Protobuf] {
+            let mut events = watch(api.clone(), Config::default(), wire);
+            assert!(matches!(next(&mut events).await, Ok(Event::Init)), "{wire:?}");
+            let Ok(Event::InitApply(mut cm)) = next(&mut events).await else {
+                panic!("{wire:?}: expected the object");
+            };
+            cm.metadata.managed_fields = None;
+            read.push(cm);
+        }
+        let (json, protobuf) = (&read[0], &read[1]);
+        assert_eq!(protobuf, json);
+        assert_eq!(json.binary_data, cm.binary_data);
+        assert_eq!((json.data.clone(), json.immutable), (cm.data.clone(), Some(true)));
     }
 }
