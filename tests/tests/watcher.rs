@@ -590,8 +590,13 @@ on_each_server_and_wire! {
 }
 
 /// Whether every object of an initial sync, then one live `Apply`, carried managed fields.
-async fn managed_fields_seen(api: &Api<ConfigMap>, config: Config, live: &str) -> Vec<bool> {
-    let mut events = watch(api.clone(), config, Wire::Json);
+async fn managed_fields_seen(
+    api: &Api<ConfigMap>,
+    config: Config,
+    wire: Wire,
+    live: &str,
+) -> Vec<bool> {
+    let mut events = watch(api.clone(), config, wire);
     loop {
         match next(&mut events).await {
             Ok(Event::Init) => break,
@@ -618,10 +623,8 @@ async fn managed_fields_seen(api: &Api<ConfigMap>, config: Config, live: &str) -
     seen
 }
 
-on_each_server! {
-    /// JSON only for now: the protobuf watcher honours `keep_managed_fields` from a later
-    /// change; then this takes the wire as the others do.
-    async fn managed_fields_are_dropped_by_default_and_kept_on_request(server: Server) {
+on_each_server_and_wire! {
+    async fn managed_fields_are_dropped_by_default_and_kept_on_request(server: Server, wire: Wire) {
         let (_, _, api) = shared_env(server, "watch-managed").await;
         create_configmaps(&api, "cm", 3, &[]).await;
         // The server records them (so that their absence below is the watcher's doing).
@@ -634,12 +637,12 @@ on_each_server! {
             .enumerate()
         {
             let config = Config::default().page_size(2).initial_list_strategy(strategy);
-            let dropped = managed_fields_seen(&api, config.clone(), &format!("drop-{round}")).await;
+            let dropped = managed_fields_seen(&api, config.clone(), wire, &format!("drop-{round}")).await;
             // At least the 3 listed and the live one (earlier rounds' live ones are listed too).
             assert!(dropped.len() >= 4, "{strategy:?}: {dropped:?}");
             assert!(dropped.iter().all(|m| !m), "{strategy:?}: managed fields dropped: {dropped:?}");
 
-            let kept = managed_fields_seen(&api, config.keep_managed_fields(), &format!("keep-{round}")).await;
+            let kept = managed_fields_seen(&api, config.keep_managed_fields(), wire, &format!("keep-{round}")).await;
             assert!(kept.iter().all(|m| *m), "{strategy:?}: managed fields kept: {kept:?}");
         }
     }
@@ -648,7 +651,7 @@ on_each_server! {
 on_each_server! {
     /// What the protobuf runs of this suite stand on: an object read through
     /// `configmap_watcher` is the same `ConfigMap` in both wires, data, binary data,
-    /// immutability and metadata alike (managed fields aside: see the test above).
+    /// immutability and metadata alike, managed fields included when kept.
     async fn a_configmap_reads_the_same_in_both_wires(server: Server) {
         let (_, _, api) = shared_env(server, "watch-wires").await;
         let mut cm = kache_tests::configmap("both", &[("app", "web")]);
@@ -658,12 +661,12 @@ on_each_server! {
 
         let mut read = Vec::new();
         for wire in [Wire::Json, Wire::Protobuf] {
-            let mut events = watch(api.clone(), Config::default(), wire);
+            let mut events = watch(api.clone(), Config::default().keep_managed_fields(), wire);
             assert!(matches!(next(&mut events).await, Ok(Event::Init)), "{wire:?}");
-            let Ok(Event::InitApply(mut cm)) = next(&mut events).await else {
+            let Ok(Event::InitApply(cm)) = next(&mut events).await else {
                 panic!("{wire:?}: expected the object");
             };
-            cm.metadata.managed_fields = None;
+            assert!(cm.metadata.managed_fields.is_some(), "{wire:?}: kept on request");
             read.push(cm);
         }
         let (json, protobuf) = (&read[0], &read[1]);
