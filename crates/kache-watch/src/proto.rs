@@ -452,7 +452,7 @@ pub(crate) fn decode_list<T: ProtoObject>(
     keep_managed_fields: bool,
 ) -> Result<Page<Proto<T>>, ProtoError> {
     let raw = unwrap_envelope(body, &format!("{}List", T::KIND))?;
-    let mut list = List::<Lean<T>> {
+    let mut list = List::<T> {
         keep_managed_fields,
         ..List::default()
     };
@@ -794,15 +794,26 @@ struct MetadataOnly {
 /// A built-in object decoded with its metadata apart, and without `metadata.managedFields`
 /// unless kept: those entries are skipped on the wire, never allocated (the `fieldsV1` JSON
 /// inside them costs more to decode than the rest of a small object).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Lean<T> {
     meta: LeanMeta,
     object: T,
 }
 
 impl<T: ProtoObject> Lean<T> {
+    /// Nothing decoded yet; `managedFields` will be decoded only if `keep_managed_fields`.
+    fn new(keep_managed_fields: bool) -> Self {
+        Self {
+            meta: LeanMeta {
+                meta: pb::ObjectMeta::default(),
+                keep_managed_fields,
+            },
+            object: T::default(),
+        }
+    }
+
     fn decode_from(bytes: Bytes, keep_managed_fields: bool) -> Result<Self, prost::DecodeError> {
-        let mut lean = Self::keeping_managed_fields(keep_managed_fields);
+        let mut lean = Self::new(keep_managed_fields);
         lean.merge(bytes)?;
         Ok(lean)
     }
@@ -812,18 +823,6 @@ impl<T: ProtoObject> Lean<T> {
             meta: object_meta(self.meta.meta)?,
             object: self.object,
         })
-    }
-}
-
-impl<T: ProtoObject> Item for Lean<T> {
-    fn keeping_managed_fields(keep: bool) -> Self {
-        Self {
-            meta: LeanMeta {
-                meta: pb::ObjectMeta::default(),
-                keep_managed_fields: keep,
-            },
-            object: T::default(),
-        }
     }
 }
 
@@ -859,7 +858,7 @@ impl<T: ProtoObject> Message for Lean<T> {
 }
 
 /// `ObjectMeta`, skipping `managedFields` (field 17) unless kept.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct LeanMeta {
     meta: pb::ObjectMeta,
     keep_managed_fields: bool,
@@ -914,27 +913,16 @@ pub(crate) struct ShardInfo {
     pub(crate) selector: Option<String>,
 }
 
-/// Any built-in list: every one has `metadata` as field 1 and `items` as field 2.
+/// Any built-in list of `T`: every one has `metadata` as field 1 and `items` as field 2.
 #[derive(Debug, Default)]
 pub(crate) struct List<T> {
     pub(crate) metadata: Option<ListMeta>,
-    pub(crate) items: Vec<T>,
-    /// Decode each item's `managedFields` (when the items are [`Lean`]).
+    pub(crate) items: Vec<Lean<T>>,
+    /// Decode each item's `managedFields`.
     pub(crate) keep_managed_fields: bool,
 }
 
-/// A list item that can be told, before it is decoded, whether to keep `managedFields`.
-pub(crate) trait Item: Message + Default {
-    fn keeping_managed_fields(keep: bool) -> Self;
-}
-
-impl<T: ProtoObject> Item for T {
-    fn keeping_managed_fields(_: bool) -> Self {
-        T::default()
-    }
-}
-
-impl<T: Item> Message for List<T> {
+impl<T: ProtoObject> Message for List<T> {
     fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
         if let Some(metadata) = &self.metadata {
             prost::encoding::message::encode(1, metadata, buf);
@@ -959,7 +947,7 @@ impl<T: Item> Message for List<T> {
                 ctx,
             ),
             2 => {
-                let mut item = T::keeping_managed_fields(self.keep_managed_fields);
+                let mut item = Lean::new(self.keep_managed_fields);
                 prost::encoding::message::merge(wire_type, &mut item, buf, ctx)?;
                 self.items.push(item);
                 Ok(())
@@ -1008,6 +996,17 @@ mod tests {
             }),
             data: [("k".to_owned(), "v".to_owned())].into(),
             ..ConfigMap::default()
+        }
+    }
+
+    /// A list item as the server sends it: the object's metadata is its field 1.
+    fn lean(mut cm: ConfigMap) -> Lean<ConfigMap> {
+        Lean {
+            meta: LeanMeta {
+                meta: cm.metadata.take().unwrap_or_default(),
+                keep_managed_fields: true,
+            },
+            object: cm,
         }
     }
 
@@ -1329,7 +1328,7 @@ mod tests {
     fn managed_fields_are_skipped_unless_kept_and_the_rest_is_whole() {
         let list = List {
             metadata: Some(ListMeta::default()),
-            items: vec![cm_managed("a", "1"), cm_managed("b", "2")],
+            items: vec![lean(cm_managed("a", "1")), lean(cm_managed("b", "2"))],
             keep_managed_fields: false,
         };
         let body = Bytes::from(envelope("ConfigMapList", list.encode_to_vec()));
@@ -1380,7 +1379,7 @@ mod tests {
                     selector: Some("shardRange(...)".to_owned()),
                 }),
             }),
-            items: vec![cm("a", "1"), cm("b", "2")],
+            items: vec![lean(cm("a", "1")), lean(cm("b", "2"))],
             keep_managed_fields: false,
         };
         let page = decode_list::<ConfigMap>(
