@@ -20,7 +20,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kache_benches::{Rng, Table, config_map, fmt_ns, namespace_of, percentile, ratio, world};
+use kache_benches::{
+    Rng, Table, config_map, fmt_ns, median, namespace_of, percentile, ratio, world,
+};
 use kube_runtime::reflector::{self, ObjectRef};
 use kube_runtime::watcher;
 
@@ -271,10 +273,6 @@ fn relist<S: Side>(objects: &[ConfigMap], changed: bool) -> RelistResult {
     RelistResult { wall, stall, floor }
 }
 
-fn median_of(mut values: Vec<Duration>) -> Duration {
-    percentile(&mut values, 50.0)
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not supported.
     let overhead = clock_overhead();
@@ -340,7 +338,7 @@ fn main() {
                 kube.push(relist::<KubeRuntime>(&objects, changed));
             }
             let med = |results: &[RelistResult], f: fn(&RelistResult) -> Duration| {
-                median_of(results.iter().map(f).collect())
+                median(&mut results.iter().map(f).collect::<Vec<_>>())
             };
             let (kw, kuw) = (med(&kache, |r| r.wall), med(&kube, |r| r.wall));
             let (ks, kus) = (med(&kache, |r| r.stall), med(&kube, |r| r.stall));

@@ -15,8 +15,8 @@ pub use fixtures::{
     kube_runtime_events, kube_runtime_reflect, namespace_of, pod, world,
 };
 pub use process::{
-    BoxError, ChildReport, bench_servers, connected_api, env_usize, proc_status_bytes,
-    seed_config_maps,
+    BoxError, ChildReport, Encoding, bench_servers, connected_api, env_usize, proc_status_bytes,
+    seed_config_maps, seeded_server,
 };
 pub use report::{criterion_dir, criterion_median};
-pub use stats::{Rng, Table, fmt_bytes, fmt_ns, percentile, ratio};
+pub use stats::{Rng, Table, fmt_bytes, fmt_ns, median, percentile, ratio};

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kache_testenv::Server;
+use kache_testenv::{Server, TestEnv};
 use kube_client::{
     Api, Client,
     api::{ListParams, PostParams},
@@ -82,6 +82,26 @@ pub async fn seed_config_maps(
     Ok(())
 }
 
+/// Starts a control plane running `server` and seeds `n` of the benches' `ConfigMap`s
+/// ([`seed_config_maps`]) into a new namespace named after `prefix`; returns the control plane
+/// (keep it: dropping it stops the servers), the namespace and an `Api` on it.
+///
+/// # Errors
+/// When the control plane cannot start or a create fails.
+pub async fn seeded_server(
+    server: Server,
+    prefix: &str,
+    n: usize,
+) -> Result<(TestEnv, String, Api<ConfigMap>), BoxError> {
+    eprintln!("[{server}] starting a local control plane...");
+    let env = TestEnv::builder().server(server).start().await?;
+    let namespace = env.create_namespace(prefix).await?;
+    let api: Api<ConfigMap> = Api::namespaced(env.client(), &namespace);
+    seed_config_maps(&api, &namespace, n).await?;
+    eprintln!("[{server}] seeded {n} ConfigMaps");
+    Ok((env, namespace, api))
+}
+
 /// A field of `/proc/self/status` given in kB, such as `VmHWM` (peak RSS) or `VmRSS`, in bytes.
 ///
 /// # Errors
@@ -146,5 +166,52 @@ impl ChildReport {
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
             .ok_or_else(|| format!("no {name} in the child's report {:?}", self.line))?;
         Ok(value.parse()?)
+    }
+}
+
+/// How objects travel on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// `application/json`.
+    Json,
+    /// `application/vnd.kubernetes.protobuf`.
+    Protobuf,
+}
+
+impl Encoding {
+    /// As ids and command lines have it: `json`, `protobuf`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Protobuf => "protobuf",
+        }
+    }
+
+    /// As tables say it: `JSON`, `protobuf`.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Json => "JSON",
+            Self::Protobuf => "protobuf",
+        }
+    }
+
+    /// The media type to ask for on a LIST.
+    #[must_use]
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Self::Json => "application/json",
+            Self::Protobuf => "application/vnd.kubernetes.protobuf",
+        }
+    }
+
+    /// The media type to ask for on a WATCH: JSON lines, or length-prefixed protobuf frames.
+    #[must_use]
+    pub fn watch_media_type(self) -> &'static str {
+        match self {
+            Self::Json => "application/json",
+            Self::Protobuf => "application/vnd.kubernetes.protobuf;stream=watch",
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 ///
 /// If `samples` is empty.
 #[must_use]
-pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+pub fn percentile<T: Ord + Copy>(samples: &mut [T], p: f64) -> T {
     samples.sort_unstable();
     #[allow(
         clippy::cast_possible_truncation,
@@ -19,6 +19,16 @@ pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     )]
     let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
     samples[rank.min(samples.len() - 1)]
+}
+
+/// The median of `samples` (the upper one of an even count), which are sorted in place.
+///
+/// # Panics
+///
+/// If `samples` is empty.
+#[must_use]
+pub fn median<T: Ord + Copy>(samples: &mut [T]) -> T {
+    percentile(samples, 50.0)
 }
 
 /// A duration in the most readable unit (ns, µs, ms, s).

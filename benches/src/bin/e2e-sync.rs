@@ -35,8 +35,8 @@ use http_body::Body as _;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kache_benches::{
-    BoxError, ChildReport, Table, bench_servers, config_map, env_usize, fmt_bytes, fmt_ns,
-    percentile, pod, proc_status_bytes, ratio,
+    BoxError, ChildReport, Encoding, Table, bench_servers, config_map, env_usize, fmt_bytes,
+    fmt_ns, median, percentile, pod, proc_status_bytes, ratio,
 };
 use kache_store::ReflectExt;
 use kache_testenv::{Server, TestEnv};
@@ -93,29 +93,6 @@ impl Kind {
         match std::env::var("KACHE_BENCH_KINDS") {
             Ok(list) if !list.trim().is_empty() => list.split(',').map(Self::from_plural).collect(),
             _ => Ok(vec![Self::ConfigMaps, Self::Pods]),
-        }
-    }
-}
-
-/// How the objects travel on the wire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Encoding {
-    Json,
-    Protobuf,
-}
-
-impl Encoding {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Json => "json",
-            Self::Protobuf => "protobuf",
-        }
-    }
-
-    fn media_type(self) -> &'static str {
-        match self {
-            Self::Json => "application/json",
-            Self::Protobuf => "application/vnd.kubernetes.protobuf",
         }
     }
 }
@@ -661,12 +638,6 @@ async fn measure_memory<K: Object>(
         &format!("child for {}", variant.id()),
     )?)
     .memory()
-}
-
-/// The median of `values`, sorted in place.
-fn median(values: &mut [i64]) -> i64 {
-    values.sort_unstable();
-    values[values.len() / 2]
 }
 
 #[expect(

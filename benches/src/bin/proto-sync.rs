@@ -23,32 +23,14 @@ use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_pb::api::core::v1::{ConfigMap as PbConfigMap, ConfigMapList as PbConfigMapList};
 use kache_benches::{
-    BoxError, Table, bench_servers, env_usize, fmt_ns, percentile, seed_config_maps,
+    BoxError, Encoding, Table, bench_servers, env_usize, fmt_ns, percentile, seeded_server,
 };
 use kache_store::ReflectExt;
-use kache_testenv::{Server, TestEnv};
+use kache_testenv::Server;
 use kache_watch::{Config, InitialListStrategy, Proto};
 use kube_client::api::{ListParams, ObjectList, WatchParams};
 use kube_client::{Api, Client};
 use prost::Message;
-
-const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
-const JSON: &str = "application/json";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Encoding {
-    Json,
-    Protobuf,
-}
-
-impl Encoding {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Json => "JSON",
-            Self::Protobuf => "protobuf",
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Variant {
@@ -83,10 +65,10 @@ impl Variant {
 
     fn label(self) -> String {
         match self {
-            Self::RawStream(e) => format!("raw streaming list, {} bytes", e.name()),
-            Self::RawList(e) => format!("raw LIST unpaginated, {} bytes", e.name()),
-            Self::KacheStream(e) => format!("kache StreamingList, {}", e.name()),
-            Self::KacheListWatch(e) => format!("kache ListWatch page 500, {}", e.name()),
+            Self::RawStream(e) => format!("raw streaming list, {} bytes", e.label()),
+            Self::RawList(e) => format!("raw LIST unpaginated, {} bytes", e.label()),
+            Self::KacheStream(e) => format!("kache StreamingList, {}", e.label()),
+            Self::KacheListWatch(e) => format!("kache ListWatch page 500, {}", e.label()),
         }
     }
 
@@ -117,13 +99,10 @@ async fn raw_stream(
         ..WatchParams::default()
     };
     let mut request = kube_client::core::Request::new(api.resource_url()).watch(&params, "")?;
-    let accept = match encoding {
-        Encoding::Json => JSON,
-        Encoding::Protobuf => "application/vnd.kubernetes.protobuf;stream=watch",
-    };
-    request
-        .headers_mut()
-        .insert(http::header::ACCEPT, http::HeaderValue::from_static(accept));
+    request.headers_mut().insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static(encoding.watch_media_type()),
+    );
     request.headers_mut().insert(
         http::header::ACCEPT_ENCODING,
         http::HeaderValue::from_static("identity"),
@@ -155,13 +134,10 @@ async fn raw_list(
 ) -> Result<Bytes, BoxError> {
     let mut request =
         kube_client::core::Request::new(api.resource_url()).list(&ListParams::default())?;
-    let accept = match encoding {
-        Encoding::Json => JSON,
-        Encoding::Protobuf => PROTOBUF,
-    };
-    request
-        .headers_mut()
-        .insert(http::header::ACCEPT, http::HeaderValue::from_static(accept));
+    request.headers_mut().insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static(encoding.media_type()),
+    );
     let response = client
         .send(request.map(kube_client::client::Body::from))
         .await?;
@@ -292,12 +268,7 @@ fn decode_times(
 }
 
 async fn bench_server(server: Server, n: usize, runs: usize) -> Result<String, BoxError> {
-    eprintln!("[{server}] starting a local control plane...");
-    let env = TestEnv::builder().server(server).start().await?;
-    let namespace = env.create_namespace("bench-proto").await?;
-    let api: Api<ConfigMap> = Api::namespaced(env.client(), &namespace);
-    seed_config_maps(&api, &namespace, n).await?;
-    eprintln!("[{server}] seeded {n} ConfigMaps");
+    let (env, _, api) = seeded_server(server, "bench-proto", n).await?;
 
     let variants: Vec<Variant> = Variant::ALL
         .into_iter()

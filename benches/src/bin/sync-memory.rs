@@ -28,8 +28,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
-    BoxError, ChildReport, Table, bench_servers, connected_api, env_usize, fmt_bytes,
-    proc_status_bytes, ratio, seed_config_maps,
+    BoxError, ChildReport, Table, bench_servers, connected_api, env_usize, fmt_bytes, median,
+    proc_status_bytes, ratio, seeded_server,
 };
 use kache_store::ReflectExt;
 use kache_testenv::{Server, TestEnv};
@@ -290,11 +290,6 @@ async fn measure(
     })
 }
 
-fn median(mut values: Vec<u64>) -> u64 {
-    values.sort_unstable();
-    values[values.len() / 2]
-}
-
 #[expect(
     clippy::cast_precision_loss,
     reason = "byte counts far below 2^52, shown to one decimal or as a ratio"
@@ -304,12 +299,7 @@ fn as_f64(bytes: u64) -> f64 {
 }
 
 async fn bench_server(server: Server, n: usize, runs: usize) -> Result<String, BoxError> {
-    eprintln!("[{server}] starting a local control plane...");
-    let env = TestEnv::builder().server(server).start().await?;
-    let namespace = env.create_namespace("bench-memory").await?;
-    let api: Api<ConfigMap> = Api::namespaced(env.client(), &namespace);
-    seed_config_maps(&api, &namespace, n).await?;
-    eprintln!("[{server}] seeded {n} ConfigMaps");
+    let (env, namespace, _) = seeded_server(server, "bench-memory", n).await?;
     let variants: Vec<Variant> = Variant::ALL
         .into_iter()
         .filter(|v| v.applies_to(server))
@@ -330,12 +320,12 @@ async fn bench_server(server: Server, n: usize, runs: usize) -> Result<String, B
         rows.push((
             variant,
             Memory {
-                held: median(heap.0),
-                peak: median(heap.1),
+                held: median(&mut heap.0),
+                peak: median(&mut heap.1),
             },
             Memory {
-                held: median(rss.0),
-                peak: median(rss.1),
+                held: median(&mut rss.0),
+                peak: median(&mut rss.1),
             },
         ));
     }

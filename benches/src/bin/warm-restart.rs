@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kache_benches::{
-    BoxError, ChildReport, Table, bench_servers, env_usize, fmt_bytes, fmt_ns, percentile, pod,
-    proc_status_bytes, ratio,
+    BoxError, ChildReport, Table, bench_servers, env_usize, fmt_bytes, fmt_ns, median, percentile,
+    pod, proc_status_bytes, ratio,
 };
 use kache_store::{ReflectExt, SnapshotFile, Store, WatchIdentity, Writer};
 use kache_testenv::{Proxy, Server, TestEnv};
@@ -417,13 +417,8 @@ async fn downtime(
     Ok(())
 }
 
-fn median_u64(values: &mut [u64]) -> u64 {
-    values.sort_unstable();
-    values[values.len() / 2]
-}
-
 fn median_report(reports: &[Report]) -> Report {
-    let pick = |f: fn(&Report) -> u64| median_u64(&mut reports.iter().map(f).collect::<Vec<_>>());
+    let pick = |f: fn(&Report) -> u64| median(&mut reports.iter().map(f).collect::<Vec<_>>());
     let mut times: Vec<Duration> = reports.iter().map(|r| r.time).collect();
     Report {
         time: percentile(&mut times, 50.0),
