@@ -360,18 +360,23 @@ struct Target<'a, K: Object> {
     runner: Option<&'a Path>,
 }
 
+/// A kache store fed by `events` in a task of its own, and that task.
+fn reflect_in_task<V>(
+    events: impl futures::Stream<Item = kache_watch::Result<kache_watch::Event<V>>> + Send + 'static,
+) -> (kache_store::Store<V>, JoinHandle<()>)
+where
+    V: Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
+{
+    let (store, writer) = kache_store::store::<V>();
+    let driver = tokio::spawn(events.reflect(writer).for_each(|_| ready(())));
+    (store, driver)
+}
+
 /// Syncs `variant` from nothing: returns once the store is ready (or the list has arrived).
 async fn sync<K: Object>(variant: Variant, target: &Target<'_, K>) -> Result<Synced<K>, BoxError> {
     let api = &target.api;
-    let kache = |config: kache_watch::Config| {
-        let (store, writer) = kache_store::store::<K>();
-        let driver = tokio::spawn(
-            kache_watch::watcher(api.clone(), config)
-                .reflect(writer)
-                .for_each(|_| ready(())),
-        );
-        (store, driver)
-    };
+    let kache =
+        |config: kache_watch::Config| reflect_in_task(kache_watch::watcher(api.clone(), config));
     let kube_runtime = |config: kube_runtime::watcher::Config| {
         let (store, writer) = kube_runtime::reflector::store::<K>();
         let driver = tokio::spawn(
@@ -405,14 +410,9 @@ async fn sync<K: Object>(variant: Variant, target: &Target<'_, K>) -> Result<Syn
                 Variant::KacheProtobufListWatch(page) => kache_list_watch(page),
                 _ => kache_watch::Config::default(),
             };
-            let (store, writer) = kache_store::store::<Proto<K::Pb>>();
             let api: Api<Proto<K::Pb>> =
                 Api::namespaced(api.clone().into_client(), target.namespace);
-            let driver = tokio::spawn(
-                kache_watch::protobuf_watcher(api, config)
-                    .reflect(writer)
-                    .for_each(|_| ready(())),
-            );
+            let (store, driver) = reflect_in_task(kache_watch::protobuf_watcher(api, config));
             let synced = Synced::KacheProtobuf(store.clone(), driver);
             store.wait_until_ready().await?;
             synced
