@@ -13,8 +13,11 @@ use ahash::RandomState;
 
 use crate::key::ObjectKey;
 
-/// The objects of one store generation, by key.
-pub(crate) type ObjectMap<K> = HashMap<ObjectKey, Arc<K>, RandomState>;
+/// The objects of one store generation, by key. hashbrown's own map rather than the standard
+/// library's (the same table): its lookups take any [`hashbrown::Equivalent`] key, so
+/// `Store::get` searches with two borrowed `&str` through inlined code, with no trait object
+/// and no `ObjectKey` built.
+pub(crate) type ObjectMap<K> = hashbrown::HashMap<ObjectKey, Arc<K>, RandomState>;
 
 /// A user index function: the values under which an object is indexed. Owned by the writer
 /// alone, which runs it (a relist's indexes are built from the same functions, by reference).

@@ -1,4 +1,3 @@
-use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -22,40 +21,99 @@ pub struct ObjectKey {
 /// Bytes of namespace and name held inline; 37 keeps the key at 40 bytes (the tag takes one).
 const INLINE: usize = 37;
 
-/// `ns` is the namespace's length plus one, 0 for a cluster-scoped object: the namespace is
-/// `text[..ns - 1]`, the name follows it.
+/// Which form a key takes follows from its length alone (inline up to [`INLINE`] bytes), so two
+/// equal keys always have the same form: equality and hashing may look at the form first.
 #[derive(Clone)]
 enum Repr {
-    Inline { ns: u8, len: u8, text: [u8; INLINE] },
-    Shared { ns: usize, text: Arc<str> },
+    Inline(Inline),
+    /// `ns` as in [`Inline`]; `text` is the namespace followed by the name.
+    Shared {
+        ns: usize,
+        text: Arc<str>,
+    },
 }
+
+/// A short key's bytes. `ns` is the namespace's length plus one, 0 for a cluster-scoped object:
+/// the namespace is `text[..ns - 1]`, the name follows it, and the bytes after `len` are 0, so
+/// two equal keys are equal byte for byte.
+#[derive(Clone)]
+pub(crate) struct Inline {
+    ns: u8,
+    len: u8,
+    text: [u8; INLINE],
+}
+
+impl Inline {
+    /// The inline form of a key, or `None` if namespace and name are too long together.
+    #[inline]
+    fn new(namespace: Option<&str>, name: &str) -> Option<Self> {
+        let ns_len = namespace.map_or(0, str::len);
+        let len = ns_len
+            .checked_add(name.len())
+            .filter(|&len| len <= INLINE)?;
+        let mut text = [0; INLINE];
+        text[..ns_len].copy_from_slice(namespace.unwrap_or_default().as_bytes());
+        text[ns_len..len].copy_from_slice(name.as_bytes());
+        // Both fit in a `u8`: they are at most `INLINE + 1`.
+        let ns = u8::try_from(namespace.map_or(0, |_| ns_len + 1)).ok()?;
+        let len = u8::try_from(len).ok()?;
+        Some(Self { ns, len, text })
+    }
+
+    /// The text's last bytes, with `ns` and `len`, as one word.
+    #[inline]
+    fn last_word(&self) -> u64 {
+        let (_, tail) = self.text.as_chunks::<8>();
+        let mut last = [0; 8];
+        last[..tail.len()].copy_from_slice(tail);
+        last[6] = self.ns;
+        last[7] = self.len;
+        u64::from_ne_bytes(last)
+    }
+
+    /// Hashes the key as five words: a handful of multiplications, with no loop over lengths
+    /// and no call.
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (words, _) = self.text.as_chunks::<8>();
+        for word in words {
+            state.write_u64(u64::from_ne_bytes(*word));
+        }
+        state.write_u64(self.last_word());
+    }
+}
+
+/// Word by word, without branches: a comparison of the 37 bytes would be a call to `memcmp`.
+impl PartialEq for Inline {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        let (a, _) = self.text.as_chunks::<8>();
+        let (b, _) = other.text.as_chunks::<8>();
+        let differ = a
+            .iter()
+            .zip(b)
+            .fold(self.last_word() ^ other.last_word(), |differ, (a, b)| {
+                differ | (u64::from_ne_bytes(*a) ^ u64::from_ne_bytes(*b))
+            });
+        differ == 0
+    }
+}
+
+impl Eq for Inline {}
 
 impl ObjectKey {
     /// A key for the object named `name` in `namespace` (`None` for a cluster-scoped object).
     #[must_use]
     pub fn new(namespace: Option<&str>, name: &str) -> Self {
-        let ns_len = namespace.map_or(0, str::len);
-        let len = ns_len + name.len();
-        let ns = namespace.map_or(0, |ns| ns.len() + 1);
-        let repr = match (u8::try_from(ns), u8::try_from(len)) {
-            (Ok(ns_tag), Ok(len_tag)) if len <= INLINE => {
-                let mut text = [0; INLINE];
-                text[..ns_len].copy_from_slice(namespace.unwrap_or_default().as_bytes());
-                text[ns_len..len].copy_from_slice(name.as_bytes());
-                Repr::Inline {
-                    ns: ns_tag,
-                    len: len_tag,
-                    text,
-                }
-            }
-            _ => {
-                let mut text = String::with_capacity(len);
-                text.push_str(namespace.unwrap_or_default());
-                text.push_str(name);
-                Repr::Shared {
-                    ns,
-                    text: Arc::from(text),
-                }
+        let repr = if let Some(inline) = Inline::new(namespace, name) {
+            Repr::Inline(inline)
+        } else {
+            let mut text = String::with_capacity(namespace.map_or(0, str::len) + name.len());
+            text.push_str(namespace.unwrap_or_default());
+            text.push_str(name);
+            Repr::Shared {
+                ns: namespace.map_or(0, |ns| ns.len() + 1),
+                text: Arc::from(text),
             }
         };
         Self { repr }
@@ -87,7 +145,9 @@ impl ObjectKey {
     /// check (both came from `&str`s, split where they were joined).
     fn parts(&self) -> (Option<&[u8]>, &[u8]) {
         let (ns, text) = match &self.repr {
-            Repr::Inline { ns, len, text } => (usize::from(*ns), &text[..usize::from(*len)]),
+            Repr::Inline(Inline { ns, len, text }) => {
+                (usize::from(*ns), &text[..usize::from(*len)])
+            }
             Repr::Shared { ns, text } => (*ns, text.as_bytes()),
         };
         match ns.checked_sub(1) {
@@ -108,7 +168,12 @@ fn as_str(bytes: &[u8]) -> &str {
 
 impl PartialEq for ObjectKey {
     fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
+        match (&self.repr, &other.repr) {
+            (Repr::Inline(a), Repr::Inline(b)) => a == b,
+            (Repr::Shared { .. }, Repr::Shared { .. }) => self.parts() == other.parts(),
+            // Equal keys have equal lengths, so the same form.
+            _ => false,
+        }
     }
 }
 
@@ -142,80 +207,82 @@ impl fmt::Display for ObjectKey {
     }
 }
 
-/// A borrowed view of a key, so a map keyed by [`ObjectKey`] can be searched with two `&str`
-/// without allocating an `ObjectKey` (the `Borrow<dyn KeyView>` trick).
-pub(crate) trait KeyView {
-    /// The namespace's bytes (`None`: cluster-scoped) and the name's.
-    fn parts(&self) -> (Option<&[u8]>, &[u8]);
+/// A key for lookups, made from two borrowed `&str` without allocating: it hashes like the
+/// [`ObjectKey`] it equals, so a map keyed by `ObjectKey` is searched with it directly.
+pub(crate) enum KeyRef<'a> {
+    /// The form a short `ObjectKey` has, built on the stack.
+    Inline(Inline),
+    Long {
+        namespace: Option<&'a str>,
+        name: &'a str,
+    },
 }
 
-impl KeyView for ObjectKey {
-    fn parts(&self) -> (Option<&[u8]>, &[u8]) {
-        ObjectKey::parts(self)
+impl<'a> KeyRef<'a> {
+    #[inline]
+    pub(crate) fn new(namespace: Option<&'a str>, name: &'a str) -> Self {
+        match Inline::new(namespace, name) {
+            Some(inline) => Self::Inline(inline),
+            None => Self::Long { namespace, name },
+        }
     }
 }
 
-/// A key made of borrowed strings, for lookups.
-pub(crate) struct KeyRef<'a> {
-    pub(crate) namespace: Option<&'a str>,
-    pub(crate) name: &'a str,
-}
-
-impl KeyView for KeyRef<'_> {
-    fn parts(&self) -> (Option<&[u8]>, &[u8]) {
-        (self.namespace.map(str::as_bytes), self.name.as_bytes())
-    }
-}
-
-/// The one hash of a key, owned or borrowed.
+/// How a long key hashes: its namespace's length (plus one; 0: none) tells where the name
+/// starts.
 fn hash_parts<H: Hasher>((namespace, name): (Option<&[u8]>, &[u8]), state: &mut H) {
-    // The namespace's length (plus one; 0: none) tells where the name starts.
     state.write_usize(namespace.map_or(0, |ns| ns.len() + 1));
     state.write(namespace.unwrap_or_default());
     state.write(name);
 }
 
-impl Hash for dyn KeyView + '_ {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_parts(self.parts(), state);
-    }
-}
-
-impl PartialEq for dyn KeyView + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for dyn KeyView + '_ {}
-
-// Must hash exactly like `dyn KeyView`, or borrowed lookups would miss.
+// `ObjectKey` and `KeyRef` must hash alike, or lookups would miss.
 impl Hash for ObjectKey {
+    #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_parts(self.parts(), state);
+        match &self.repr {
+            Repr::Inline(inline) => inline.hash(state),
+            Repr::Shared { .. } => hash_parts(self.parts(), state),
+        }
     }
 }
 
-impl<'a> Borrow<dyn KeyView + 'a> for ObjectKey {
-    fn borrow(&self) -> &(dyn KeyView + 'a) {
-        self
+impl Hash for KeyRef<'_> {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match self {
+            Self::Inline(inline) => inline.hash(state),
+            Self::Long { namespace, name } => {
+                hash_parts((namespace.map(str::as_bytes), name.as_bytes()), state);
+            }
+        }
+    }
+}
+
+impl hashbrown::Equivalent<ObjectKey> for KeyRef<'_> {
+    #[inline]
+    fn equivalent(&self, key: &ObjectKey) -> bool {
+        match (self, &key.repr) {
+            (Self::Inline(a), Repr::Inline(b)) => a == b,
+            (Self::Long { namespace, name }, Repr::Shared { .. }) => {
+                (namespace.map(str::as_bytes), name.as_bytes()) == key.parts()
+            }
+            _ => false,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{KeyRef, KeyView, ObjectKey};
-    use std::collections::HashMap;
+    use super::{KeyRef, ObjectKey};
+    use hashbrown::HashMap;
 
     #[test]
     fn borrowed_lookup_finds_owned_key() {
         let mut map = HashMap::with_hasher(ahash::RandomState::new());
         map.insert(ObjectKey::new(Some("ns"), "a"), 1);
         map.insert(ObjectKey::new(None, "a"), 2);
-        let get = |namespace, name| {
-            map.get(&KeyRef { namespace, name } as &dyn KeyView)
-                .copied()
-        };
+        let get = |namespace, name| map.get(&KeyRef::new(namespace, name)).copied();
         assert_eq!(get(Some("ns"), "a"), Some(1));
         assert_eq!(get(None, "a"), Some(2));
         assert_eq!(get(Some("other"), "a"), None);
@@ -240,7 +307,7 @@ mod tests {
             assert_eq!(key, key.clone());
             let mut map = HashMap::with_hasher(ahash::RandomState::new());
             map.insert(key.clone(), 1);
-            assert!(map.contains_key(&KeyRef { namespace, name } as &dyn KeyView));
+            assert!(map.contains_key(&KeyRef::new(namespace, name)));
         }
         // Where the namespace ends is part of the key.
         assert_ne!(
@@ -266,6 +333,44 @@ mod tests {
                 (Some("b"), "a")
             ]
         );
+    }
+
+    #[test]
+    fn every_key_finds_itself_and_no_other() {
+        // Lengths on both sides of the inline limit, keys that differ only in their last byte
+        // (the word that also holds the lengths), and the same bytes split differently.
+        let text = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH";
+        let mut keys = Vec::new();
+        for len in [0, 1, 7, 8, 9, 16, 29, 30, 36, 37, 38, 44] {
+            for ns_len in [None, Some(0), Some(1), Some(8), Some(len / 2), Some(len)] {
+                let Some(ns_len) = ns_len.map_or(Some(None), |ns| (ns <= len).then_some(Some(ns)))
+                else {
+                    continue;
+                };
+                let (ns, name) = text[..len].split_at(ns_len.unwrap_or(0));
+                keys.push((ns_len.map(|_| ns.to_owned()), name.to_owned()));
+                let mut last = name.to_owned();
+                if last.pop().is_some() {
+                    last.push('!');
+                    keys.push((ns_len.map(|_| ns.to_owned()), last));
+                }
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        let mut map = HashMap::with_hasher(ahash::RandomState::new());
+        for (i, (ns, name)) in keys.iter().enumerate() {
+            assert!(map.insert(ObjectKey::new(ns.as_deref(), name), i).is_none());
+        }
+        assert_eq!(map.len(), keys.len());
+        for (i, (ns, name)) in keys.iter().enumerate() {
+            assert_eq!(
+                map.get(&KeyRef::new(ns.as_deref(), name)),
+                Some(&i),
+                "{ns:?}/{name}"
+            );
+            assert_eq!(map.get(&ObjectKey::new(ns.as_deref(), name)), Some(&i));
+        }
     }
 
     #[test]

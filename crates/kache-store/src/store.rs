@@ -8,7 +8,7 @@ use kube_client::Resource;
 use crate::error::{Error, Result};
 use crate::health::Health;
 use crate::index::{KeySet, ObjectMap};
-use crate::key::{KeyRef, KeyView, ObjectKey};
+use crate::key::{KeyRef, ObjectKey};
 use crate::shared::Shared;
 use crate::state::State;
 use crate::subscriber::{Delivery, Subscriber};
@@ -88,18 +88,15 @@ impl<K> Store<K> {
     /// ```
     #[must_use]
     pub fn get(&self, namespace: Option<&str>, name: &str) -> Option<Arc<K>> {
+        // The key is built before the lock is taken.
+        let exact = KeyRef::new(namespace, name);
         let state = self.shared.state.read();
-        let exact = KeyRef { namespace, name };
         state
             .objects
-            .get(&exact as &dyn KeyView)
+            .get(&exact)
             .or_else(|| {
                 namespace?;
-                let cluster = KeyRef {
-                    namespace: None,
-                    name,
-                };
-                state.objects.get(&cluster as &dyn KeyView)
+                state.objects.get(&KeyRef::new(None, name))
             })
             .cloned()
     }
