@@ -548,15 +548,17 @@ where
         }
     }
 
-    fn prepare(&mut self, mut obj: K) -> (ObjectKey, K) {
+    /// Transforms `obj` in place and returns its key. In place, because an object is a few
+    /// hundred bytes that every move by value copies.
+    fn prepare(&mut self, obj: &mut K) -> ObjectKey {
         if let Some(transform) = &mut self.transform {
-            transform(&mut obj);
+            transform(obj);
         }
-        (ObjectKey::from_object(&obj), obj)
+        ObjectKey::from_object(obj)
     }
 
-    fn apply_object(&mut self, obj: K) -> Arc<K> {
-        let (key, obj) = self.prepare(obj);
+    fn apply_object(&mut self, mut obj: K) -> Arc<K> {
+        let key = self.prepare(&mut obj);
         let new = Arc::new(obj);
         // Index values are computed before the write lock so user code never runs under it;
         // a shared lock is enough to read the old object, since only this writer mutates.
@@ -606,8 +608,8 @@ where
         new
     }
 
-    fn delete_object(&mut self, obj: K) -> Arc<K> {
-        let (key, obj) = self.prepare(obj);
+    fn delete_object(&mut self, mut obj: K) -> Arc<K> {
+        let key = self.prepare(&mut obj);
         // As in `apply_object`: index changes are planned before the write lock, and only when
         // a custom index exists.
         let changes = if self.fns.is_empty() {
@@ -651,8 +653,8 @@ where
         obj
     }
 
-    fn buffer_object(&mut self, obj: K) -> Arc<K> {
-        let (key, obj) = self.prepare(obj);
+    fn buffer_object(&mut self, mut obj: K) -> Arc<K> {
+        let key = self.prepare(&mut obj);
         let relist = self.relist.get_or_insert_with(|| {
             warn!("InitApply without Init; starting a relist");
             Relist::default()
@@ -671,7 +673,10 @@ where
         };
         // Reuse the stored `Arc` for an unchanged object: the relist then costs no new copy,
         // and pointer equality tells the relist diff that nothing changed.
-        let obj = existing.unwrap_or_else(|| Arc::new(obj));
+        let obj = match existing {
+            Some(existing) => existing,
+            None => Arc::new(obj),
+        };
         trace!(%key, "init apply");
         relist.objects.insert(key, Arc::clone(&obj));
         obj
