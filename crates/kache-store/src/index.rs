@@ -47,15 +47,18 @@ impl<V> Default for Postings<V> {
     }
 }
 
-impl<V: Hash + Eq + Borrow<str>> Postings<V> {
+/// Values are looked up by what they borrow as (`str` for custom indexes, bytes for the
+/// namespace index).
+impl<V: Hash + Eq> Postings<V> {
     fn insert(&mut self, value: V, key: &ObjectKey) {
         self.map.entry(value).or_default().insert(key.clone());
     }
 
     /// Like `insert`, but allocates the value only the first time it is seen.
-    fn insert_borrowed(&mut self, value: &str, key: &ObjectKey)
+    fn insert_borrowed<Q>(&mut self, value: &Q, key: &ObjectKey)
     where
-        V: for<'a> From<&'a str>,
+        Q: Hash + Eq + ?Sized,
+        V: Borrow<Q> + for<'a> From<&'a Q>,
     {
         if let Some(keys) = self.map.get_mut(value) {
             keys.insert(key.clone());
@@ -67,7 +70,11 @@ impl<V: Hash + Eq + Borrow<str>> Postings<V> {
         }
     }
 
-    fn remove(&mut self, value: &str, key: &ObjectKey) {
+    fn remove<Q>(&mut self, value: &Q, key: &ObjectKey)
+    where
+        Q: Hash + Eq + ?Sized,
+        V: Borrow<Q>,
+    {
         if let Some(keys) = self.map.get_mut(value) {
             keys.remove(key);
             if keys.is_empty() {
@@ -76,7 +83,11 @@ impl<V: Hash + Eq + Borrow<str>> Postings<V> {
         }
     }
 
-    pub(crate) fn get(&self, value: &str) -> Option<&KeySet> {
+    pub(crate) fn get<Q>(&self, value: &Q) -> Option<&KeySet>
+    where
+        Q: Hash + Eq + ?Sized,
+        V: Borrow<Q>,
+    {
         self.map.get(value)
     }
 }
@@ -183,7 +194,8 @@ pub(crate) fn build_postings<K>(f: &IndexFn<K>, objects: &ObjectMap<K>) -> Posti
 #[derive(Default)]
 #[cfg_attr(test, derive(Debug, PartialEq))]
 pub(crate) struct Indexes {
-    by_namespace: Postings<Box<str>>,
+    /// By the namespace's bytes, as the key holds them: recording a key needs no UTF-8 check.
+    by_namespace: Postings<Box<[u8]>>,
     /// Same order as the writer's `IndexFns`; few enough that a linear name search wins.
     custom: Vec<(String, Postings<String>)>,
 }
@@ -191,14 +203,14 @@ pub(crate) struct Indexes {
 impl Indexes {
     /// Records a new key in the namespace index (a key never changes namespace).
     pub(crate) fn insert_namespace(&mut self, key: &ObjectKey) {
-        if let Some(ns) = key.namespace() {
+        if let Some(ns) = key.namespace_bytes() {
             self.by_namespace.insert_borrowed(ns, key);
         }
     }
 
     /// Forgets a removed key in the namespace index.
     pub(crate) fn remove_namespace(&mut self, key: &ObjectKey) {
-        if let Some(ns) = key.namespace() {
+        if let Some(ns) = key.namespace_bytes() {
             self.by_namespace.remove(ns, key);
         }
     }
@@ -235,7 +247,7 @@ impl Indexes {
     }
 
     pub(crate) fn namespace(&self, namespace: &str) -> Option<&KeySet> {
-        self.by_namespace.get(namespace)
+        self.by_namespace.get(namespace.as_bytes())
     }
 
     /// The postings of the index named `name`, if registered.

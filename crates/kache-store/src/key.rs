@@ -135,6 +135,11 @@ impl ObjectKey {
         self.parts().0.map(as_str)
     }
 
+    /// The namespace's bytes, with no UTF-8 check.
+    pub(crate) fn namespace_bytes(&self) -> Option<&[u8]> {
+        self.parts().0
+    }
+
     /// The name.
     #[must_use]
     pub fn name(&self) -> &str {
