@@ -23,7 +23,8 @@ use std::thread;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
-    BoxError, Table, config_map, env_usize, kache_events, kube_runtime_events, namespace_of, world,
+    BoxError, Table, config_map, config_map_key, env_usize, kache_events, kube_runtime_events,
+    world,
 };
 use kube_runtime::reflector::{self, ObjectRef};
 
@@ -98,9 +99,7 @@ fn while_relisting(
 }
 
 fn keys(n: usize) -> Vec<(String, String)> {
-    (0..n)
-        .map(|i| (namespace_of(i), format!("configmap-{i:06}")))
-        .collect()
+    (0..n).map(config_map_key).collect()
 }
 
 /// One relist of `fresh` into a kache store holding `objects`; `control` reads another store.

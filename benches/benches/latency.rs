@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
-    Rng, Table, config_map, fmt_ns, median, namespace_of, percentile, ratio, world,
+    Rng, Table, config_map, config_map_key, fmt_ns, median, percentile, ratio, world,
 };
 use kube_runtime::reflector::{self, ObjectRef};
 use kube_runtime::watcher;
@@ -41,9 +41,7 @@ trait Side {
 }
 
 fn names(n: usize) -> Vec<(String, String)> {
-    (0..n)
-        .map(|i| (namespace_of(i), format!("configmap-{i:06}")))
-        .collect()
+    (0..n).map(config_map_key).collect()
 }
 
 struct Kache;

@@ -21,9 +21,9 @@ use std::time::Duration;
 use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
-    Kind, Rng, Table, app_of, config_map, config_map_managed, criterion_dir, criterion_median,
-    fmt_ns, kache_events, kache_reflect, kube_runtime_events, kube_runtime_reflect, namespace_of,
-    pod, ratio, world,
+    Kind, Table, app_of, config_map, config_map_managed, criterion_dir, criterion_median, fmt_ns,
+    kache_events, kache_reflect, kube_runtime_events, kube_runtime_reflect, namespace_of, pod,
+    ratio, shuffled_config_map_keys, world,
 };
 use kube_client::{Resource, ResourceExt as _};
 use kube_runtime::reflector::{self, ObjectRef};
@@ -209,12 +209,7 @@ fn reads(c: &mut Criterion, rows: &mut Vec<Row>) {
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1));
     for (n, (kache, kube)) in &stores {
-        let mut order: Vec<usize> = (0..*n).collect();
-        Rng::new(7).shuffle(&mut order);
-        let names: Vec<(String, String)> = order
-            .iter()
-            .map(|&i| (namespace_of(i), format!("configmap-{i:06}")))
-            .collect();
+        let names = shuffled_config_map_keys(*n);
         let refs: Vec<ObjectRef<ConfigMap>> = names
             .iter()
             .map(|(ns, name)| ObjectRef::new(name).within(ns))

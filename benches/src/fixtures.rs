@@ -26,6 +26,21 @@ pub fn namespace_of(i: usize) -> String {
     format!("team-{:03}", i % NAMESPACES)
 }
 
+/// The namespace and name of `ConfigMap` `i` (see [`config_map`]).
+#[must_use]
+pub fn config_map_key(i: usize) -> (String, String) {
+    (namespace_of(i), format!("configmap-{i:06}"))
+}
+
+/// The keys of `n` `ConfigMap`s in the one shuffled order every lookup benchmark uses, so that
+/// both libraries meet the same keys in the same order, in every benchmark.
+#[must_use]
+pub fn shuffled_config_map_keys(n: usize) -> Vec<(String, String)> {
+    let mut order: Vec<usize> = (0..n).collect();
+    crate::Rng::new(7).shuffle(&mut order);
+    order.into_iter().map(config_map_key).collect()
+}
+
 /// The `app` label of object `i`.
 #[must_use]
 pub fn app_of(i: usize) -> String {

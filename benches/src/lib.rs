@@ -11,8 +11,9 @@ mod report;
 mod stats;
 
 pub use fixtures::{
-    APPS, Kind, NAMESPACES, app_of, config_map, config_map_managed, kache_events, kache_reflect,
-    kube_runtime_events, kube_runtime_reflect, namespace_of, pod, world,
+    APPS, Kind, NAMESPACES, app_of, config_map, config_map_key, config_map_managed, kache_events,
+    kache_reflect, kube_runtime_events, kube_runtime_reflect, namespace_of, pod,
+    shuffled_config_map_keys, world,
 };
 pub use process::{
     BoxError, ChildReport, Encoding, bench_servers, connected_api, env_usize, proc_status_bytes,

@@ -30,8 +30,8 @@ use std::process::Command;
 use futures::{FutureExt, Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
-    Rng, Table, config_map, kache_events, kache_reflect, kube_runtime_events, kube_runtime_reflect,
-    namespace_of, world,
+    Table, config_map, kache_events, kache_reflect, kube_runtime_events, kube_runtime_reflect,
+    shuffled_config_map_keys, world,
 };
 use kache_store::ReflectExt;
 use kube_runtime::reflector::{self, ObjectRef};
@@ -162,15 +162,6 @@ fn instructions(stderr: &str) -> Option<u64> {
 }
 
 /// Keys of the `objects` fixtures, in a shuffled order.
-fn shuffled_keys(objects: usize) -> Vec<(String, String)> {
-    let mut order: Vec<usize> = (0..objects).collect();
-    Rng::new(7).shuffle(&mut order);
-    order
-        .iter()
-        .map(|&i| (namespace_of(i), format!("configmap-{i:06}")))
-        .collect()
-}
-
 fn kache_sync(objects: usize, run: bool) {
     let events = kache_events(world(objects, 1, config_map));
     if !run {
@@ -273,7 +264,7 @@ fn drain<S: Stream + Unpin>(stream: &mut S) {
 
 fn kache_get(objects: usize, run: bool) {
     let (store, writer) = kache_filled(objects);
-    let keys = shuffled_keys(objects);
+    let keys = shuffled_config_map_keys(objects);
     if run {
         for (namespace, name) in &keys {
             black_box(store.get(Some(namespace), name));
@@ -287,7 +278,7 @@ fn kube_get(objects: usize, run: bool) {
     for event in kube_runtime_events(world(objects, 1, config_map)) {
         writer.apply_watcher_event(&event);
     }
-    let keys: Vec<ObjectRef<ConfigMap>> = shuffled_keys(objects)
+    let keys: Vec<ObjectRef<ConfigMap>> = shuffled_config_map_keys(objects)
         .iter()
         .map(|(namespace, name)| ObjectRef::new(name).within(namespace))
         .collect();

@@ -1,0 +1,176 @@
+//! What a `get` at 100,000 objects cannot go below on this machine, beside what kache and
+//! kube-runtime take, in one process:
+//!
+//! - memory latency: a dependent walk over a random cycle of cache lines, for working sets
+//!   from 1 MiB to 256 MiB (each step's address comes from the previous load, as a lookup's
+//!   does), showing where the caches this VM really gives end and what a miss to memory costs;
+//! - the count: a dependent chain of `Arc::clone`s over the stored objects themselves, in the
+//!   benchmark's random order, each clone chosen by the previous one's count. Any `get` that
+//!   returns an `Arc` makes this one read-modify-write on the object's first line; here it is
+//!   alone, with no table and no hashing;
+//! - single calls, timed one by one as `--bench latency` times them: the caller's key alone
+//!   (read from the benchmark's key list and hashed), the count alone (`Arc::clone` of the object
+//!   that key names, from a list of the stored `Arc`s), and a whole `get`;
+//! - `get` in a loop, both libraries, the keys and order of `--bench store`.
+//!
+//! Run: `cargo run --release -p kache-benches --bin get-floor [objects]` (default 100000).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kache_benches::{
+    Rng, Table, config_map, fmt_ns, kache_events, kube_runtime_events, median,
+    shuffled_config_map_keys, world,
+};
+use kube_runtime::reflector::{self, ObjectRef};
+
+/// Steps of each timed walk or loop.
+const STEPS: usize = 2_000_000;
+/// Single calls timed, per measurement.
+const SINGLE_CALLS: usize = 300_000;
+
+fn main() {
+    let n = std::env::args()
+        .nth(1)
+        .and_then(|arg| arg.parse().ok())
+        .unwrap_or(100_000);
+
+    let mut table = Table::new(&["working set", "dependent load, per step"]);
+    for mib in [1, 4, 8, 16, 32, 64, 256] {
+        table.row(vec![format!("{mib} MiB"), format!("{:.0} ns", chase(mib))]);
+    }
+    println!("\nmemory latency (a dependent walk over one cache line in each step)\n");
+    println!("{}", table.render());
+
+    let objects = world(n, 1, config_map);
+    let (kache, mut writer) = kache_store::store::<ConfigMap>();
+    for event in kache_events(objects.iter().cloned()) {
+        writer.apply(event);
+    }
+    let (kube, mut kube_writer) = reflector::store::<ConfigMap>();
+    for event in kube_runtime_events(objects) {
+        kube_writer.apply_watcher_event(&event);
+    }
+    let names = shuffled_config_map_keys(n);
+    let refs: Vec<ObjectRef<ConfigMap>> = names
+        .iter()
+        .map(|(ns, name)| ObjectRef::new(name).within(ns))
+        .collect();
+    let kache_get = |i: usize| {
+        let (ns, name) = &names[i];
+        kache.get(Some(ns), name)
+    };
+    let kube_get = |i: usize| kube.get(&refs[i]);
+    let found = |arc: Option<Arc<ConfigMap>>| arc.expect("every key is in the store");
+    let kache_arcs: Vec<_> = (0..n).map(|i| found(kache_get(i))).collect();
+    let kube_arcs: Vec<_> = (0..n).map(|i| found(kube_get(i))).collect();
+    let hasher = ahash::RandomState::new();
+
+    let mut table = Table::new(&["what is timed", "kache", "kube-runtime"]);
+    for round in 1..=3 {
+        table.row(vec![
+            format!("round {round}: dependent `Arc::clone`s of stored objects, per clone"),
+            fmt_ns(clone_chain(&kache_arcs)),
+            fmt_ns(clone_chain(&kube_arcs)),
+        ]);
+        table.row(vec![
+            format!("round {round}: `get` in a loop, per call"),
+            fmt_ns(per_call(n, kache_get)),
+            fmt_ns(per_call(n, kube_get)),
+        ]);
+        table.row(vec![
+            format!("round {round}: single calls, p50: the caller's key alone (read and hashed)"),
+            fmt_ns(single_p50(n, |i| {
+                let (ns, name) = &names[i];
+                hasher.hash_one((ns, name))
+            })),
+            fmt_ns(single_p50(n, |i| hasher.hash_one(&refs[i]))),
+        ]);
+        table.row(vec![
+            format!(
+                "round {round}: single calls, p50: the count alone (`Arc::clone` of the object)"
+            ),
+            fmt_ns(single_p50(n, |i| Arc::clone(&kache_arcs[i]))),
+            fmt_ns(single_p50(n, |i| Arc::clone(&kube_arcs[i]))),
+        ]);
+        table.row(vec![
+            format!("round {round}: single calls, p50: `get`"),
+            fmt_ns(single_p50(n, kache_get)),
+            fmt_ns(single_p50(n, kube_get)),
+        ]);
+    }
+    println!(
+        "\n{n} ConfigMaps, keys in random order (those of `--bench store` and `--bench latency`)\n"
+    );
+    println!("{}", table.render());
+}
+
+/// Nanoseconds per step of a dependent walk over a random cycle through `mib` MiB, one
+/// 64-byte line per step.
+fn chase(mib: usize) -> f64 {
+    let lines = mib * 1024 * 1024 / 64;
+    let mut order: Vec<usize> = (0..lines).collect();
+    Rng::new(3).shuffle(&mut order);
+    // Each line holds the index of the next line of the cycle in its first word.
+    let mut next = vec![[0usize; 8]; lines];
+    for pair in order.windows(2) {
+        next[pair[0]][0] = pair[1];
+    }
+    next[order[lines - 1]][0] = order[0];
+    let mut at = order[0];
+    let start = Instant::now();
+    for _ in 0..STEPS {
+        at = next[at][0];
+    }
+    black_box(at);
+    elapsed_per_step(start)
+}
+
+/// Nanoseconds per `Arc::clone` when each clone's index depends on the previous clone's
+/// count: the clones cannot overlap, as the misses of one lookup cannot.
+fn clone_chain(arcs: &[Arc<ConfigMap>]) -> Duration {
+    let mut i = 0;
+    let start = Instant::now();
+    for _ in 0..STEPS {
+        let clone = Arc::clone(&arcs[i]);
+        // The count is small, so the shift adds 0, but only once the count is read.
+        i = (i + 1 + (Arc::strong_count(&clone) >> 40)) % arcs.len();
+    }
+    start.elapsed() / u32::try_from(STEPS).unwrap_or(u32::MAX)
+}
+
+/// Time per call of `f` over indexes `0..n` in order, in a loop.
+fn per_call<R>(n: usize, f: impl Fn(usize) -> R) -> Duration {
+    let mut i = 0;
+    let start = Instant::now();
+    for _ in 0..STEPS {
+        black_box(f(i));
+        i = (i + 1) % n;
+    }
+    start.elapsed() / u32::try_from(STEPS).unwrap_or(u32::MAX)
+}
+
+/// The median of single calls of `f` at random indexes, each timed on its own, as `--bench
+/// latency` times them, less the median cost of reading the clock.
+fn single_p50<R>(n: usize, f: impl Fn(usize) -> R) -> Duration {
+    let mut rng = Rng::new(11);
+    let mut times: Vec<Duration> = (0..SINGLE_CALLS)
+        .map(|_| {
+            let i = rng.below(n);
+            let start = Instant::now();
+            black_box(f(i));
+            start.elapsed()
+        })
+        .collect();
+    let mut clock: Vec<Duration> = (0..SINGLE_CALLS)
+        .map(|_| Instant::now().elapsed())
+        .collect();
+    median(&mut times).saturating_sub(median(&mut clock))
+}
+
+#[allow(clippy::cast_precision_loss, reason = "nanoseconds of a few seconds")]
+fn elapsed_per_step(start: Instant) -> f64 {
+    start.elapsed().as_nanos() as f64 / STEPS as f64
+}
