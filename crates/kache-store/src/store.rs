@@ -88,12 +88,10 @@ impl<K> Store<K> {
     /// ```
     #[must_use]
     pub fn get(&self, namespace: Option<&str>, name: &str) -> Option<Arc<K>> {
-        // The key is built before the lock is taken.
-        let exact = KeyRef::new(namespace, name);
         let state = self.shared.state.read();
         state
             .objects
-            .get(&exact)
+            .get(&KeyRef::new(namespace, name))
             .or_else(|| {
                 namespace?;
                 state.objects.get(&KeyRef::new(None, name))
@@ -119,7 +117,15 @@ impl<K> Store<K> {
     /// ```
     #[must_use]
     pub fn get_key(&self, key: &ObjectKey) -> Option<Arc<K>> {
-        self.get(key.namespace(), key.name())
+        let state = self.shared.state.read();
+        state
+            .objects
+            .get(key)
+            .or_else(|| {
+                key.namespace()?;
+                state.objects.get(&KeyRef::new(None, key.name()))
+            })
+            .cloned()
     }
 
     /// Every cached object, in no particular order, from one generation of the store.
