@@ -37,7 +37,7 @@ enum Repr {
 /// the namespace is `text[..ns - 1]`, the name follows it, and the bytes after `len` are 0, so
 /// two equal keys are equal byte for byte.
 #[derive(Clone)]
-pub(crate) struct Inline {
+struct Inline {
     ns: u8,
     len: u8,
     text: [u8; INLINE],
@@ -206,8 +206,8 @@ impl fmt::Display for ObjectKey {
 /// so a map keyed by `ObjectKey` is searched with it directly, reading the caller's strings
 /// where they are.
 pub(crate) struct KeyRef<'a> {
-    pub(crate) namespace: Option<&'a str>,
-    pub(crate) name: &'a str,
+    namespace: Option<&'a str>,
+    name: &'a str,
 }
 
 impl<'a> KeyRef<'a> {

@@ -1,8 +1,10 @@
 use std::fmt;
 use std::future::Future;
+use std::hash::Hash;
 use std::sync::Arc;
 
 use futures::future::{Either, select};
+use hashbrown::Equivalent;
 use kube_client::Resource;
 
 use crate::error::{Error, Result};
@@ -89,14 +91,13 @@ impl<K> Store<K> {
     #[must_use]
     pub fn get(&self, namespace: Option<&str>, name: &str) -> Option<Arc<K>> {
         let state = self.shared.state.read();
-        state
-            .objects
-            .get(&KeyRef::new(namespace, name))
-            .or_else(|| {
-                namespace?;
-                state.objects.get(&KeyRef::new(None, name))
-            })
-            .cloned()
+        lookup(
+            &state.objects,
+            &KeyRef::new(namespace, name),
+            namespace,
+            name,
+        )
+        .cloned()
     }
 
     /// The object with this key, with the same cluster-scoped fallback as [`Store::get`].
@@ -118,14 +119,7 @@ impl<K> Store<K> {
     #[must_use]
     pub fn get_key(&self, key: &ObjectKey) -> Option<Arc<K>> {
         let state = self.shared.state.read();
-        state
-            .objects
-            .get(key)
-            .or_else(|| {
-                key.namespace()?;
-                state.objects.get(&KeyRef::new(None, key.name()))
-            })
-            .cloned()
+        lookup(&state.objects, key, key.namespace(), key.name()).cloned()
     }
 
     /// Every cached object, in no particular order, from one generation of the store.
@@ -705,6 +699,20 @@ impl<K: Resource> Store<K> {
             None => Ok(()),
         }
     }
+}
+
+/// The object under `exact` (the key of `namespace` and `name`), or, for a namespaced key, the
+/// cluster-scoped object of that name: the fallback of [`Store::get`] and [`Store::get_key`].
+fn lookup<'a, K>(
+    objects: &'a ObjectMap<K>,
+    exact: &(impl Hash + Equivalent<ObjectKey> + ?Sized),
+    namespace: Option<&str>,
+    name: &str,
+) -> Option<&'a Arc<K>> {
+    objects.get(exact).or_else(|| {
+        namespace?;
+        objects.get(&KeyRef::new(None, name))
+    })
 }
 
 fn resolve<K>(objects: &ObjectMap<K>, keys: Option<&KeySet>) -> Vec<Arc<K>> {
