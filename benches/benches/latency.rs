@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
-    Rng, Table, config_map, config_map_key, fmt_ns, median, percentile, ratio, world,
+    Rng, Table, clock_overhead, config_map, config_map_key, fmt_ns, median, percentile, ratio,
+    world,
 };
 use kube_runtime::reflector::{self, ObjectRef};
 use kube_runtime::watcher;
@@ -116,17 +117,6 @@ fn filled<S: Side>(objects: &[ConfigMap]) -> (S::Reader, S::Writer) {
     }
     assert_eq!(S::len(&reader), objects.len());
     (reader, writer)
-}
-
-/// The median cost of reading the clock twice, as the timed loop does.
-fn clock_overhead() -> Duration {
-    let mut samples: Vec<Duration> = (0..100_000)
-        .map(|_| {
-            let start = Instant::now();
-            start.elapsed()
-        })
-        .collect();
-    percentile(&mut samples, 50.0)
 }
 
 /// Latencies of `samples` single gets in random order.

@@ -20,4 +20,4 @@ pub use process::{
     seed_config_maps, seeded_server,
 };
 pub use report::{criterion_dir, criterion_median};
-pub use stats::{Rng, Table, fmt_bytes, fmt_ns, median, percentile, ratio};
+pub use stats::{Rng, Table, clock_overhead, fmt_bytes, fmt_ns, median, percentile, ratio};

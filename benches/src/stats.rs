@@ -31,6 +31,19 @@ pub fn median<T: Ord + Copy>(samples: &mut [T]) -> T {
     percentile(samples, 50.0)
 }
 
+/// The median cost of reading the clock twice, as a loop that times single calls does: what to
+/// subtract from each timed call.
+#[must_use]
+pub fn clock_overhead() -> Duration {
+    let mut samples: Vec<Duration> = (0..100_000)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            start.elapsed()
+        })
+        .collect();
+    median(&mut samples)
+}
+
 /// A duration in the most readable unit (ns, µs, ms, s).
 #[must_use]
 pub fn fmt_ns(d: Duration) -> String {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
-    Rng, Table, config_map, fmt_ns, kache_events, kube_runtime_events, median,
+    Rng, Table, clock_overhead, config_map, fmt_ns, kache_events, kube_runtime_events, median,
     shuffled_config_map_keys, world,
 };
 use kube_runtime::reflector::{self, ObjectRef};
@@ -39,7 +39,7 @@ fn main() {
 
     let mut table = Table::new(&["working set", "dependent load, per step"]);
     for mib in [1, 4, 8, 16, 32, 64, 256] {
-        table.row(vec![format!("{mib} MiB"), format!("{:.0} ns", chase(mib))]);
+        table.row(vec![format!("{mib} MiB"), fmt_ns(chase(mib))]);
     }
     println!("\nmemory latency (a dependent walk over one cache line in each step)\n");
     println!("{}", table.render());
@@ -107,9 +107,9 @@ fn main() {
     println!("{}", table.render());
 }
 
-/// Nanoseconds per step of a dependent walk over a random cycle through `mib` MiB, one
-/// 64-byte line per step.
-fn chase(mib: usize) -> f64 {
+/// Time per step of a dependent walk over a random cycle through `mib` MiB, one 64-byte line
+/// per step.
+fn chase(mib: usize) -> Duration {
     let lines = mib * 1024 * 1024 / 64;
     let mut order: Vec<usize> = (0..lines).collect();
     Rng::new(3).shuffle(&mut order);
@@ -125,10 +125,10 @@ fn chase(mib: usize) -> f64 {
         at = next[at][0];
     }
     black_box(at);
-    elapsed_per_step(start)
+    per_step(start)
 }
 
-/// Nanoseconds per `Arc::clone` when each clone's index depends on the previous clone's
+/// Time per `Arc::clone` when each clone's index depends on the previous clone's
 /// count: the clones cannot overlap, as the misses of one lookup cannot.
 fn clone_chain(arcs: &[Arc<ConfigMap>]) -> Duration {
     let mut i = 0;
@@ -138,7 +138,7 @@ fn clone_chain(arcs: &[Arc<ConfigMap>]) -> Duration {
         // The count is small, so the shift adds 0, but only once the count is read.
         i = (i + 1 + (Arc::strong_count(&clone) >> 40)) % arcs.len();
     }
-    start.elapsed() / u32::try_from(STEPS).unwrap_or(u32::MAX)
+    per_step(start)
 }
 
 /// Time per call of `f` over indexes `0..n` in order, in a loop.
@@ -149,7 +149,7 @@ fn per_call<R>(n: usize, f: impl Fn(usize) -> R) -> Duration {
         black_box(f(i));
         i = (i + 1) % n;
     }
-    start.elapsed() / u32::try_from(STEPS).unwrap_or(u32::MAX)
+    per_step(start)
 }
 
 /// The median of single calls of `f` at random indexes, each timed on its own, as `--bench
@@ -164,13 +164,10 @@ fn single_p50<R>(n: usize, f: impl Fn(usize) -> R) -> Duration {
             start.elapsed()
         })
         .collect();
-    let mut clock: Vec<Duration> = (0..SINGLE_CALLS)
-        .map(|_| Instant::now().elapsed())
-        .collect();
-    median(&mut times).saturating_sub(median(&mut clock))
+    median(&mut times).saturating_sub(clock_overhead())
 }
 
-#[allow(clippy::cast_precision_loss, reason = "nanoseconds of a few seconds")]
-fn elapsed_per_step(start: Instant) -> f64 {
-    start.elapsed().as_nanos() as f64 / STEPS as f64
+/// The time since `start`, per step of a run of [`STEPS`].
+fn per_step(start: Instant) -> Duration {
+    start.elapsed() / u32::try_from(STEPS).unwrap_or(u32::MAX)
 }
