@@ -2,12 +2,16 @@
 //!
 //! An index maps a value to the set of keys of the objects that carry it. Keys, not `Arc<K>`s,
 //! are stored, so an `Apply` that leaves an object's index values alone touches no index.
+//!
+//! The namespace index is built when first asked for: a store nobody queries by namespace
+//! never builds it (it cost more than a third of an initial sync). Once built, the writer keeps
+//! it up to date and builds it for every later relist, off the lock, like the custom indexes.
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::Hash;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ahash::RandomState;
 
@@ -164,19 +168,34 @@ impl<K> IndexFns<K> {
         changes
     }
 
-    /// All indexes over `objects`: used to build a relist generation off to the side.
-    pub(crate) fn build(&self, objects: &ObjectMap<K>) -> Indexes {
-        let mut indexes = Indexes::default();
-        for key in objects.keys() {
-            indexes.insert_namespace(key);
+    /// All indexes over `objects`, the namespace index only `with_namespaces`: used to build a
+    /// relist generation off to the side.
+    pub(crate) fn build(&self, objects: &ObjectMap<K>, with_namespaces: bool) -> Indexes {
+        let by_namespace = OnceLock::new();
+        if with_namespaces {
+            by_namespace.get_or_init(|| namespace_postings(objects));
         }
-        indexes.custom = self
+        let custom = self
             .fns
             .iter()
             .map(|(name, f)| (name.clone(), build_postings(f, objects)))
             .collect();
-        indexes
+        Indexes {
+            by_namespace,
+            custom,
+        }
     }
+}
+
+/// The namespace index over `objects`.
+fn namespace_postings<K>(objects: &ObjectMap<K>) -> Postings<Box<[u8]>> {
+    let mut postings = Postings::default();
+    for key in objects.keys() {
+        if let Some(ns) = key.namespace_bytes() {
+            postings.insert_borrowed(ns, key);
+        }
+    }
+    postings
 }
 
 /// The postings of the index function `f` over `objects`.
@@ -195,24 +214,32 @@ pub(crate) fn build_postings<K>(f: &IndexFn<K>, objects: &ObjectMap<K>) -> Posti
 #[cfg_attr(test, derive(Debug, PartialEq))]
 pub(crate) struct Indexes {
     /// By the namespace's bytes, as the key holds them: recording a key needs no UTF-8 check.
-    by_namespace: Postings<Box<[u8]>>,
+    /// Empty until built, by the first reader asking by namespace or by the writer for a relist
+    /// of a store already asked; while empty, the writer has nothing to keep.
+    by_namespace: OnceLock<Postings<Box<[u8]>>>,
     /// Same order as the writer's `IndexFns`; few enough that a linear name search wins.
     custom: Vec<(String, Postings<String>)>,
 }
 
 impl Indexes {
-    /// Records a new key in the namespace index (a key never changes namespace).
+    /// Records a new key in the namespace index, if built (a key never changes namespace).
     pub(crate) fn insert_namespace(&mut self, key: &ObjectKey) {
-        if let Some(ns) = key.namespace_bytes() {
-            self.by_namespace.insert_borrowed(ns, key);
+        if let (Some(ns), Some(postings)) = (key.namespace_bytes(), self.by_namespace.get_mut()) {
+            postings.insert_borrowed(ns, key);
         }
     }
 
-    /// Forgets a removed key in the namespace index.
+    /// Forgets a removed key in the namespace index, if built.
     pub(crate) fn remove_namespace(&mut self, key: &ObjectKey) {
-        if let Some(ns) = key.namespace_bytes() {
-            self.by_namespace.remove(ns, key);
+        if let (Some(ns), Some(postings)) = (key.namespace_bytes(), self.by_namespace.get_mut()) {
+            postings.remove(ns, key);
         }
+    }
+
+    /// Whether the namespace index of this generation is built: once a reader has asked for
+    /// it, the writer builds it for the next generation too.
+    pub(crate) fn has_namespaces(&self) -> bool {
+        self.by_namespace.get().is_some()
     }
 
     /// Applies changes computed by [`IndexFns::plan`] for `key`.
@@ -246,8 +273,13 @@ impl Indexes {
         }
     }
 
-    pub(crate) fn namespace(&self, namespace: &str) -> Option<&KeySet> {
-        self.by_namespace.get(namespace.as_bytes())
+    /// The keys in `namespace`. The first call on a generation without the namespace index
+    /// builds it from `objects`, the generation's own (under the caller's shared lock, so
+    /// `objects` cannot change meanwhile; concurrent first calls wait for the one building).
+    pub(crate) fn namespace<K>(&self, namespace: &str, objects: &ObjectMap<K>) -> Option<&KeySet> {
+        self.by_namespace
+            .get_or_init(|| namespace_postings(objects))
+            .get(namespace.as_bytes())
     }
 
     /// The postings of the index named `name`, if registered.
@@ -267,7 +299,11 @@ impl Indexes {
 impl Indexes {
     /// Index entries whose key is not in `objects`: always zero unless an update leaked.
     pub(crate) fn stale_entries<K>(&self, objects: &ObjectMap<K>) -> usize {
-        let namespaced = self.by_namespace.map.values().flatten();
+        let namespaced = self
+            .by_namespace
+            .get()
+            .into_iter()
+            .flat_map(|p| p.map.values().flatten());
         let custom = self
             .custom
             .iter()

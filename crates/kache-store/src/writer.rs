@@ -684,8 +684,14 @@ where
 
     fn finish_relist(&mut self) {
         // Indexes for the new generation are built here, with no lock held, and before the
-        // relist is taken: if an index function panics, the relist is still in progress.
-        let Some(mut indexes) = self.relist.as_ref().map(|r| self.fns.build(&r.objects)) else {
+        // relist is taken: if an index function panics, the relist is still in progress. The
+        // namespace index only if readers have asked for the visible generation's.
+        let with_namespaces = self.shared.state.read().indexes.has_namespaces();
+        let Some(mut indexes) = self
+            .relist
+            .as_ref()
+            .map(|r| self.fns.build(&r.objects, with_namespaces))
+        else {
             warn!("InitDone without a relist in progress; no object changes");
             self.mark_ready();
             return;
@@ -846,11 +852,15 @@ impl<K> Drop for Writer<K> {
 
 #[cfg(test)]
 impl<K> Writer<K> {
-    /// Panics unless every index of the visible generation, the namespace index and each
-    /// registered one in order, is exactly what a rebuild from its objects gives.
+    /// Panics unless every index of the visible generation, the namespace index (if built) and
+    /// each registered one in order, is exactly what a rebuild from its objects gives.
     pub(crate) fn assert_indexes_exact(&self) {
         let state = self.shared.state.read();
-        assert_eq!(state.indexes, self.fns.build(&state.objects));
+        let with_namespaces = state.indexes.has_namespaces();
+        assert_eq!(
+            state.indexes,
+            self.fns.build(&state.objects, with_namespaces)
+        );
     }
 
     /// Messages held by the (resync, backpressure) channels.

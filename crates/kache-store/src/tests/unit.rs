@@ -326,6 +326,103 @@ fn by_namespace_excludes_cluster_scoped_and_other_namespaces() {
 }
 
 #[test]
+fn a_store_never_asked_by_namespace_builds_no_namespace_index() {
+    let (store, mut writer) = store();
+    relist(&mut writer, [cm(Some("a"), "x", 1), cm(Some("b"), "y", 2)]);
+    writer.apply(Event::Apply(cm(Some("a"), "w", 3)));
+    writer.apply(Event::Delete(cm(Some("b"), "y", 4)));
+    relist(&mut writer, [cm(Some("a"), "x", 5)]);
+    assert!(!store.has_namespace_index());
+    assert_eq!(store.len(), 1);
+    writer.assert_indexes_exact();
+}
+
+#[test]
+fn the_namespace_index_is_built_on_first_use_then_kept_and_rebuilt_with_each_relist() {
+    let (store, mut writer) = store();
+    relist(
+        &mut writer,
+        [
+            cm(Some("a"), "x", 1),
+            cm(Some("b"), "y", 2),
+            cm(None, "z", 3),
+        ],
+    );
+    assert!(!store.has_namespace_index());
+    // The first call builds it from the visible generation.
+    assert_eq!(names(store.by_namespace("a")), ["x"]);
+    assert!(store.has_namespace_index());
+    writer.assert_indexes_exact();
+    // The writer keeps it from then on: new keys, deletes, a namespace emptied.
+    writer.apply(Event::Apply(cm(Some("a"), "w", 4)));
+    writer.apply(Event::Delete(cm(Some("b"), "y", 5)));
+    writer.assert_indexes_exact();
+    assert_eq!(names(store.by_namespace("a")), ["w", "x"]);
+    assert!(store.by_namespace("b").is_empty());
+    // A relist builds it for the new generation before the generation is visible.
+    relist(&mut writer, [cm(Some("b"), "v", 6), cm(Some("c"), "u", 7)]);
+    assert!(store.has_namespace_index());
+    writer.assert_indexes_exact();
+    assert_eq!(store.stale_index_entries(), 0);
+    assert!(store.by_namespace("a").is_empty());
+    assert_eq!(names(store.by_namespace("b")), ["v"]);
+    assert_eq!(names(store.by_namespace("c")), ["u"]);
+}
+
+#[test]
+fn readers_building_the_namespace_index_during_relists_see_whole_generations() {
+    // Each generation holds the same names in one namespace, with the generation's number in
+    // every object: a reader must see one number, and every name, whichever call built the
+    // index (a first call, or the writer for the next relist).
+    const NAMES: usize = 200;
+    const GENERATIONS: u64 = 30;
+    let (store, mut writer) = store();
+    let generation = |g: u64| (0..NAMES).map(move |i| cm(Some("ns"), &format!("o{i}"), g));
+    relist(&mut writer, generation(1));
+    std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let store = store.clone();
+                scope.spawn(move || {
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                    let mut seen = 0;
+                    while seen < GENERATIONS {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "the last generation never became visible (saw {seen})"
+                        );
+                        let objs = store.by_namespace("ns");
+                        assert_eq!(objs.len(), NAMES, "a whole generation");
+                        let versions: std::collections::BTreeSet<_> = objs
+                            .iter()
+                            .map(|o| o.metadata.resource_version.clone())
+                            .collect();
+                        assert_eq!(versions.len(), 1, "one generation: {versions:?}");
+                        seen = versions
+                            .first()
+                            .cloned()
+                            .flatten()
+                            .and_then(|rv| rv.parse().ok())
+                            .unwrap_or(0);
+                        std::thread::yield_now();
+                    }
+                })
+            })
+            .collect();
+        for g in 2..=GENERATIONS {
+            relist(&mut writer, generation(g));
+        }
+        for reader in readers {
+            reader
+                .join()
+                .expect("a reader saw a torn or partial generation");
+        }
+    });
+    writer.assert_indexes_exact();
+    assert_eq!(store.stale_index_entries(), 0);
+}
+
+#[test]
 fn transform_runs_before_storing() {
     let (mut writer, store) = {
         let w = Writer::<ConfigMap>::new().with_transform(|cm| cm.metadata.labels = None);
