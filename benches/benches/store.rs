@@ -11,7 +11,9 @@
 //!   one object in 500 (an early exit); kache runs it on a snapshot, after the lock is
 //!   released, kube-runtime under its lock;
 //! - `filter-*`: the objects with one label value (kache: an index; kube-runtime: a scan) and
-//!   the objects of one namespace (kache: the built-in namespace index; kube-runtime: a scan).
+//!   the objects of one namespace (kache: the built-in namespace index; kube-runtime: a scan),
+//!   and (`filter-namespace-first`) the first such call on a freshly synced store, which
+//!   builds kache's namespace index.
 //!
 //! After the runs, a table of medians and `kache / kube-runtime` ratios is printed.
 
@@ -38,6 +40,18 @@ struct Row {
     param: usize,
     per_iter: usize,
     unit: &'static str,
+}
+
+impl Row {
+    /// A row of one lookup per iteration.
+    fn lookup(group: &str, param: usize) -> Self {
+        Self {
+            group: group.to_owned(),
+            param,
+            per_iter: 1,
+            unit: "lookup",
+        }
+    }
 }
 
 fn main() {
@@ -282,18 +296,60 @@ fn reads(c: &mut Criterion, rows: &mut Vec<Row>) {
                 if what == "label" {
                     b.iter(|| kube.state_filter(|cm| cm.labels().get("app") == Some(&app)));
                 } else {
-                    b.iter(|| kube.state_filter(|cm| cm.namespace().as_ref() == Some(&ns)));
+                    b.iter(|| kube_namespace_scan(kube, &ns));
                 }
             });
-            rows.push(Row {
-                group: name.to_owned(),
-                param: *n,
-                per_iter: 1,
-                unit: "lookup",
-            });
+            rows.push(Row::lookup(name, *n));
         }
         group.finish();
     }
+    first_by_namespace(c, rows, &stores);
+}
+
+/// kube-runtime's way to the objects of one namespace: a scan of its store.
+fn kube_namespace_scan(
+    kube: &reflector::Store<ConfigMap>,
+    ns: &str,
+) -> Vec<std::sync::Arc<ConfigMap>> {
+    kube.state_filter(|cm| cm.namespace().as_deref() == Some(ns))
+}
+
+/// The first `by_namespace` of a freshly synced store, which builds kache's namespace index;
+/// kube-runtime's scan costs the same every time.
+fn first_by_namespace(c: &mut Criterion, rows: &mut Vec<Row>, stores: &[(usize, Stores)]) {
+    let name = "filter-namespace-first";
+    let mut group = c.benchmark_group(name);
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    for (n, (_, kube)) in stores {
+        let objects = world(*n, 1, config_map);
+        let ns = namespace_of(17);
+        group.bench_with_input(BenchmarkId::new("kache", n), n, |b, _| {
+            b.iter_batched(
+                || {
+                    let (store, mut writer) = kache_store::store::<ConfigMap>();
+                    for event in kache_events(objects.iter().cloned()) {
+                        writer.apply(event);
+                    }
+                    (store, writer)
+                },
+                // The store and writer are returned, so they are dropped outside the timing.
+                |(store, writer)| {
+                    let found = store.by_namespace(&ns);
+                    (store, writer, found)
+                },
+                BatchSize::PerIteration,
+            );
+        });
+        group.bench_with_input(BenchmarkId::new("kube-runtime", n), n, |b, _| {
+            b.iter(|| kube_namespace_scan(kube, &ns));
+        });
+        rows.push(Row::lookup(name, *n));
+    }
+    group.finish();
 }
 
 /// `find` with a predicate that matches nothing, and one that matches one object in 500.

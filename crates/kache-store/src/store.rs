@@ -337,10 +337,11 @@ impl<K> Store<K> {
     /// The cached objects in `namespace` (the built-in namespace index).
     ///
     /// The first call builds the namespace index, reading every key once under the shared lock
-    /// (as [`Store::state`] reads every object): the writer waits meanwhile, about 10 ms at
-    /// 100,000 objects. From then on the writer keeps the index, and builds it for each relist
-    /// off the lock, so a call reads only the namespace's keys. A store never asked by
-    /// namespace never builds it, which makes its initial sync about a third faster.
+    /// (as [`Store::state`] reads every object): the writer waits meanwhile, about 9 ms at
+    /// 100,000 objects, less than one scan of kube-runtime's store. From then on the writer
+    /// keeps the index, and builds it for each relist off the lock, so a call reads only the
+    /// namespace's keys. A store never asked by namespace never builds it, which makes its
+    /// initial sync about a third faster.
     ///
     /// ```
     /// use k8s_openapi::api::core::v1::ConfigMap;
