@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use futures::Stream;
-use kache_watch::{Event, Progress, observe_progress};
+use kache_watch::{Event, Progress, ProgressScope};
 use kube_client::Resource;
 use pin_project_lite::pin_project;
 
@@ -77,7 +77,11 @@ where
         // is applied.
         ready!(this.observer.poll_flush(this.writer, cx));
         let before = OBSERVED.then(|| this.observer.before_poll());
-        let (item, reached) = observe_progress(|| this.stream.poll_next(cx));
+        // A scope rather than `observe_progress`: the poll writes the item here, where a
+        // closure's result would be copied out (a whole event, hundreds of bytes, twice).
+        let scope = ProgressScope::enter();
+        let item = this.stream.poll_next(cx);
+        let reached = scope.finish();
         if let Some(before) = before {
             this.observer.after_poll(before, &this.writer.shared);
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use futures::Stream;
-use kache_watch::{Event, Progress, observe_progress};
+use kache_watch::{Event, Progress, ProgressScope};
 use kube_client::Resource;
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
@@ -619,7 +619,11 @@ where
                 .observer
                 .observes_polls()
                 .then(|| polled.observer.before_poll());
-            let (item, reached) = observe_progress(|| polled.stream.as_mut().poll_next(cx));
+            // Polled in a scope rather than through `observe_progress`: the item is written
+            // here, with no copy of the event on its way out.
+            let scope = ProgressScope::enter();
+            let item = polled.stream.as_mut().poll_next(cx);
+            let reached = scope.finish();
             if let Some(before) = before {
                 polled
                     .observer

@@ -57,7 +57,7 @@
 //! # Progress without events
 //! Bookmarks and the resourceVersion of a completed list advance how far a watch has reached
 //! without any object changing. They are not [`Event`]s: the watcher reports them to the
-//! consumer that polls it, through [`observe_progress`]; [`Progress`] says why. In the same
+//! consumer that polls it, through [`observe_progress`] (or a [`ProgressScope`]); [`Progress`] says why. In the same
 //! way, [`observe_activity`] tells it which WATCH requests started or resumed and how many
 //! bookmarks arrived ([`Activity`]), for metrics.
 //!
@@ -94,7 +94,7 @@ pub use config::{Config, InitialListStrategy};
 pub use error::{Error, Result};
 pub use event::Event;
 pub use ext::WatchStreamExt;
-pub use progress::{Progress, observe_progress};
+pub use progress::{Progress, ProgressScope, observe_progress};
 #[cfg(feature = "protobuf")]
 pub use proto::{Proto, ProtoError, ProtoObject, ProtoScope, protobuf_watcher};
 pub use shard::{Shard, ShardRange, uid_hash};

@@ -64,42 +64,82 @@ thread_local! {
 ///
 /// Calls nest: a point goes to the innermost call, and an outer one sees none of it. A call
 /// costs four accesses to plain thread-local counters when nothing is reported.
-// Inlined (with `Level::leave`'s fast path), the poll writes its item where the caller wants
-// it; as a call, a whole event (hundreds of bytes) was copied once more per poll.
+///
+/// The result passes through this function: for a large item (a whole event), poll inside a
+/// [`ProgressScope`] instead, which writes the item where the caller wants it.
 #[inline]
 pub fn observe_progress<R>(poll: impl FnOnce() -> R) -> (R, Option<Progress>) {
-    /// Leaves this level on return and on unwind alike, handing out its point.
-    struct Level {
-        depth: u32,
-        reports: u64,
-    }
-    impl Level {
-        #[inline]
-        fn leave(&self) -> Option<Progress> {
-            DEPTH.set(self.depth - 1);
-            if REPORTS.get() == self.reports {
-                None
-            } else {
-                take_point(self.depth)
-            }
-        }
-    }
-    impl Drop for Level {
-        fn drop(&mut self) {
-            // Only reached on unwind (`forget` below otherwise): drop this level's point.
-            self.leave();
-        }
-    }
-    let depth = DEPTH.get() + 1;
-    DEPTH.set(depth);
-    let level = Level {
-        depth,
-        reports: REPORTS.get(),
-    };
+    let scope = ProgressScope::enter();
     let out = poll();
-    let reached = level.leave();
-    std::mem::forget(level);
-    (out, reached)
+    (out, scope.finish())
+}
+
+/// The span of one poll whose reported [`Progress`] the caller wants: what
+/// [`observe_progress`] does, with the poll written in the caller's own code.
+///
+/// ```
+/// use std::task::{Context, Poll, Waker};
+///
+/// use futures::{StreamExt, stream};
+/// use kache_watch::ProgressScope;
+///
+/// let mut events = stream::iter([1, 2]);
+/// let mut cx = Context::from_waker(Waker::noop());
+/// let scope = ProgressScope::enter();
+/// let item = events.poll_next_unpin(&mut cx);
+/// // A plain stream reports no point; a watcher reports one when a list or a bookmark
+/// // brings it to a resourceVersion.
+/// assert_eq!(scope.finish(), None);
+/// assert_eq!(item, Poll::Ready(Some(1)));
+/// ```
+///
+/// Scopes nest as `observe_progress` calls do. One dropped without [`finish`](Self::finish)
+/// (the poll panicked) drops its point and restores the enclosing scope.
+#[derive(Debug)]
+#[must_use = "a scope ends with `finish`, which returns the point reported within it"]
+pub struct ProgressScope {
+    depth: u32,
+    reports: u64,
+}
+
+impl ProgressScope {
+    /// Starts observing: points reported from now until [`finish`](Self::finish), by code on
+    /// this thread not inside an inner scope, go to this one.
+    #[inline]
+    pub fn enter() -> Self {
+        let depth = DEPTH.get() + 1;
+        DEPTH.set(depth);
+        Self {
+            depth,
+            reports: REPORTS.get(),
+        }
+    }
+
+    /// Stops observing and returns the last point reported within the scope.
+    #[inline]
+    #[must_use]
+    pub fn finish(self) -> Option<Progress> {
+        let reached = self.leave();
+        std::mem::forget(self);
+        reached
+    }
+
+    #[inline]
+    fn leave(&self) -> Option<Progress> {
+        DEPTH.set(self.depth - 1);
+        if REPORTS.get() == self.reports {
+            None
+        } else {
+            take_point(self.depth)
+        }
+    }
+}
+
+impl Drop for ProgressScope {
+    fn drop(&mut self) {
+        // Only reached on unwind or when `finish` is skipped: drop this scope's point.
+        self.leave();
+    }
 }
 
 /// The point reported at `depth`, if any, dropping any left deeper (by a poll that unwound).
