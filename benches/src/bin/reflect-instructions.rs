@@ -161,7 +161,6 @@ fn instructions(stderr: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Keys of the `objects` fixtures, in a shuffled order.
 fn kache_sync(objects: usize, run: bool) {
     let events = kache_events(world(objects, 1, config_map));
     if !run {

@@ -171,10 +171,11 @@ impl<K> IndexFns<K> {
     /// All indexes over `objects`, the namespace index only `with_namespaces`: used to build a
     /// relist generation off to the side.
     pub(crate) fn build(&self, objects: &ObjectMap<K>, with_namespaces: bool) -> Indexes {
-        let by_namespace = OnceLock::new();
-        if with_namespaces {
-            by_namespace.get_or_init(|| namespace_postings(objects));
-        }
+        let by_namespace = if with_namespaces {
+            OnceLock::from(namespace_postings(objects))
+        } else {
+            OnceLock::new()
+        };
         let custom = self
             .fns
             .iter()
