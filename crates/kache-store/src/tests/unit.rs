@@ -41,6 +41,10 @@ fn names(mut objs: Vec<Arc<ConfigMap>>) -> Vec<String> {
         .collect()
 }
 
+fn version_of(cm: &ConfigMap) -> String {
+    cm.metadata.resource_version.clone().unwrap_or_default()
+}
+
 fn relist(writer: &mut Writer<ConfigMap>, objs: impl IntoIterator<Item = ConfigMap>) {
     writer.apply(Event::Init);
     for obj in objs {
@@ -450,6 +454,81 @@ fn resource_version_after_relist_is_highest_listed() {
     assert_eq!(store.resource_version().as_deref(), Some("10"));
     writer.apply(Event::Apply(cm(Some("ns"), "a", 11)));
     assert_eq!(store.resource_version().as_deref(), Some("11"));
+}
+
+/// An initial sync without a transform takes a path of its own (writer.rs, `buffer_object`):
+/// it must store, share and version exactly what the other paths do.
+#[test]
+fn an_initial_sync_stores_the_same_with_or_without_a_transform() {
+    let listed = || {
+        [
+            cm(Some("ns"), "a", 7),
+            cm(None, "b", 12),
+            // Listed twice: the later copy wins, and its version counts.
+            cm(Some("ns"), "a", 9),
+            cm(Some("other"), "c", 3),
+        ]
+    };
+    let plain = Writer::<ConfigMap>::new();
+    let transformed = Writer::<ConfigMap>::new().with_transform(|cm| cm.data = None);
+    for mut writer in [plain, transformed] {
+        let store = writer.as_reader();
+        writer.apply(Event::Init);
+        for obj in listed() {
+            let Event::InitApply(applied) = writer.apply(Event::InitApply(obj)) else {
+                panic!("an InitApply yields an InitApply");
+            };
+            let key = ObjectKey::from_object(applied.as_ref());
+            assert!(
+                store.get(key.namespace(), key.name()).is_none(),
+                "not visible before InitDone"
+            );
+            assert_eq!(
+                writer
+                    .relist_object(&key)
+                    .map(|stored| Arc::ptr_eq(&stored, &applied)),
+                Some(true)
+            );
+        }
+        assert!(store.is_empty());
+        writer.apply(Event::InitDone);
+        let stored: BTreeMap<String, String> = store
+            .state()
+            .iter()
+            .map(|cm| {
+                (
+                    ObjectKey::from_object(cm.as_ref()).to_string(),
+                    version_of(cm),
+                )
+            })
+            .collect();
+        let expected = [("b", "12"), ("ns/a", "9"), ("other/c", "3")];
+        let expected: BTreeMap<String, String> =
+            expected.map(|(k, v)| (k.to_owned(), v.to_owned())).into();
+        assert_eq!(stored, expected);
+        assert_eq!(store.resource_version().as_deref(), Some("12"));
+        // A relist over the stored objects takes the other path, and reuses unchanged ones.
+        let before = store.get(Some("ns"), "a").unwrap();
+        relist(&mut writer, [cm(Some("ns"), "a", 9), cm(None, "b", 13)]);
+        assert!(Arc::ptr_eq(&before, &store.get(Some("ns"), "a").unwrap()));
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.resource_version().as_deref(), Some("13"));
+    }
+}
+
+/// A version that is not comparable, listed in an initial sync, makes the store's version an
+/// error, as it does when applied.
+#[test]
+fn an_initial_sync_with_a_version_not_comparable_is_opaque() {
+    let (store, mut writer) = store();
+    let mut odd = cm(Some("ns"), "b", 1);
+    odd.metadata.resource_version = Some("b7".to_owned());
+    relist(
+        &mut writer,
+        [cm(Some("ns"), "a", 5), odd, cm(Some("ns"), "c", 6)],
+    );
+    assert_eq!(store.len(), 3);
+    assert!(matches!(store.version(), Err(Error::NotComparable { .. })));
 }
 
 #[test]
