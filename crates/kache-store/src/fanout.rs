@@ -479,7 +479,16 @@ impl<K> Publisher<K> {
 
     /// Tries to hand the pending message to backpressure subscribers; `Pending` (with `cx`
     /// registered to be woken when one hands a message over) while one of them is full.
+    #[inline]
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        // Inline, the common case (nothing queued): polled before and after every event.
+        if self.pending.is_none() {
+            return Poll::Ready(());
+        }
+        self.poll_flush_pending(cx)
+    }
+
+    fn poll_flush_pending(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let Some(msg) = self.pending.take() else {
             return Poll::Ready(());
         };
