@@ -136,7 +136,10 @@
 //! [`Writer::restore`] replaces the snapshot's version), and it stands still while a relist is
 //! being built, since readers still see the previous generation. After a create, update or
 //! patch returns an object, [`Store::wait_for`] resolves once every later read sees that
-//! object at its version or a newer one; [`Store::wait_for_version`] takes a bare version,
+//! object at its version or a newer one: as soon as the store holds that object at that
+//! version or newer (it never puts back an older copy), or once [`Store::version`] passes it,
+//! so a quiet source of a store fed by several does not hold it back.
+//! [`Store::wait_for_version`] takes a bare version and waits for the store-wide version,
 //! [`Store::wait_for_all`] several writes, [`Store::wait_for_deletion`] a delete. A
 //! [`SubscriberHandle`] has the same waits for what its subscriber has *yielded* to its
 //! consumer. Versions compare as Kubernetes defines since 1.35 (KEP-5504, see

@@ -61,8 +61,9 @@ impl<K: Resource> Shared<K> {
     /// Waits until the store meets `target`; returns the sequence number of the generation
     /// that met it.
     pub(crate) async fn wait(&self, target: &Target) -> Result<u64> {
+        let mut check = target.checker();
         self.waiters
-            .until(|| target.check(&self.state.read()), Error::WriterDropped)
+            .until(|| check(&self.state.read()), Error::WriterDropped)
             .await
     }
 }

@@ -575,6 +575,12 @@ impl<K: Resource> Store<K> {
     /// Waits until every later read sees `written` (the object a create, update or patch
     /// returned) at its version or a newer one.
     ///
+    /// It resolves as soon as the store holds that object (same uid) at that version or a
+    /// newer one, or once the store-wide [`version`](Store::version) passes it: whichever
+    /// comes first. So in a store fed by several sources it waits for the watch that carries
+    /// the write, not for a bookmark of the quietest source. A store never puts back an older
+    /// copy of an object it holds, so every later read keeps seeing the write or a newer one.
+    ///
     /// ```
     /// use std::time::Duration;
     /// use k8s_openapi::api::core::v1::ConfigMap;
@@ -611,8 +617,9 @@ impl<K: Resource> Store<K> {
     }
 
     /// Waits until every later read sees each of `written` (objects that writes returned) at
-    /// its version or a newer one: that is, until the store reaches the newest of them.
-    /// Resolves at once for no object.
+    /// its version or a newer one: each is met as in [`Store::wait_for`], by the store holding
+    /// it at that version or newer, or by the store-wide version passing it. Resolves at once
+    /// for no object.
     ///
     /// ```
     /// use k8s_openapi::api::core::v1::ConfigMap;
@@ -655,15 +662,17 @@ impl<K: Resource> Store<K> {
     where
         K: 'a,
     {
-        self.wait(Target::newest(written))
+        self.wait(Target::all(written))
     }
 
     /// Waits until every later read finds `deleted` gone.
     ///
     /// `deleted` is the object as the caller last knew it (from the store, or from the write
-    /// before the delete): its resourceVersion and uid. The wait resolves once the store has
-    /// reached that version and holds no object with that name and uid (another object
-    /// created since under the same name does not count). A delete that only marks the object
+    /// before the delete): its resourceVersion and uid. The wait resolves once the store holds
+    /// no object with that name and uid (another object created since under the same name does
+    /// not count) and either held it at that version or a newer one while the wait ran, or
+    /// has reached that version store-wide: an object the store has not received yet does not
+    /// count as deleted. A delete that only marks the object
     /// (finalizers, graceful deletion) resolves nothing until the object is really gone: bound
     /// the wait. (A store that has reached the version of the delete itself reflects it too,
     /// but the API does not tell that version: a delete answers with a `Status`, or with the

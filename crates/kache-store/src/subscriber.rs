@@ -517,7 +517,7 @@ impl<K: Resource> SubscriberHandle<K> {
     where
         K: 'a,
     {
-        self.wait(Target::newest(written))
+        self.wait(Target::all(written))
     }
 
     /// Waits until the consumer has been handed the deletion of `deleted`; see

@@ -113,73 +113,133 @@ impl Drop for Registered<'_> {
 }
 
 /// What a wait waits for.
+///
+/// A wait on objects (`Written`, `All`, `Gone`) resolves either way that keeps its promise:
+/// the store-wide version has passed the caller's, or the store shows the object itself at
+/// that version or newer (gone, for a deletion). The second does not wait for the store-wide
+/// version, which in a store fed by several sources is the lowest of theirs: a quiet source
+/// moves it only at its next bookmark, a minute or more away. It is sound because a store never
+/// puts back an older copy of an object it holds: events of one watch arrive in order, a relist
+/// is consistent at a version no older than the watch had reached, and a store of several
+/// sources keeps the newer of two copies.
 #[derive(Clone, Debug)]
 pub(crate) enum Target {
     /// The store reflects `version` or a newer one.
     Version(ResourceVersion),
-    /// The store reflects `version` (the last one the caller knew of the object) or a newer
-    /// one, and no longer holds the object at `key` (with `uid`, when known).
-    Gone {
-        version: ResourceVersion,
-        key: ObjectKey,
-        uid: Option<String>,
-    },
+    /// The store reflects an object a write returned, at its version or a newer one.
+    Written(Object),
+    /// Each of several objects writes returned.
+    All(Vec<Object>),
+    /// The store no longer holds the object the caller last knew at `object.version`.
+    Gone(Object),
 }
 
-impl Target {
-    /// The version of an object a write returned.
-    pub(crate) fn written<K: Resource>(obj: &K) -> Result<Self> {
-        ResourceVersion::of(obj).map(Self::Version)
-    }
+/// An object as the caller knows it: where it is, which one it is, and its version.
+#[derive(Clone, Debug)]
+pub(crate) struct Object {
+    version: ResourceVersion,
+    key: ObjectKey,
+    /// `None` when the caller's copy has none: any object under the key then counts.
+    uid: Option<String>,
+}
 
-    /// The newest version among objects that writes returned; `None` for no object.
-    pub(crate) fn newest<'a, K: Resource + 'a>(
-        objs: impl IntoIterator<Item = &'a K>,
-    ) -> Result<Option<Self>> {
-        let mut newest: Option<ResourceVersion> = None;
-        for obj in objs {
-            let version = ResourceVersion::of(obj)?;
-            if newest.as_ref().is_none_or(|n| *n < version) {
-                newest = Some(version);
-            }
-        }
-        Ok(newest.map(Self::Version))
-    }
-
-    /// The deletion of `obj`, as the caller last knew it.
-    pub(crate) fn deleted<K: Resource>(obj: &K) -> Result<Self> {
-        Ok(Self::Gone {
+impl Object {
+    fn of<K: Resource>(obj: &K) -> Result<Self> {
+        Ok(Self {
             version: ResourceVersion::of(obj)?,
             key: ObjectKey::from_object(obj),
             uid: obj.meta().uid.clone(),
         })
     }
 
-    fn version(&self) -> &ResourceVersion {
-        match self {
-            Self::Version(version) | Self::Gone { version, .. } => version,
+    /// The copy the store holds under this key, if it is this object (same uid).
+    fn held<'a, K: Resource>(&self, state: &'a State<K>) -> Option<&'a K> {
+        let held = state.objects.get(&self.key)?;
+        (self.uid.is_none() || held.meta().uid == self.uid).then_some(held.as_ref())
+    }
+
+    /// Whether the store holds this object at its version or a newer one.
+    fn shown<K: Resource>(&self, state: &State<K>) -> bool {
+        self.held(state)
+            .and_then(|held| ResourceVersion::of(held).ok())
+            .is_some_and(|held| held >= self.version)
+    }
+}
+
+/// Whether the store-wide version has reached `version`; an error if it never can compare.
+fn reached<K>(state: &State<K>, version: &ResourceVersion) -> Result<bool> {
+    Ok(state
+        .version
+        .comparable()?
+        .is_some_and(|reached| reached >= version))
+}
+
+impl Target {
+    /// The version of an object a write returned.
+    pub(crate) fn written<K: Resource>(obj: &K) -> Result<Self> {
+        Object::of(obj).map(Self::Written)
+    }
+
+    /// Each of the objects that writes returned; `None` for no object.
+    pub(crate) fn all<'a, K: Resource + 'a>(
+        objs: impl IntoIterator<Item = &'a K>,
+    ) -> Result<Option<Self>> {
+        let objects = objs
+            .into_iter()
+            .map(Object::of)
+            .collect::<Result<Vec<_>>>()?;
+        Ok((!objects.is_empty()).then_some(Self::All(objects)))
+    }
+
+    /// The deletion of `obj`, as the caller last knew it.
+    pub(crate) fn deleted<K: Resource>(obj: &K) -> Result<Self> {
+        Object::of(obj).map(Self::Gone)
+    }
+
+    /// A check of this target to run at each wake-up: `Some(Ok(seq))` with the state's
+    /// sequence number once the state meets it, `None` if not yet, an error if it never can.
+    /// The check remembers what it has seen between calls (a deletion's object held).
+    pub(crate) fn checker<K: Resource>(&self) -> impl FnMut(&State<K>) -> Option<Result<u64>> + '_ {
+        let mut seen_held = false;
+        move |state| {
+            let met = match self {
+                Self::Version(version) => reached(state, version),
+                Self::Written(object) => Self::object_met(state, object),
+                Self::All(objects) => objects
+                    .iter()
+                    .map(|object| Self::object_met(state, object))
+                    .find(|met| !matches!(met, Ok(true)))
+                    .unwrap_or(Ok(true)),
+                Self::Gone(object) => Self::gone(state, object, &mut seen_held),
+            };
+            match met {
+                Ok(true) => Some(Ok(state.seq)),
+                Ok(false) => None,
+                Err(err) => Some(Err(err)),
+            }
         }
     }
 
-    /// Whether `state` meets this target: `Some(Ok(seq))` with the state's sequence number if
-    /// it does, `None` if not yet, an error if it never can.
-    pub(crate) fn check<K: Resource>(&self, state: &State<K>) -> Option<Result<u64>> {
-        let reached = match state.version.comparable() {
-            Ok(reached) => reached?,
-            Err(err) => return Some(Err(err)),
-        };
-        if reached < self.version() {
-            return None;
+    fn object_met<K: Resource>(state: &State<K>, object: &Object) -> Result<bool> {
+        if object.shown(state) {
+            return Ok(true);
         }
-        if let Self::Gone { key, uid, .. } = self
-            && let Some(obj) = state.objects.get(key)
-            && (uid.is_none() || obj.meta().uid == *uid)
-        {
-            // The store has passed the last version the caller knew of the object and still
-            // holds it: the delete is not reflected yet.
-            return None;
+        reached(state, &object.version)
+    }
+
+    /// A deletion is reflected once the store has held the object at the caller's version or
+    /// a newer one and holds it no more, or once the store-wide version has passed the
+    /// caller's and the object is not there. Without the first, an object the store has not
+    /// received yet would look deleted.
+    fn gone<K: Resource>(state: &State<K>, object: &Object, seen_held: &mut bool) -> Result<bool> {
+        if object.held(state).is_some() {
+            *seen_held |= object.shown(state);
+            return Ok(false);
         }
-        Some(Ok(state.seq))
+        if *seen_held {
+            return Ok(true);
+        }
+        reached(state, &object.version)
     }
 }
 

@@ -471,14 +471,24 @@ fn the_version_is_the_lowest_point_the_sources_have_reached() {
     // A write at 8 seen by `a` is not yet a version every read reflects: `b` is at 5.
     let written = cm(0, 8, 1);
     sources.apply("a", Event::Apply(written.clone()));
-    assert!(store.wait_for(&written).now_or_never().is_none());
-    // `b`'s bookmark passes it: both sources are at 8 or later.
-    sources.apply_progress("b", "9");
-    assert_eq!(version(&store), Some(8));
+    assert_eq!(version(&store), Some(5));
+    let v8 = ResourceVersion::parse("8").unwrap();
+    assert!(store.wait_for_version(&v8).now_or_never().is_none());
+    // But the store shows the written object itself, and never puts back an older copy: a
+    // wait on it is met without waiting for `b`'s next bookmark.
     assert!(matches!(
         store.wait_for(&written).now_or_never(),
         Some(Ok(()))
     ));
+    // A write at 7 that no source has delivered yet is not.
+    let unseen = cm(1, 7, 1);
+    let mut unseen_wait = std::pin::pin!(store.wait_for(&unseen));
+    assert!(unseen_wait.as_mut().now_or_never().is_none());
+    // `b`'s bookmark passes both: every source is at 8 or later.
+    sources.apply_progress("b", "9");
+    assert_eq!(version(&store), Some(8));
+    assert!(store.wait_for_version(&v8).now_or_never().is_some());
+    assert!(matches!(unseen_wait.now_or_never(), Some(Ok(()))));
     // Without `b`, the version is `a`'s alone.
     sources.remove("b");
     assert_eq!(version(&store), Some(8));

@@ -396,3 +396,83 @@ async fn waits_on_other_tasks_are_woken_by_the_writer() {
     assert_eq!(waiters(&store), 0);
     let _: Arc<ConfigMap> = store.get(Some("ns"), "o20").unwrap();
 }
+
+#[test]
+fn a_wait_on_an_object_counts_only_that_object_held_at_its_version_or_newer() {
+    let mut sources = crate::Sources::new(Writer::<ConfigMap>::new());
+    let store = sources.store();
+    sources.add("busy");
+    sources.add("quiet");
+    for name in ["busy", "quiet"] {
+        sources.apply(name, Event::Init);
+        sources.apply(name, Event::InitDone);
+    }
+    sources.apply_progress("quiet", "2");
+    sources.apply("busy", Event::Apply(with_uid(cm("a", "9"), "a1")));
+    assert_eq!(
+        store.version(),
+        Ok(Some(rv("2"))),
+        "the quiet source holds it back"
+    );
+    let mut shown = std::pin::pin!(store.wait_for(&with_uid(cm("a", "9"), "a1")));
+    assert_eq!(
+        poll(&mut shown),
+        Some(Ok(())),
+        "held at the written version"
+    );
+    let mut older = std::pin::pin!(store.wait_for(&with_uid(cm("a", "7"), "a1")));
+    assert_eq!(poll(&mut older), Some(Ok(())), "held at a newer version");
+    let mut other = std::pin::pin!(store.wait_for(&with_uid(cm("a", "8"), "a0")));
+    assert_eq!(poll(&mut other), None, "another uid under the same name");
+    let mut newer = std::pin::pin!(store.wait_for(&with_uid(cm("a", "10"), "a1")));
+    assert_eq!(poll(&mut newer), None, "held at an older version");
+    let mut all = std::pin::pin!(
+        store.wait_for_all(&[with_uid(cm("a", "9"), "a1"), with_uid(cm("b", "4"), "b1"),])
+    );
+    assert_eq!(
+        poll(&mut all),
+        None,
+        "b is neither held nor passed store-wide"
+    );
+    sources.apply("busy", Event::Apply(with_uid(cm("b", "4"), "b1")));
+    assert_eq!(poll(&mut all), Some(Ok(())), "each shown");
+    sources.apply_progress("quiet", "10");
+    assert_eq!(poll(&mut other), Some(Ok(())), "passed store-wide (9)");
+    assert_eq!(poll(&mut newer), None, "busy is at 9");
+    sources.apply_progress("busy", "10");
+    assert_eq!(poll(&mut newer), Some(Ok(())), "passed store-wide (10)");
+}
+
+#[test]
+fn a_deletion_wait_resolves_once_the_object_held_at_its_version_is_gone() {
+    let mut sources = crate::Sources::new(Writer::<ConfigMap>::new());
+    let store = sources.store();
+    sources.add("busy");
+    sources.add("quiet");
+    for name in ["busy", "quiet"] {
+        sources.apply(name, Event::Init);
+        sources.apply(name, Event::InitDone);
+    }
+    sources.apply_progress("quiet", "2");
+    let known = with_uid(cm("a", "5"), "a1");
+    sources.apply("busy", Event::Apply(known.clone()));
+    let mut wait = std::pin::pin!(store.wait_for_deletion(&known));
+    assert_eq!(poll(&mut wait), None, "still held");
+    sources.apply("busy", Event::Delete(with_uid(cm("a", "6"), "a1")));
+    assert_eq!(
+        store.version(),
+        Ok(Some(rv("2"))),
+        "the quiet source holds it back"
+    );
+    assert_eq!(
+        poll(&mut wait),
+        Some(Ok(())),
+        "held at 5, then gone: deleted, whatever the quiet source"
+    );
+    // A fresh wait that never saw the object held cannot tell a deletion from an object not
+    // yet delivered: it waits for the store-wide version.
+    let mut fresh = std::pin::pin!(store.wait_for_deletion(&known));
+    assert_eq!(poll(&mut fresh), None);
+    sources.apply_progress("quiet", "6");
+    assert_eq!(poll(&mut fresh), Some(Ok(())));
+}
