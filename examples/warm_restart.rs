@@ -146,9 +146,11 @@ async fn main() -> Result<(), BoxError> {
     // The first process: a cold start, then a snapshot when it stops.
     let first = Process::start(&env, &ns).await?;
     let started = Instant::now();
-    let writer = Writer::<ConfigMap>::new()
-        .with_name("configmaps")
-        .save_on_drop(file.clone());
+    let mut writer = Writer::<ConfigMap>::new().with_name("configmaps");
+    // No snapshot yet (logged at `info`); the store learns which cluster it serves, and its
+    // snapshots record it.
+    let _ = writer.restore(&file, &api).await;
+    let writer = writer.save_on_drop(file.clone());
     let (store, task) = first.sync(writer, Config::default(), &api).await?;
     first.report(&format!("cold start, {OBJECTS} ConfigMaps"), started);
     drop(store);
@@ -173,7 +175,7 @@ async fn main() -> Result<(), BoxError> {
     let second = Process::start(&env, &ns).await?;
     let started = Instant::now();
     let mut writer = Writer::<ConfigMap>::new().with_name("configmaps");
-    let config = match writer.restore(&file) {
+    let config = match writer.restore(&file, &api).await {
         Ok(restored) => restored.resume(Config::default()),
         Err(_) => Config::default(), // logged: a cold start
     };

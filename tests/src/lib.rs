@@ -19,7 +19,7 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -39,6 +39,29 @@ use tokio::task::JoinHandle;
 
 /// How long any single condition in a test may take before the test fails.
 pub const BOUND: Duration = Duration::from_secs(60);
+
+/// Counts the warnings kache-store logs on this thread while the guard lives (a test on one
+/// thread: every task it spawns logs here).
+#[must_use]
+pub fn count_store_warnings() -> (Arc<AtomicUsize>, tracing::subscriber::DefaultGuard) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let warnings = Arc::new(AtomicUsize::new(0));
+    let guard = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(CountWarnings(Arc::clone(&warnings))),
+    );
+    (warnings, guard)
+}
+
+struct CountWarnings(Arc<AtomicUsize>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountWarnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let meta = event.metadata();
+        if *meta.level() == tracing::Level::WARN && meta.target().starts_with("kache_store") {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
 
 /// Sends test logs to the test harness's captured output; `RUST_LOG` sets the filter.
 pub fn init_tracing() {

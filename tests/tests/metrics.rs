@@ -8,15 +8,7 @@
     reason = "the samples compared are counts, exact in f64"
 )]
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, sync::atomic::Ordering, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -36,7 +28,6 @@ use kube_client::{
     core::{ApiResource, DynamicObject, GroupVersionKind},
 };
 use prometheus_client::registry::Registry;
-use tracing_subscriber::layer::SubscriberExt;
 
 /// The cache's name in every test.
 const CACHE: &str = "configmaps";
@@ -259,18 +250,6 @@ on_each_server! {
     }
 }
 
-/// Counts the warnings kache-store logs while it is the thread's default subscriber.
-struct CountWarnings(Arc<AtomicUsize>);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountWarnings {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        let meta = event.metadata();
-        if *meta.level() == tracing::Level::WARN && meta.target().starts_with("kache_store") {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
 /// Waits until `/readyz` answers 503 and its body says `reason`, for at most 10 s.
 async fn not_ready_because(addr: SocketAddr, reason: &str) -> String {
     let wait = async {
@@ -291,11 +270,8 @@ on_each_server! {
     /// A user without RBAC rights: `/readyz` says not ready and why within 10 s, the metrics
     /// count every 403, start-up can fail fast, and the log has one warning, not one per retry.
     async fn a_forbidden_watch_is_not_ready_with_its_reason_and_counted(server: Server) {
-        let warnings = Arc::new(AtomicUsize::new(0));
         // The test runs on one thread: every task it spawns logs here.
-        let _log = tracing::subscriber::set_default(
-            tracing_subscriber::registry().with(CountWarnings(Arc::clone(&warnings))),
-        );
+        let (warnings, _log) = kache_tests::count_store_warnings();
         let env = TestEnv::shared_on(server).await.expect("control plane");
         let ns = env.create_namespace("metrics-forbidden").await.unwrap();
         let api: Api<ConfigMap> = Api::namespaced(env.client_unprivileged(), &ns);

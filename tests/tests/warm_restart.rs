@@ -14,8 +14,8 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_store::{Event, ReflectExt, Rejected, SnapshotFile, WatchIdentity, Writer};
 use kache_tests::{
-    Reflector, converges, create_configmaps, cut_off_recorded, delete_configmaps, follow, key_of,
-    listed_versions, on_each_server, own_env, private_env, shared_env, within,
+    Reflector, TestEnv, converges, create_configmaps, cut_off_recorded, delete_configmaps, follow,
+    key_of, listed_versions, on_each_server, own_env, private_env, shared_env, within,
 };
 use kache_watch::{Config, watcher};
 use kube_client::{
@@ -55,10 +55,25 @@ impl Drop for Folder {
     }
 }
 
-/// The first process: syncs a store from `api`, waits until it equals a fresh LIST, saves it
-/// to `file`, and stops (the watch task is aborted).
+/// The first process: finds no snapshot (which records the cluster), syncs a store from
+/// `api`, waits until it equals a fresh LIST, saves it to `file`, and stops (the watch task
+/// is aborted).
 async fn first_run(api: &Api<ConfigMap>, file: &SnapshotFile) -> usize {
-    let writer = Writer::<ConfigMap>::new();
+    let mut writer = Writer::<ConfigMap>::new();
+    let first_start = writer
+        .restore(file, api)
+        .await
+        .expect_err("no snapshot yet");
+    assert!(
+        matches!(
+            first_start,
+            kache_store::Error::SnapshotRejected {
+                reason: Rejected::Missing,
+                ..
+            }
+        ),
+        "{first_start}"
+    );
     let store = writer.as_reader();
     let reflector = Reflector::start(api.clone(), Config::default(), writer);
     within("the first sync", store.wait_until_ready())
@@ -126,7 +141,7 @@ on_each_server! {
         change_while_down(&api).await;
 
         let mut writer = Writer::<ConfigMap>::new();
-        let restored = writer.restore(&file).expect("restore");
+        let restored = writer.restore(&file, &api).await.expect("restore");
         assert_eq!(restored.objects, 30);
         let store = writer.as_reader();
         assert!(store.is_ready(), "ready at once: a real past state");
@@ -155,7 +170,7 @@ on_each_server! {
         env.compact_etcd().await.unwrap();
 
         let mut writer = Writer::<ConfigMap>::new();
-        let restored = writer.restore(&file).expect("restore");
+        let restored = writer.restore(&file, &api).await.expect("restore");
         let store = writer.as_reader();
         let unchanged = store.get(Some(&ns), "cm-0").unwrap();
         let view = follow(store.subscribe(), std::time::Duration::ZERO);
@@ -187,7 +202,7 @@ on_each_server! {
         change_while_down(&api).await;
 
         let mut writer = Writer::<ConfigMap>::new();
-        let restored = writer.restore(&file).expect("restore");
+        let restored = writer.restore(&file, &api).await.expect("restore");
         let store = writer.as_reader();
         let view = follow(store.subscribe(), std::time::Duration::ZERO);
         let _reflector = Reflector::start(api.clone(), restored.resume(Config::default()), writer);
@@ -231,7 +246,7 @@ on_each_server! {
                 }
             }
             let mut writer = Writer::<ConfigMap>::new();
-            let err = writer.restore(&file).expect_err(case);
+            let err = writer.restore(&file, &api).await.expect_err(case);
             let kache_store::Error::SnapshotRejected { reason, .. } = &err else {
                 panic!("{case}: {err}");
             };
@@ -284,7 +299,7 @@ on_each_server! {
         drop(writer);
 
         let mut writer = Writer::<ConfigMap>::new();
-        let restored = writer.restore(&file).unwrap();
+        let restored = writer.restore(&file, &api).await.unwrap();
         let store = writer.as_reader();
         let _reflector = Reflector::start(api.clone(), restored.resume(Config::default()), writer);
         converges(&api, &store, &[]).await;
@@ -306,7 +321,7 @@ on_each_server! {
         assert_eq!(std::fs::read(file.path()).unwrap(), old);
 
         let mut writer = Writer::<ConfigMap>::new();
-        let restored = writer.restore(&file).unwrap();
+        let restored = writer.restore(&file, &api).await.unwrap();
         assert_eq!(restored.objects, 30, "the old snapshot");
         let store = writer.as_reader();
         let _reflector = Reflector::start(api.clone(), restored.resume(Config::default()), writer);
@@ -360,7 +375,7 @@ on_each_server! {
         change_while_down(&api).await;
 
         let mut writer = Writer::<DynamicObject>::new();
-        let restored = writer.restore(&file).unwrap();
+        let restored = writer.restore(&file, &dynamic).await.unwrap();
         let store = writer.as_reader();
         let (proxy, log, _) = cut_off_recorded(env, &ns).await;
         let mut config = env.config().clone();
@@ -396,20 +411,124 @@ where
     events.reflect(writer).for_each(|_| async {}).await;
 }
 
+/// The reason `restore` gave for refusing a snapshot.
+fn refusal(err: &kache_store::Error) -> &Rejected {
+    match err {
+        kache_store::Error::SnapshotRejected { reason, .. } => reason,
+        other => panic!("not a refused snapshot: {other}"),
+    }
+}
+
+/// Writes to a `ConfigMap` `tick-0` through `api` until `env`'s etcd revision is past `version`:
+/// the cluster's history then holds that version.
+async fn advance_past(env: &TestEnv, api: &Api<ConfigMap>, version: u64) {
+    create_configmaps(api, "tick", 1, &[]).await;
+    for i in 0..20_000 {
+        if u64::try_from(env.etcd_revision().await.unwrap()).unwrap() > version {
+            return;
+        }
+        let patch = Patch::Merge(json!({"data": {"tick": i.to_string()}}));
+        api.patch("tick-0", &PatchParams::default(), &patch)
+            .await
+            .unwrap();
+    }
+    panic!("etcd did not pass revision {version}");
+}
+
+/// The newest resourceVersion among `api`'s objects.
+async fn newest_version(api: &Api<ConfigMap>) -> u64 {
+    listed_versions(api)
+        .await
+        .values()
+        .map(|rv| rv.parse::<u64>().unwrap())
+        .max()
+        .unwrap()
+}
+
+/// Syncs a store from `api` without restoring first (so the store never learns the cluster's
+/// uid) and saves it to `file`: a snapshot as a caller that may not read `kube-system`
+/// saves one. Returns its version.
+async fn saved_without_cluster(api: &Api<ConfigMap>, file: &SnapshotFile) -> u64 {
+    let writer = Writer::<ConfigMap>::new();
+    let store = writer.as_reader();
+    let reflector = Reflector::start(api.clone(), Config::default(), writer);
+    converges(api, &store, &[]).await;
+    let saved = file.save(&store).expect("save");
+    drop(reflector);
+    saved.resource_version.parse().unwrap()
+}
+
 on_each_server! {
-    /// A snapshot whose version the server has not reached (taken against another cluster,
-    /// or before etcd was restored from a backup): the server answers the WATCH with silence,
-    /// and once that watch ends (a short server-side timeout here) with no event and no
-    /// bookmark, the watcher lists instead of waiting forever; the list's version replaces
-    /// the snapshot's.
-    async fn a_snapshot_ahead_of_the_server_falls_back_to_a_list(server: Server) {
+    /// Two clusters, as a laptop's `kind` cluster deleted and created again, or a kubeconfig
+    /// switched, would give: a snapshot of 30 ConfigMaps taken on A, restored with the
+    /// process pointed at B (same kind, namespace and selectors; B further along, so the
+    /// snapshot's version lies inside B's history, and B's objects older than it). `restore`
+    /// refuses it before the store serves anything, by the cluster's uid, with one warning;
+    /// a snapshot that records no uid (its writer could not read `kube-system`) is refused by
+    /// B's first object, which the snapshot should hold and does not. Each cold start that
+    /// follows ends equal to B.
+    async fn a_snapshot_of_another_cluster_is_refused_before_the_store_serves_it(server: Server) {
+        let (a_env, b_env) = tokio::join!(own_env(server), own_env(server));
+        let ns = a_env.create_namespace("warm-clusters").await.unwrap();
+        let namespace: k8s_openapi::api::core::v1::Namespace =
+            serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+        Api::all(b_env.client()).create(&kube_client::api::PostParams::default(), &namespace).await.unwrap();
+        let a: Api<ConfigMap> = Api::namespaced(a_env.client(), &ns);
+        let b: Api<ConfigMap> = Api::namespaced(b_env.client(), &ns);
+        // B's objects first, then A's history past them, then B's past A's snapshot.
+        create_configmaps(&b, "b", 30, &[]).await;
+        let b_objects = newest_version(&b).await;
+        advance_past(&a_env, &a, b_objects).await;
+        let folder = Folder::new("clusters");
+        let (file, unknown) = (folder.file(&ns), SnapshotFile::new(
+            folder.0.join("no-uid.snapshot"),
+            WatchIdentity::of::<ConfigMap>(Some(&ns), &Config::default()),
+        ));
+        delete_configmaps(&a, ["tick-0".to_owned()]).await;
+        create_configmaps(&a, "a", 30, &[]).await;
+        assert_eq!(first_run(&a, &file).await, 30);
+        let snapshot_version = saved_without_cluster(&a, &unknown).await;
+        advance_past(&b_env, &b, snapshot_version).await;
+
+        let (warnings, _log) = kache_tests::count_store_warnings();
+        for (case, file) in [("the cluster's uid", &file), ("B's first object", &unknown)] {
+            let mut writer = Writer::<ConfigMap>::new();
+            let before = warnings.load(Ordering::Relaxed);
+            let err = writer.restore(file, &b).await.expect_err(case);
+            match (case, refusal(&err)) {
+                ("the cluster's uid", Rejected::OtherCluster { expected, found }) => {
+                    assert_ne!(expected, found);
+                }
+                ("B's first object", Rejected::Diverged { object }) => {
+                    assert_eq!(*object, format!("{ns}/b-0"));
+                }
+                (_, other) => panic!("{case}: refused for another reason: {other}"),
+            }
+            assert_eq!(warnings.load(Ordering::Relaxed) - before, 1, "{case}: one warning");
+            let store = writer.as_reader();
+            assert!(store.is_empty() && !store.is_ready(), "{case}: nothing served");
+            let _reflector = Reflector::start(b.clone(), Config::default(), writer);
+            converges(&b, &store, &[]).await;
+        }
+    }
+}
+
+on_each_server! {
+    /// A snapshot from the future of its own cluster, as etcd restored from a backup leaves
+    /// one (the same `kube-system` uid, a version the server has not reached): `restore`
+    /// refuses it with two requests, the namespace's GET and a LIST of one object's metadata,
+    /// before any WATCH; a cold start follows.
+    async fn a_snapshot_ahead_of_its_server_is_refused_in_one_round_trip(server: Server) {
         let (env, ns, api) = shared_env(server, "warm-ahead").await;
         create_configmaps(&api, "cm", 10, &[]).await;
         let folder = Folder::new("ahead");
         let file = folder.file(&ns);
+        // A store that knows the cluster (its restore found no file), synced and saved at a
+        // version this server has not reached.
+        let mut writer = Writer::<ConfigMap>::new();
+        assert!(matches!(refusal(&writer.restore(&file, &api).await.unwrap_err()), Rejected::Missing));
         let list = api.list(&ListParams::default()).await.unwrap();
         let listed: u64 = list.metadata.resource_version.as_deref().unwrap().parse().unwrap();
-        let mut writer = Writer::<ConfigMap>::new();
         writer.apply(Event::Init);
         for cm in list.items {
             writer.apply(Event::InitApply(cm));
@@ -419,17 +538,53 @@ on_each_server! {
         file.save(&writer.as_reader()).unwrap();
         create_configmaps(&api, "new", 2, &[]).await;
 
+        let (_proxy, log, watched) = cut_off_recorded(env, &ns).await;
         let mut writer = Writer::<ConfigMap>::new();
-        let restored = writer.restore(&file).unwrap();
+        let err = writer.restore(&file, &watched).await.unwrap_err();
+        let Rejected::AheadOfServer { expected, found } = refusal(&err) else {
+            panic!("refused for another reason: {err}");
+        };
+        assert_eq!(*found, (listed + 1_000_000).to_string());
+        assert!(expected.parse::<u64>().unwrap() < listed + 1_000_000);
+        let requests = log.requests();
+        assert_eq!(requests.len(), 2, "{requests:?}");
+        assert!(requests.iter().any(|r| r.starts_with("GET /api/v1/namespaces/kube-system")), "{requests:?}");
+        assert!(requests.iter().any(|r| r.contains("/configmaps?") && r.contains("limit=1")), "{requests:?}");
+        let store = writer.as_reader();
+        assert!(store.is_empty() && !store.is_ready());
+        let _reflector = Reflector::start(watched, Config::default(), writer);
+        converges(&api, &store, &[]).await;
+    }
+}
+
+on_each_server! {
+    /// The watcher on its own, resumed by hand from a version the server has not reached:
+    /// the server answers the WATCH with silence, and once that watch ends (a short
+    /// server-side timeout here) with no event and no bookmark, the watcher lists instead of
+    /// waiting forever; the list's version replaces the one it was given.
+    async fn a_watch_from_a_version_the_server_has_not_reached_falls_back_to_a_list(server: Server) {
+        let (env, ns, api) = shared_env(server, "warm-unreached").await;
+        create_configmaps(&api, "cm", 10, &[]).await;
+        let list = api.list(&ListParams::default()).await.unwrap();
+        let listed: u64 = list.metadata.resource_version.as_deref().unwrap().parse().unwrap();
+        let mut writer = Writer::<ConfigMap>::new();
+        writer.apply(Event::Init);
+        for cm in list.items {
+            writer.apply(Event::InitApply(cm));
+        }
+        writer.apply(Event::InitDone);
+        let unreached = (listed + 1_000_000).to_string();
+        create_configmaps(&api, "new", 2, &[]).await;
+
         let store = writer.as_reader();
         let (_proxy, log, watched) = cut_off_recorded(env, &ns).await;
-        let config = restored.resume(Config::default().timeout(3));
+        let config = Config::default().timeout(3).resume_from(&unreached);
         let _reflector = Reflector::start(watched, config, writer);
         converges(&api, &store, &[]).await;
         let kinds = log.kinds();
         assert_eq!(kinds[0], "WATCH", "{kinds:?}");
         assert!(kinds.iter().any(|k| *k == "LIST" || *k == "STREAM"), "{kinds:?}");
         let version: u64 = store.resource_version().unwrap().parse().unwrap();
-        assert!(version < listed + 1_000_000, "the list's version replaced the snapshot's");
+        assert!(version < listed + 1_000_000, "the list's version is the store's");
     }
 }

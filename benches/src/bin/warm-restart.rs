@@ -33,9 +33,9 @@ use kache_benches::{
 use kache_store::{ReflectExt, SnapshotFile, Store, WatchIdentity, Writer};
 use kache_testenv::{Proxy, Server, TestEnv};
 use kache_watch::{Config, Event, watcher};
-use kube_client::Api;
 use kube_client::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube_client::config::{KubeConfigOptions, Kubeconfig};
+use kube_client::{Api, Client};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -220,6 +220,40 @@ impl Mismatch {
     }
 }
 
+/// The requests a child made, by kind: lists (pages), streaming lists, watches, and the
+/// restore's checks (the cluster's uid and one object's metadata, not lists of the objects).
+fn count_requests(requests: &[String]) -> (usize, usize, usize, usize) {
+    let is_check = |r: &String| r.contains("/namespaces/kube-system") || r.contains("limit=1");
+    let checks = requests.iter().filter(|r| is_check(r)).count();
+    let lists = requests
+        .iter()
+        .filter(|r| !r.contains("watch=true") && !is_check(r))
+        .count();
+    let streams = requests
+        .iter()
+        .filter(|r| r.contains("sendInitialEvents=true"))
+        .count();
+    (
+        lists,
+        streams,
+        requests.len() - lists - streams - checks,
+        checks,
+    )
+}
+
+/// The restore's checks once more, alone, against the server as it is now: what they cost
+/// (inside the restore they run while the file is decoded).
+async fn time_checks(api: &Api<ConfigMap>) -> Result<Duration, BoxError> {
+    let started = Instant::now();
+    let (scope, client) = (Config::default(), Client::from(api.clone()));
+    let (uid, point) = futures::join!(
+        kache_watch::cluster_uid(&client),
+        kache_watch::server_point(api, &scope)
+    );
+    let (_, _) = (uid?, point?);
+    Ok(started.elapsed())
+}
+
 async fn child(args: &[String], started: Instant) -> Result<(), BoxError> {
     let [mode, kubeconfig, namespace, snapshot, expected] = args else {
         return Err("usage: warm-restart --child MODE KUBECONFIG NS SNAPSHOT EXPECTED".into());
@@ -256,7 +290,7 @@ async fn child(args: &[String], started: Instant) -> Result<(), BoxError> {
     let mut watch_config = Config::default();
     let mut restored_bytes = 0;
     if mode == "warm" {
-        let restored = writer.restore(&file)?;
+        let restored = writer.restore(&file, &api).await?;
         restored_bytes = restored.bytes;
         watch_config = restored.resume(watch_config);
     }
@@ -275,7 +309,7 @@ async fn child(args: &[String], started: Instant) -> Result<(), BoxError> {
     if store.is_ready() {
         mismatch.recheck(&store, namespace);
     }
-    let mut events = std::pin::pin!(watcher(api, watch_config).reflect(writer));
+    let mut events = std::pin::pin!(watcher(api.clone(), watch_config).reflect(writer));
     while !(store.is_ready() && (mode == "prime" || mismatch.wrong.is_empty())) {
         let Some(item) = events.next().await else {
             return Err("the watch ended".into());
@@ -299,21 +333,13 @@ async fn child(args: &[String], started: Instant) -> Result<(), BoxError> {
     let elapsed = started.elapsed();
     let peak = proc_status_bytes("VmHWM")?.saturating_sub(rss_start);
     let bytes = proxy.bytes_from_server();
-    let requests = requests.lock().unwrap().clone();
-    let lists = requests
-        .iter()
-        .filter(|r| !r.contains("watch=true"))
-        .count();
-    let streams = requests
-        .iter()
-        .filter(|r| r.contains("sendInitialEvents=true"))
-        .count();
-    let watches = requests.len() - lists - streams;
+    let (lists, streams, watches, checks) = count_requests(&requests.lock().unwrap());
     if mode == "prime" {
         file.save(&store)?;
     }
+    let check = time_checks(&api).await?;
     eprintln!(
-        "{mode}: restore done at {restored_at:?}, first event at {first_event_at:?}, equal at {elapsed:?}"
+        "{mode}: restore done at {restored_at:?}, first event at {first_event_at:?}, equal at {elapsed:?}; the checks alone took {check:?} ({checks} requests in the restore)"
     );
     println!(
         "{CHILD_REPORT} nanos={} bytes={bytes} lists={lists} streams={streams} watches={watches} peak={peak} snapshot={restored_bytes} objects={}",

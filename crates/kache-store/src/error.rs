@@ -44,6 +44,13 @@ pub enum Error {
         /// The watcher's error, as it displays.
         message: String,
     },
+    /// The cache stopped following its watch before the first sync: see
+    /// [`Health::stopped`](crate::Health::stopped).
+    #[error("the cache stopped: {reason}")]
+    Stopped {
+        /// Why.
+        reason: String,
+    },
     /// [`SnapshotFile::save`](crate::SnapshotFile::save) found no synced state to save: the
     /// store has not completed its first list.
     #[error("the store has not synced: nothing to save")]

@@ -50,6 +50,11 @@ pub struct Health {
     /// meanwhile, serving a real past state of the server that the replay brings up to date;
     /// see [`Writer::restore`](crate::Writer::restore).
     pub replaying: bool,
+    /// Why the cache stopped following its watch, if it did: items of two watch streams
+    /// reached one store or source (watchers merged with `futures::stream::select`), which
+    /// it cannot hold correctly. The store keeps what it held, no longer updated; the cause is
+    /// in how the cache is built, so it never clears.
+    pub stopped: Option<String>,
 }
 
 /// A watch whose attempts keep failing: the errors it met since its last success.
@@ -68,13 +73,13 @@ pub struct Failing {
 }
 
 impl Health {
-    /// Whether a readiness probe should pass: the store has synced and its watch is not
-    /// refused ([`Health::is_refused`]). A watch that fails for other reasons (a server that
+    /// Whether a readiness probe should pass: the store has synced, its watch is not
+    /// refused ([`Health::is_refused`]) and it has not stopped ([`Health::stopped`]). A watch that fails for other reasons (a server that
     /// is restarting) keeps a synced store ready: it serves the last state it saw, and the
     /// watcher resumes.
     #[must_use]
     pub fn is_ready(&self) -> bool {
-        self.synced && !self.is_refused()
+        self.synced && !self.is_refused() && self.stopped.is_none()
     }
 
     /// Whether the last error was a `403 Forbidden` or a `404 Not Found`: the watch will not
@@ -104,6 +109,9 @@ impl fmt::Display for Health {
         write!(f, "{}: {state}", self.name)?;
         if self.replaying {
             f.write_str(", replaying the changes since a restored snapshot")?;
+        }
+        if let Some(stopped) = &self.stopped {
+            write!(f, "; stopped: {stopped}")?;
         }
         if let Some(failing) = &self.failing {
             write!(f, "; {failing}")?;
@@ -136,6 +144,8 @@ pub(crate) struct HealthState {
     failing: watch::Sender<Option<Failing>>,
     /// See [`Health::replaying`]. Relaxed: a flag read on its own, ordering nothing else.
     replaying: AtomicBool,
+    /// See [`Health::stopped`]; set once.
+    stopped: std::sync::OnceLock<String>,
 }
 
 impl Default for HealthState {
@@ -144,6 +154,7 @@ impl Default for HealthState {
             name: RwLock::new(Arc::from("")),
             failing: watch::Sender::new(None),
             replaying: AtomicBool::new(false),
+            stopped: std::sync::OnceLock::new(),
         }
     }
 }
@@ -175,6 +186,20 @@ impl HealthState {
         }
     }
 
+    pub(crate) fn stopped(&self) -> Option<String> {
+        self.stopped.get().cloned()
+    }
+
+    /// The cache stopped following its watch, for `reason`; wakes a wait for readiness that
+    /// fails fast.
+    #[cold]
+    pub(crate) fn stop(&self, reason: String) {
+        if self.stopped.set(reason).is_ok() {
+            // Wakes `refused`, which reads `stopped` first.
+            self.failing.send_modify(|_| {});
+        }
+    }
+
     /// Errors in a row now (0 when the watch is not failing).
     #[cfg(feature = "metrics")]
     pub(crate) fn attempts(&self) -> u64 {
@@ -196,17 +221,22 @@ impl HealthState {
         self.failing.send_replace(failing)
     }
 
-    /// Resolves with [`Error::WatchRefused`] once the watch is refused (`403`, `404`):
-    /// at once if it is now.
+    /// Resolves with [`Error::WatchRefused`] once the watch is refused (`403`, `404`), or
+    /// [`Error::Stopped`] once the cache has stopped: at once if it is now.
     pub(crate) async fn refused(&self) -> Error {
-        let mut failing = self.failing.subscribe();
+        let mut updates = self.failing.subscribe();
         loop {
-            if let Some(refusal) = refusal(failing.borrow_and_update().as_ref()) {
+            if let Some(reason) = self.stopped.get() {
+                return Error::Stopped {
+                    reason: reason.clone(),
+                };
+            }
+            if let Some(refusal) = refusal(updates.borrow_and_update().as_ref()) {
                 return refusal;
             }
             // The sender lives as long as the store, which this borrows: it cannot be
             // dropped while this waits.
-            if failing.changed().await.is_err() {
+            if updates.changed().await.is_err() {
                 std::future::pending::<()>().await;
             }
         }

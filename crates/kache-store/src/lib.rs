@@ -202,6 +202,7 @@ mod key;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod observer;
+mod origin;
 mod reflect;
 mod shared;
 mod snapshot;

@@ -9,6 +9,7 @@ use kube_client::Resource;
 use pin_project_lite::pin_project;
 
 use crate::observer::Observer;
+use crate::origin::{Merged, Origin};
 use crate::writer::Writer;
 
 pin_project! {
@@ -22,6 +23,12 @@ pin_project! {
     /// through this stream, directly or through adapters that pass its items on one for one
     /// (backoff, `modify`, `map_ok`). An adapter that drops items only stops the bookmarks
     /// from counting; one that adds `Ok` items of its own must not sit in between.
+    ///
+    /// It checks that one watch stream feeds the writer: items or points of a second one
+    /// (two watchers merged with `futures::stream::select`) stop it, with an error in the log
+    /// and in [`Health::stopped`](crate::Health::stopped), and the stream ends: each stream's
+    /// relist would replace the other's objects. Feed one store from several watches with
+    /// [`Sources`](crate::Sources).
     ///
     /// It keeps the store's [`Health`](crate::Health) (errors in a row, the last one, one
     /// warning per streak) and, with the `metrics` feature, counts what the watch does.
@@ -38,6 +45,10 @@ pin_project! {
         pending: Option<Progress>,
         // Health and metrics: see health.rs.
         observer: Observer,
+        // The one watch stream that may feed the writer: see origin.rs.
+        origin: Origin,
+        // A second stream reached the writer: the stream ends.
+        stopped: bool,
     }
 }
 
@@ -73,6 +84,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Event<Arc<K>>, E>>> {
         let this = self.project();
+        if *this.stopped {
+            return Poll::Ready(None);
+        }
         // Backpressure subscribers must have room for the previous event before the next one
         // is applied.
         ready!(this.observer.poll_flush(this.writer, cx));
@@ -81,9 +95,15 @@ where
         // closure's result would be copied out (a whole event, hundreds of bytes, twice).
         let scope = ProgressScope::enter();
         let item = this.stream.poll_next(cx);
+        let stream = scope.stream();
         let reached = scope.finish();
         if let Some(before) = before {
             this.observer.after_poll(before, &this.writer.shared);
+        }
+        if let Err(merged) = this.origin.check(stream, reached.as_ref()) {
+            stop(this.writer, &merged);
+            *this.stopped = true;
+            return Poll::Ready(None);
         }
         if reached.is_some() {
             // A later point supersedes an earlier one still waiting.
@@ -138,6 +158,15 @@ where
     }
 }
 
+/// Ends a reflector fed by two watch streams: loudly, in the log and in the store's health.
+#[cold]
+#[inline(never)]
+fn stop<K>(writer: &Writer<K>, merged: &Merged) {
+    let reason = merged.reason(None);
+    tracing::error!(cache = %writer.shared.health.name(), "{reason}; the store stops following its watch");
+    writer.shared.health.stop(reason);
+}
+
 /// Applies every event of `stream` to `writer`, yielding the events with their objects shared
 /// with the store.
 ///
@@ -153,6 +182,8 @@ where
         received: 0,
         pending: None,
         observer: Observer::default(),
+        origin: Origin::default(),
+        stopped: false,
     }
 }
 

@@ -26,6 +26,9 @@ pub(crate) struct Shared<K> {
     pub(crate) waiters: Waiters,
     // Observability hooks: see health.rs, counters.rs and metrics.rs.
     pub(crate) health: HealthState,
+    /// The uid of the cluster the store's watch serves, once `Writer::restore` has learned it:
+    /// recorded in every snapshot saved (see snapshot.rs).
+    pub(crate) cluster: std::sync::OnceLock<String>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: CacheMetrics,
 }
@@ -38,6 +41,7 @@ impl<K> Shared<K> {
             hub,
             waiters: Waiters::default(),
             health: HealthState::default(),
+            cluster: std::sync::OnceLock::new(),
             #[cfg(feature = "metrics")]
             metrics: CacheMetrics::default(),
         }

@@ -2,16 +2,17 @@
 //!
 //! A [`SnapshotFile`] names a file, the watch it belongs to ([`WatchIdentity`]) and a schema
 //! tag. [`SnapshotFile::save`] writes the objects of one generation of a store with the
-//! resourceVersion they are consistent at; [`Writer::restore`] makes a matching snapshot the
-//! store's first generation, and the watcher then starts with a WATCH from that version
+//! resourceVersion they are consistent at and the cluster they came from; [`Writer::restore`]
+//! checks a snapshot against the server and makes a matching one the store's first
+//! generation, and the watcher then starts with a WATCH from that version
 //! ([`Restored::resume`]) instead of a LIST: a restart costs the changes made while the
 //! process was down, not every object again.
 //!
 //! # The file
 //!
 //! A 24-byte header (the magic `KACHESNP`, the format version, the payload's length and its
-//! CRC-32), then the payload: a `MessagePack` record with the identity, the schema tag and the
-//! version, followed by the objects, each in `MessagePack` through its own serde impl (maps
+//! CRC-32), then the payload: a `MessagePack` record with the identity, the schema tag, the
+//! cluster's uid and the version, followed by the objects, each in `MessagePack` through its own serde impl (maps
 //! with named fields, so every k8s-openapi type, `DynamicObject` and `PartialObjectMeta`
 //! round-trip exactly). Written to a temporary file in the same folder, flushed to disk, then
 //! renamed over the old one and the folder flushed: a crash at any point leaves the old
@@ -25,16 +26,39 @@
 //!
 //! # What is refused
 //!
-//! A snapshot that is missing, truncated, corrupt (its checksum), of a foreign format or
-//! format version, of another watch (kind, namespace, selectors, Rust type) or of another
+//! A snapshot that is truncated, corrupt (its checksum), of a foreign format or format
+//! version, of another watch (kind, namespace, selectors, shard, Rust type) or of another
 //! schema tag, or whose objects do not decode as `K`, is never restored: [`Writer::restore`]
-//! logs one warning that says why and leaves the store empty, so the watcher starts cold.
-//! Change the schema tag ([`SnapshotFile::schema`]) whenever the transform changes what it
-//! keeps: objects stored by the old one would otherwise come back.
+//! logs one warning that says why and leaves the store empty, so the watcher starts cold. A
+//! missing file (every first start) is the same cold start, logged at `info`. Change the
+//! schema tag ([`SnapshotFile::schema`]) whenever the transform changes what it keeps:
+//! objects stored by the old one would otherwise come back.
 //!
-//! The identity does not name the cluster: a snapshot taken against one cluster would be
-//! resumed against another if the path were shared. Keep one path per cluster, or put the
-//! cluster's name into the schema tag.
+//! # Which cluster, and which history
+//!
+//! A snapshot is only worth restoring into the history it was taken from. Before the store
+//! serves anything, [`Writer::restore`] asks the server two things, concurrently with reading
+//! the file, and refuses (one warning, a cold start) a snapshot that fails either check:
+//!
+//! - **The cluster.** The snapshot records the uid of the cluster's `kube-system` namespace
+//!   ([`kache_watch::cluster_uid`]), which a cluster creates once and never reuses: a cluster
+//!   deleted and created again, a volume moved to a rebuilt cluster, or a kubeconfig switched
+//!   to another context all give another uid ([`Rejected::OtherCluster`]).
+//! - **The history.** One consistent LIST of at most one object's metadata in the watch's
+//!   scope ([`kache_watch::server_point`]) gives the server's current resourceVersion. A
+//!   snapshot at a newer one comes from a future this server never reached: etcd restored
+//!   from a backup, or another cluster ([`Rejected::AheadOfServer`]). The same LIST names the
+//!   first object the server holds: if that object has not changed since before the
+//!   snapshot's version, the snapshot must hold it, same uid and same version; if not, it is
+//!   of another cluster or another history ([`Rejected::Diverged`]).
+//!
+//! The uid needs `get` on the `kube-system` namespace. A caller that may not read it (a
+//! namespaced operator) records no uid, and a snapshot without one is checked by its history
+//! alone: the version check, and the first object when the watch is not sharded, which catch
+//! another cluster whenever its first object in scope predates the snapshot's version. Give
+//! such an operator that one permission, or keep one path per cluster. A server that cannot
+//! be asked (unreachable, or refusing the LIST) leaves the snapshot unverified: it is refused,
+//! and the watcher starts cold ([`Rejected::Unverified`]).
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -44,19 +68,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use kache_watch::Config;
-use kube_client::Resource;
+use kache_watch::{Config, ServerPoint};
+use kube_client::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
+use crate::key::ObjectKey;
 use crate::store::Store;
+use crate::version::ResourceVersion;
 use crate::writer::Writer;
 
 /// The format version this build writes and reads. A file of another version is refused
-/// (a cold start), never guessed at.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// (a cold start), never guessed at. Version 2 records the cluster and the watch's shard.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 
 const MAGIC: &[u8; 8] = b"KACHESNP";
 /// Saves made by this process: a temporary file's name is unique per process and save, so
@@ -93,6 +119,8 @@ pub struct WatchIdentity {
     pub label_selector: Option<String>,
     /// The field selector of the watch.
     pub field_selector: Option<String>,
+    /// The shard of the watch, as its `shardSelector` ([`Config::shard`]).
+    pub shard: Option<String>,
     /// The Rust type the objects are stored as (`std::any::type_name`): full objects and a
     /// metadata-only cache of the same kind are different stores.
     pub rust_type: String,
@@ -114,6 +142,7 @@ impl WatchIdentity {
             namespace: namespace.map(str::to_owned),
             label_selector: config.label_selector.clone(),
             field_selector: config.field_selector.clone(),
+            shard: config.shard.as_ref().map(kache_watch::Shard::selector),
             rust_type: std::any::type_name::<K>().to_owned(),
         }
     }
@@ -146,6 +175,9 @@ impl fmt::Display for WatchIdentity {
         if let Some(fields) = &self.field_selector {
             write!(f, ", fields {fields}")?;
         }
+        if let Some(shard) = &self.shard {
+            write!(f, ", shard {shard}")?;
+        }
         write!(f, " as {}", self.rust_type)
     }
 }
@@ -170,9 +202,10 @@ impl fmt::Display for WatchIdentity {
 /// .schema("strip-managed-fields-v1");
 ///
 /// let mut writer = Writer::<ConfigMap>::new();
-/// // A matching snapshot becomes the first generation and the watch resumes from its
-/// // version; anything else is one warning and a cold start.
-/// let config = match writer.restore(&file) {
+/// // A snapshot of this cluster and history becomes the first generation and the watch
+/// // resumes from its version; anything else is a cold start (one warning, unless there was
+/// // no file yet).
+/// let config = match writer.restore(&file, &api).await {
 ///     Ok(restored) => restored.resume(config),
 ///     Err(_) => config,
 /// };
@@ -274,6 +307,42 @@ pub enum Rejected {
     /// starts a store.
     #[error("the store is not new")]
     StoreNotNew,
+    /// The snapshot was taken against another cluster: its `kube-system` namespace has
+    /// another uid.
+    #[error(
+        "it was taken against another cluster (kube-system uid {found}; this server's is {expected})"
+    )]
+    OtherCluster {
+        /// This server's cluster uid.
+        expected: String,
+        /// The snapshot's.
+        found: String,
+    },
+    /// The snapshot's version is newer than any the server has reached: etcd was restored
+    /// from a backup, or the snapshot comes from another cluster.
+    #[error(
+        "its version {found} is ahead of the server's {expected}: another cluster, or etcd restored from a backup"
+    )]
+    AheadOfServer {
+        /// The server's current resourceVersion.
+        expected: String,
+        /// The snapshot's.
+        found: String,
+    },
+    /// The server holds an object, unchanged since before the snapshot's version, that the
+    /// snapshot lacks or holds at another uid or version: the snapshot is of another cluster
+    /// or another history.
+    #[error(
+        "it does not hold {object} as the server has held it since before the snapshot's version: another cluster or another history"
+    )]
+    Diverged {
+        /// The object, as `namespace/name` (or `name`).
+        object: String,
+    },
+    /// The server could not be asked which cluster it serves or how far it has reached (it is
+    /// unreachable, or refused): an unverified snapshot is not served.
+    #[error("the server could not be asked to verify it: {0}")]
+    Unverified(String),
 }
 
 /// An I/O error, kept comparable and cloneable (its kind and message) so that
@@ -308,6 +377,8 @@ impl From<io::Error> for IoError {
 struct Meta {
     identity: WatchIdentity,
     schema: String,
+    /// The uid of the cluster's `kube-system` namespace, if the store knew it.
+    cluster: Option<String>,
     resource_version: String,
     objects: u64,
 }
@@ -377,12 +448,7 @@ impl SnapshotFile {
     /// writer.apply(Event::InitDone);
     /// let saved = file.save(&writer.as_reader())?;
     /// assert_eq!((saved.objects, saved.resource_version.as_str()), (1, "7"));
-    ///
-    /// // A new process: the snapshot becomes the first generation.
-    /// let mut writer = Writer::<ConfigMap>::new();
-    /// let restored = writer.restore(&file)?;
-    /// assert_eq!(restored.resource_version, "7");
-    /// assert!(writer.as_reader().get(None, "a").is_some());
+    /// // A new process restores it with `Writer::restore`, which checks it against the server.
     /// # std::fs::remove_dir_all(dir)?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -418,6 +484,7 @@ impl SnapshotFile {
         let meta = Meta {
             identity: self.identity.clone(),
             schema: self.schema.clone(),
+            cluster: store.cluster().map(str::to_owned),
             resource_version,
             objects: objects.len() as u64,
         };
@@ -685,17 +752,21 @@ impl<K> Writer<K>
 where
     K: Resource + DeserializeOwned + Send + Sync + 'static,
 {
-    /// Starts this new store from `file`: a snapshot that matches (its watch, its schema tag,
-    /// a sound file) becomes the store's first generation, at once. Use
+    /// Starts this new store from `file`, checked against the server that `api` reaches: a
+    /// snapshot that matches (its watch, its schema tag, a sound file) and that is of this
+    /// cluster and this server's history becomes the store's first generation. Use
     /// [`Restored::resume`] so that the watcher starts with a WATCH from the snapshot's
     /// version instead of a list: the changes made since arrive as events (deletes included),
     /// and if the server no longer has that history (`410 Gone`), the ordinary relist
     /// follows, in which every unchanged object keeps its restored copy (no second copy).
-    /// That first list also replaces the snapshot's version outright (the one exception to
-    /// [`Store::version`] never going back): a snapshot taken against another cluster, or
-    /// before etcd was restored from a backup, may claim a version this server never
-    /// reached, which the watcher meets as "too large resource version" and answers with a
-    /// list.
+    ///
+    /// `api` is the API the watcher will use (any type of the same resource will do, such as
+    /// `Api<K>` for a metadata cache of `K`): with the snapshot's selectors, it is listed once
+    /// for at most one object's metadata. The `kube-system` namespace is read once for the
+    /// cluster's uid, which this store records in the snapshots it saves from then on,
+    /// whatever the outcome here: call `restore` at every start, a first start included. The
+    /// file is read on tokio's blocking pool, while the two requests run: the checks cost one
+    /// round trip to the server (see the module's docs for what each check catches).
     ///
     /// **Readiness.** The store is ready as soon as this returns: it serves a real past state
     /// of the server, consistent at the snapshot's version, stale by the downtime until the
@@ -709,24 +780,69 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::SnapshotRejected`], after one warning in the log, when the snapshot is
-    /// missing (a first start), unreadable, truncated, corrupt, foreign, of another watch
-    /// or schema, or when this store is not new: the store is then untouched, and the
-    /// watcher should start cold.
-    pub fn restore(&mut self, file: &SnapshotFile) -> Result<Restored> {
+    /// [`Error::SnapshotRejected`] when the snapshot is missing (a first start: logged at
+    /// `info`), unreadable, truncated, corrupt, foreign, of another watch or schema, of
+    /// another cluster or history, unverifiable because the server cannot be asked, or when
+    /// this store is not new (each of these after one warning): the store is then untouched,
+    /// and the watcher should start cold.
+    pub async fn restore<R>(&mut self, file: &SnapshotFile, api: &Api<R>) -> Result<Restored>
+    where
+        R: Resource + Clone,
+    {
         let started = Instant::now();
         let rejected = |reason: Rejected| {
             let err = Error::SnapshotRejected {
                 path: file.path.clone(),
                 reason,
             };
-            warn!(error = %err, "not restoring the snapshot; starting cold");
+            if matches!(
+                err,
+                Error::SnapshotRejected {
+                    reason: Rejected::Missing,
+                    ..
+                }
+            ) {
+                info!(path = %file.path.display(), "no snapshot yet; starting cold");
+            } else {
+                warn!(error = %err, "not restoring the snapshot; starting cold");
+            }
             err
         };
         if self.as_reader().is_ready() {
             return Err(rejected(Rejected::StoreNotNew));
         }
-        let (objects, meta, bytes) = file.load::<K>().map_err(rejected)?;
+        let mut scope = Config::default();
+        if let Some(labels) = &file.identity.label_selector {
+            scope = scope.labels(labels);
+        }
+        if let Some(fields) = &file.identity.field_selector {
+            scope = scope.fields(fields);
+        }
+        let load = {
+            let file = file.clone();
+            tokio::task::spawn_blocking(move || file.load::<K>())
+        };
+        let client = Client::from(api.clone());
+        let (loaded, cluster, point) = futures::future::join3(
+            load,
+            kache_watch::cluster_uid(&client),
+            kache_watch::server_point(api, &scope),
+        )
+        .await;
+        let cluster = cluster.map_err(|err| rejected(Rejected::Unverified(err.to_string())))?;
+        if let Some(uid) = &cluster {
+            // Known from now on, for every snapshot this store saves, restored or not.
+            let _ = self.shared.cluster.set(uid.clone());
+        }
+        let loaded = loaded.unwrap_or_else(|err| {
+            Err(Rejected::Unreadable(IoError {
+                kind: io::ErrorKind::Other,
+                message: format!("reading the file failed: {err}"),
+            }))
+        });
+        let (objects, meta, bytes) = loaded.map_err(rejected)?;
+        let point = point.map_err(|err| rejected(Rejected::Unverified(err.to_string())))?;
+        verify(&meta, &objects, cluster.as_deref(), &point).map_err(rejected)?;
         let count = objects.len();
         if !self.install_first_generation(objects.into_iter().map(Arc::new), &meta.resource_version)
         {
@@ -738,6 +854,7 @@ where
             objects = count,
             bytes,
             resource_version = %meta.resource_version,
+            server_version = %point.resource_version,
             duration = ?started.elapsed(),
             "restored the store from a snapshot; the watch resumes from its version"
         );
@@ -745,6 +862,94 @@ where
             objects: count,
             resource_version: meta.resource_version,
             bytes,
+        })
+    }
+
+    /// [`restore`](Self::restore) without asking a server, for kache's unit tests.
+    #[cfg(test)]
+    pub(crate) fn restore_unverified(&mut self, file: &SnapshotFile) -> Result<Restored> {
+        let rejected = |reason| Error::SnapshotRejected {
+            path: file.path.clone(),
+            reason,
+        };
+        if self.as_reader().is_ready() {
+            return Err(rejected(Rejected::StoreNotNew));
+        }
+        let (objects, meta, bytes) = file.load::<K>().map_err(rejected)?;
+        let count = objects.len();
+        if !self.install_first_generation(objects.into_iter().map(Arc::new), &meta.resource_version)
+        {
+            return Err(rejected(Rejected::StoreNotNew));
+        }
+        self.shared.health.start_replay();
+        Ok(Restored {
+            objects: count,
+            resource_version: meta.resource_version,
+            bytes,
+        })
+    }
+}
+
+/// Whether a sound snapshot of this watch belongs to the server's cluster and history: see the
+/// module's docs.
+fn verify<K: Resource>(
+    meta: &Meta,
+    objects: &[K],
+    cluster: Option<&str>,
+    point: &ServerPoint,
+) -> Result<(), Rejected> {
+    if let (Some(expected), Some(found)) = (cluster, meta.cluster.as_deref())
+        && expected != found
+    {
+        return Err(Rejected::OtherCluster {
+            expected: expected.to_owned(),
+            found: found.to_owned(),
+        });
+    }
+    let (Ok(snapshot), Ok(server)) = (
+        ResourceVersion::parse(&meta.resource_version),
+        ResourceVersion::parse(&point.resource_version),
+    ) else {
+        debug!(snapshot = %meta.resource_version, server = %point.resource_version, "versions that do not compare: the snapshot's history is not checked");
+        return Ok(());
+    };
+    if snapshot > server {
+        return Err(Rejected::AheadOfServer {
+            expected: point.resource_version.clone(),
+            found: meta.resource_version.clone(),
+        });
+    }
+    // The first object the server holds, if it has not changed since before the snapshot's
+    // version, was in the store when it was saved, as it is now. A sharded watch's snapshot
+    // holds only its shard, which the LIST did not ask for.
+    let Some(first) = point
+        .first
+        .as_ref()
+        .filter(|_| meta.identity.shard.is_none())
+    else {
+        return Ok(());
+    };
+    let unchanged_since = first
+        .resource_version
+        .as_deref()
+        .and_then(|rv| ResourceVersion::parse(rv).ok());
+    if unchanged_since.is_none_or(|since| since > snapshot) {
+        return Ok(());
+    }
+    let (namespace, name) = (first.namespace.as_deref(), first.name.as_deref());
+    let held = objects
+        .iter()
+        .map(Resource::meta)
+        .find(|meta| meta.name.as_deref() == name && meta.namespace.as_deref() == namespace);
+    let same = held.is_some_and(|held| {
+        held.resource_version == first.resource_version
+            && (held.uid.is_none() || first.uid.is_none() || held.uid == first.uid)
+    });
+    if same {
+        Ok(())
+    } else {
+        Err(Rejected::Diverged {
+            object: ObjectKey::new(namespace, name.unwrap_or_default()).to_string(),
         })
     }
 }
@@ -764,5 +969,129 @@ where
             let _ = file.save(store);
         }));
         self
+    }
+}
+
+#[cfg(test)]
+mod verify_tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kache_watch::{Config, ServerPoint};
+    use kube_client::api::ObjectMeta;
+
+    use super::{Meta, Rejected, WatchIdentity, verify};
+
+    fn meta(name: &str, uid: &str, rv: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some("ns".to_owned()),
+            uid: Some(uid.to_owned()),
+            resource_version: Some(rv.to_owned()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn cm(name: &str, uid: &str, rv: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: meta(name, uid, rv),
+            ..ConfigMap::default()
+        }
+    }
+
+    fn snapshot(cluster: Option<&str>, version: &str, config: &Config) -> Meta {
+        Meta {
+            identity: WatchIdentity::of::<ConfigMap>(Some("ns"), config),
+            schema: String::new(),
+            cluster: cluster.map(str::to_owned),
+            resource_version: version.to_owned(),
+            objects: 2,
+        }
+    }
+
+    fn point(version: &str, first: Option<ObjectMeta>) -> ServerPoint {
+        let mut point = ServerPoint::new(version.to_owned());
+        point.first = first;
+        point
+    }
+
+    #[test]
+    fn a_snapshot_of_another_cluster_is_refused_by_its_uid() {
+        let objects = [cm("a", "ua", "5"), cm("b", "ub", "8")];
+        let saved = snapshot(Some("cluster-a"), "10", &Config::default());
+        assert_eq!(
+            verify(&saved, &objects, Some("cluster-b"), &point("20", None)),
+            Err(Rejected::OtherCluster {
+                expected: "cluster-b".to_owned(),
+                found: "cluster-a".to_owned()
+            })
+        );
+        assert_eq!(
+            verify(&saved, &objects, Some("cluster-a"), &point("20", None)),
+            Ok(())
+        );
+        // Either side without a uid: the history decides.
+        assert_eq!(verify(&saved, &objects, None, &point("20", None)), Ok(()));
+        let unknown = snapshot(None, "10", &Config::default());
+        assert_eq!(
+            verify(&unknown, &objects, Some("cluster-b"), &point("20", None)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_snapshot_ahead_of_the_server_is_refused() {
+        let objects = [cm("a", "ua", "5")];
+        let saved = snapshot(Some("c"), "100", &Config::default());
+        assert_eq!(
+            verify(&saved, &objects, Some("c"), &point("99", None)),
+            Err(Rejected::AheadOfServer {
+                expected: "99".to_owned(),
+                found: "100".to_owned()
+            })
+        );
+        assert_eq!(
+            verify(&saved, &objects, Some("c"), &point("100", None)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_first_object_unchanged_since_before_the_snapshot_must_be_in_it() {
+        let objects = [cm("a", "ua", "5"), cm("b", "ub", "8")];
+        let saved = snapshot(None, "10", &Config::default());
+        let check = |first| verify(&saved, &objects, None, &point("30", Some(first)));
+        assert_eq!(
+            check(meta("a", "ua", "5")),
+            Ok(()),
+            "held as the server has it"
+        );
+        let diverged = Err(Rejected::Diverged {
+            object: "ns/a".to_owned(),
+        });
+        assert_eq!(check(meta("a", "other", "5")), diverged, "another uid");
+        assert_eq!(check(meta("a", "ua", "4")), diverged, "another version");
+        assert_eq!(
+            check(meta("0", "u0", "3")),
+            Err(Rejected::Diverged {
+                object: "ns/0".to_owned()
+            }),
+            "missing from the snapshot"
+        );
+        assert_eq!(
+            check(meta("0", "u0", "11")),
+            Ok(()),
+            "changed since: says nothing"
+        );
+        // A sharded snapshot holds only its shard: the first object says nothing.
+        let shard = kache_watch::Shard::nth(0, 2).unwrap();
+        let sharded = snapshot(None, "10", &Config::default().shard(shard));
+        assert_eq!(
+            verify(
+                &sharded,
+                &objects,
+                None,
+                &point("30", Some(meta("0", "u0", "3")))
+            ),
+            Ok(())
+        );
     }
 }

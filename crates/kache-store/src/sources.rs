@@ -14,6 +14,7 @@ use tracing::debug;
 
 use crate::key::ObjectKey;
 use crate::observer::Observer;
+use crate::origin::Origin;
 use crate::store::Store;
 use crate::version::{Reached, ResourceVersion};
 use crate::writer::Writer;
@@ -435,6 +436,8 @@ struct Polled<K, E> {
     received: u64,
     pending: Option<Progress>,
     observer: Observer,
+    /// The one watch stream that may feed this source: see origin.rs.
+    origin: Origin,
 }
 
 /// A handle that adds and removes the sources of a [`SourcesReflector`] while it runs, from
@@ -599,6 +602,7 @@ where
                         received: 0,
                         pending: None,
                         observer: Observer::default(),
+                        origin: Origin::default(),
                     });
                 }
                 Poll::Ready(Some(Command::Remove(name))) => {
@@ -623,11 +627,21 @@ where
             // here, with no copy of the event on its way out.
             let scope = ProgressScope::enter();
             let item = polled.stream.as_mut().poll_next(cx);
+            let stream = scope.stream();
             let reached = scope.finish();
             if let Some(before) = before {
                 polled
                     .observer
                     .after_poll(before, &this.sources.writer.shared);
+            }
+            if let Err(merged) = polled.origin.check(stream, reached.as_ref()) {
+                let reason = merged.reason(Some(&polled.name));
+                tracing::error!(cache = %this.sources.writer.shared.health.name(), "{reason}; the source stops");
+                this.sources.writer.shared.health.stop(reason);
+                this.polled.remove(index);
+                this.next = 0;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
             if reached.is_some() {
                 polled.pending = reached;

@@ -41,6 +41,11 @@ impl<K> Store<K> {
         f(&self.shared.state.read())
     }
 
+    /// The uid of the cluster the store's watch serves, once [`Writer::restore`] has learned it.
+    pub(crate) fn cluster(&self) -> Option<&str> {
+        self.shared.cluster.get().map(String::as_str)
+    }
+
     /// Resolves once the writer is dropped.
     pub(crate) async fn writer_gone(&self) {
         self.shared.waiters.closed().await;
@@ -504,6 +509,7 @@ impl<K> Store<K> {
             synced: self.is_ready(),
             failing: self.shared.health.failing(),
             replaying: self.shared.health.replaying(),
+            stopped: self.shared.health.stopped(),
         }
     }
 
@@ -515,6 +521,7 @@ impl<K> Store<K> {
     /// # Errors
     ///
     /// [`Error::WatchRefused`] on such a refusal, with the server's message;
+    /// [`Error::Stopped`] if the cache stopped (two watch streams fed it);
     /// [`Error::WriterDropped`] if the writer is dropped before the store became ready.
     pub async fn wait_until_ready_or_fail(&self) -> Result<()> {
         let ready = std::pin::pin!(self.shared.wait_until_ready());

@@ -97,9 +97,10 @@ impl Error {
     #[must_use]
     pub fn class(&self) -> ErrorClass {
         match self {
-            Self::InitialListFailed(e) | Self::WatchStartFailed(e) | Self::WatchFailed(e) => {
-                client_error_class(e)
-            }
+            Self::InitialListFailed(e)
+            | Self::WatchStartFailed(e)
+            | Self::WatchFailed(e)
+            | Self::ServerQueryFailed(e) => client_error_class(e),
             Self::WatchError(status) => ErrorClass::of_status(status.code),
             Self::NoResourceVersion | Self::InvalidObject { .. } | Self::InvalidShard { .. } => {
                 ErrorClass::Decode

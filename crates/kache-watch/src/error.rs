@@ -46,6 +46,12 @@ pub enum Error {
     #[error("streaming list sent no initial-events-end bookmark within {0:?}")]
     InitialEventsTimeout(std::time::Duration),
 
+    /// A request that asks the server about itself ([`cluster_uid`](crate::cluster_uid),
+    /// [`server_point`](crate::server_point)) failed; it is returned by that call, never by
+    /// the stream.
+    #[error("failed to ask the server where it stands: {0}")]
+    ServerQueryFailed(#[source] kube_client::Error),
+
     /// A shard was given bad bounds or a selector that could not be read
     /// ([`Shard`](crate::Shard)); it is returned where the shard is built, never by the stream.
     #[error("invalid shard {input:?}: {reason}")]
@@ -67,9 +73,10 @@ impl Error {
     #[must_use]
     pub fn status_code(&self) -> Option<u16> {
         match self {
-            Self::InitialListFailed(e) | Self::WatchStartFailed(e) | Self::WatchFailed(e) => {
-                status_code(e)
-            }
+            Self::InitialListFailed(e)
+            | Self::WatchStartFailed(e)
+            | Self::WatchFailed(e)
+            | Self::ServerQueryFailed(e) => status_code(e),
             Self::WatchError(status) => Some(status.code),
             Self::NoResourceVersion
             | Self::InvalidObject { .. }
@@ -96,6 +103,7 @@ impl Error {
             Self::InvalidObject { .. } => "InvalidObject",
             Self::InitialEventsTimeout(_) => "InitialEventsTimeout",
             Self::InvalidShard { .. } => "InvalidShard",
+            Self::ServerQueryFailed(_) => "ServerQueryFailed",
         }
     }
 

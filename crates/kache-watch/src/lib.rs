@@ -84,6 +84,7 @@ mod ext;
 mod progress;
 #[cfg(feature = "protobuf")]
 mod proto;
+mod server;
 mod shard;
 mod watcher;
 
@@ -94,9 +95,10 @@ pub use config::{Config, InitialListStrategy};
 pub use error::{Error, Result};
 pub use event::Event;
 pub use ext::WatchStreamExt;
-pub use progress::{Progress, ProgressScope, observe_progress};
+pub use progress::{Progress, ProgressScope, StreamId, observe_progress};
 #[cfg(feature = "protobuf")]
 pub use proto::{Proto, ProtoError, ProtoObject, ProtoScope, protobuf_watcher};
+pub use server::{ServerPoint, cluster_uid, server_point};
 pub use shard::{Shard, ShardRange, uid_hash};
 pub use watcher::{metadata_watcher, server_shards, watch_object, watcher};
 

@@ -1,6 +1,9 @@
 //! Progress a watch makes without an event to show for it, reported out of band.
 
 use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A point a watch stream has reached with no event to show for it: the resourceVersion of a
 /// BOOKMARK, or of a list whose initial sync just completed.
@@ -35,6 +38,7 @@ use std::cell::{Cell, RefCell};
 /// assert_eq!(reached, None);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Progress {
     /// The resourceVersion reached, as the server sent it: a bookmark's, or that of a list
     /// whose `InitDone` was just yielded.
@@ -43,6 +47,42 @@ pub struct Progress {
     /// `InitDone` that closes a list). The point holds for a consumer that has applied that
     /// many items of this stream.
     pub after_items: u64,
+    /// The watch stream that reached it.
+    pub stream: StreamId,
+}
+
+/// One watch stream: each call of [`watcher`](crate::watcher) (or another of the crate's
+/// watchers) makes a stream with an id of its own, unique in the process.
+///
+/// A consumer that holds the state of one stream (a store, whose relist replaces everything
+/// it holds) uses it to tell that items of two streams reach it, as when two watchers are
+/// merged with `futures::stream::select`: each stream's relist would replace the other's
+/// objects, and each stream's bookmarks would claim a point the other has not reached.
+/// [`ProgressScope::stream`] tells which stream yielded the item a poll returned, and each
+/// [`Progress`] which stream reached it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StreamId(NonZeroU64);
+
+impl StreamId {
+    /// A new id, never given before in this process.
+    pub(crate) fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        // Relaxed: only uniqueness matters, which the atomic add gives in any order.
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        Self(NonZeroU64::new(id).unwrap_or(NonZeroU64::MIN))
+    }
+}
+
+impl fmt::Debug for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StreamId({})", self.0)
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "watch stream {}", self.0)
+    }
 }
 
 thread_local! {
@@ -57,6 +97,9 @@ thread_local! {
     static REPORTS: Cell<u64> = const { Cell::new(0) };
     /// The last point reported at each depth not yet handed out, innermost last.
     static POINTS: RefCell<Vec<(u32, Progress)>> = const { RefCell::new(Vec::new()) };
+    /// The stream that yielded the last `Ok` item on this thread since the innermost scope
+    /// began (0: none did).
+    static YIELDED_BY: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Runs `poll` (a poll of a watch stream) and returns its result with the last [`Progress`]
@@ -109,10 +152,21 @@ impl ProgressScope {
     pub fn enter() -> Self {
         let depth = DEPTH.get() + 1;
         DEPTH.set(depth);
+        YIELDED_BY.set(0);
         Self {
             depth,
             reports: REPORTS.get(),
         }
+    }
+
+    /// The watch stream that yielded the item the poll returned, if a watcher of this crate
+    /// yielded one during the scope: read it after the poll, before
+    /// [`finish`](Self::finish). `None` for an item from any other stream, or from a buffer
+    /// that a watcher filled in an earlier poll.
+    #[inline]
+    #[must_use]
+    pub fn stream(&self) -> Option<StreamId> {
+        NonZeroU64::new(YIELDED_BY.get()).map(StreamId)
     }
 
     /// Stops observing and returns the last point reported within the scope.
@@ -157,6 +211,12 @@ fn take_point(depth: u32) -> Option<Progress> {
     })
 }
 
+/// Notes that `stream` yields an `Ok` item now, for [`ProgressScope::stream`].
+#[inline]
+pub(crate) fn yielded_by(stream: StreamId) {
+    YIELDED_BY.set(stream.0.get());
+}
+
 /// Reports `progress` to the innermost enclosing [`observe_progress`], if there is one.
 pub(crate) fn report(progress: Progress) {
     let depth = DEPTH.get();
@@ -177,13 +237,43 @@ pub(crate) fn report(progress: Progress) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Progress, observe_progress as observe, report};
+    use super::{
+        Progress, ProgressScope, StreamId, observe_progress as observe, report, yielded_by,
+    };
 
     fn point(rv: &str, after_items: u64) -> Progress {
         Progress {
             resource_version: rv.to_owned(),
             after_items,
+            stream: STREAM.with(|stream| *stream),
         }
+    }
+
+    thread_local! {
+        static STREAM: StreamId = StreamId::next();
+    }
+
+    #[test]
+    fn a_scope_tells_which_stream_yielded_its_item() {
+        let (a, b) = (StreamId::next(), StreamId::next());
+        assert_ne!(a, b);
+        let scope = ProgressScope::enter();
+        assert_eq!(scope.stream(), None);
+        yielded_by(a);
+        yielded_by(b);
+        assert_eq!(scope.stream(), Some(b), "the last item's");
+        assert_eq!(scope.finish(), None);
+        let scope = ProgressScope::enter();
+        assert_eq!(scope.stream(), None, "a new scope starts with none");
+        let inner = ProgressScope::enter();
+        yielded_by(a);
+        assert_eq!(inner.finish(), None);
+        assert_eq!(
+            scope.stream(),
+            Some(a),
+            "an item an inner scope saw passes outward"
+        );
+        let _ = scope.finish();
     }
 
     #[test]

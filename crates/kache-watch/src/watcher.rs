@@ -14,7 +14,7 @@ use crate::activity;
 use crate::backoff::{self, Backoff};
 use crate::decode::Trimmed;
 use crate::error::status_code;
-use crate::progress::{self, Progress};
+use crate::progress::{self, Progress, StreamId};
 use crate::shard::encode_query_value;
 use crate::{Config, Error, Event, InitialListStrategy, Result, Shard};
 
@@ -286,6 +286,8 @@ struct Watcher<A: ApiMode> {
     /// Started from [`Config::resume_from`] and the server has not yet shown that it has
     /// reached that version (an event or a bookmark on the watch).
     unconfirmed_start: bool,
+    /// This stream's id, on its items and points.
+    stream: StreamId,
 }
 
 /// Whether the server applies the `shardSelector`, learned while running. The watcher checks
@@ -327,9 +329,13 @@ where
         after_error: false,
         after_list: false,
         unconfirmed_start: matches!(start, State::Listed { .. }),
+        stream: StreamId::next(),
     };
     futures::stream::unfold((watcher, start), |(mut watcher, state)| async move {
         let (item, state) = watcher.step(state).await;
+        if item.is_ok() {
+            progress::yielded_by(watcher.stream);
+        }
         watcher.yielded += u64::from(item.is_ok());
         watcher.after_error = item.is_err();
         Some((item, (watcher, state)))
@@ -380,6 +386,7 @@ impl<A: ApiMode> Watcher<A> {
         progress::report(Progress {
             resource_version: resource_version.to_owned(),
             after_items: self.yielded + ahead,
+            stream: self.stream,
         });
     }
 
@@ -857,7 +864,7 @@ struct ShardInfo {
     selector: String,
 }
 
-fn null_as_empty<'de, D, V>(deserializer: D) -> std::result::Result<Vec<V>, D::Error>
+pub(crate) fn null_as_empty<'de, D, V>(deserializer: D) -> std::result::Result<Vec<V>, D::Error>
 where
     D: serde::Deserializer<'de>,
     V: DeserializeOwned,

@@ -143,6 +143,7 @@ async fn observe_until(events: &mut Events, until: &str) -> Vec<String> {
             if let Some(Progress {
                 resource_version,
                 after_items,
+                ..
             }) = reached
             {
                 seen.push(format!("reached {resource_version} after {after_items}"));

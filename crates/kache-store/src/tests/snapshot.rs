@@ -98,7 +98,7 @@ fn rejection(err: &Error) -> &Rejected {
 fn restore_refused(file: &SnapshotFile) -> Rejected {
     let mut writer = Writer::<ConfigMap>::new();
     let err = writer
-        .restore(file)
+        .restore_unverified(file)
         .expect_err("the snapshot must be refused");
     let store = writer.as_reader();
     assert!(store.is_empty() && !store.is_ready() && !store.health().replaying);
@@ -118,7 +118,7 @@ fn a_restored_snapshot_is_the_first_generation_with_its_version_and_indexes() {
     let mut writer = Writer::<ConfigMap>::new().with_index("app", app);
     let store = writer.as_reader();
     let mut subscriber = store.subscribe();
-    let restored = writer.restore(&file).unwrap();
+    let restored = writer.restore_unverified(&file).unwrap();
     assert_eq!(
         (restored.objects, restored.resource_version.as_str()),
         (50, "55")
@@ -165,7 +165,7 @@ fn a_relist_after_a_restore_keeps_the_restored_copy_of_each_unchanged_object() {
     file.save(&synced(3).as_reader()).unwrap();
     let mut writer = Writer::<ConfigMap>::new();
     let store = writer.as_reader();
-    writer.restore(&file).unwrap();
+    writer.restore_unverified(&file).unwrap();
     let before = store.get(Some("ns"), "cm-0").unwrap();
     writer.apply(Event::Init);
     writer.apply(Event::InitApply(cm("cm-0", 1)));
@@ -189,7 +189,7 @@ fn the_first_list_after_a_restore_replaces_the_snapshots_version() {
     file.save(&ahead.as_reader()).unwrap();
     let mut writer = Writer::<ConfigMap>::new();
     let store = writer.as_reader();
-    writer.restore(&file).unwrap();
+    writer.restore_unverified(&file).unwrap();
     assert_eq!(store.resource_version().as_deref(), Some("1000000"));
     writer.apply(Event::Init);
     writer.apply(Event::InitApply(cm("cm-0", 1)));
@@ -213,7 +213,7 @@ fn a_snapshot_taken_during_a_relist_is_the_generation_readers_see() {
     let saved = file.save(&writer.as_reader()).unwrap();
     assert_eq!((saved.objects, saved.resource_version.as_str()), (3, "8"));
     let mut restored = Writer::<ConfigMap>::new();
-    restored.restore(&file).unwrap();
+    restored.restore_unverified(&file).unwrap();
     assert!(restored.as_reader().get(Some("ns"), "cm-9").is_none());
 }
 
@@ -297,9 +297,9 @@ fn a_foreign_file_or_format_version_is_a_cold_start() {
     assert_eq!(restore_refused(&file), Rejected::ForeignFormat);
     file.save(&synced(2).as_reader()).unwrap();
     let mut bytes = std::fs::read(file.path()).unwrap();
-    bytes[8..12].copy_from_slice(&2_u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(&1_u32.to_le_bytes());
     std::fs::write(file.path(), &bytes).unwrap();
-    assert_eq!(restore_refused(&file), Rejected::FormatVersion { found: 2 });
+    assert_eq!(restore_refused(&file), Rejected::FormatVersion { found: 1 });
 }
 
 #[test]
@@ -336,7 +336,7 @@ fn sound_bytes_of_another_type_are_a_cold_start() {
     file.save(&synced(2).as_reader()).unwrap();
     // The same identity, claimed by a store of another type (a `Binding` needs a target).
     let mut writer = Writer::<Binding>::new();
-    let err = writer.restore(&file).unwrap_err();
+    let err = writer.restore_unverified(&file).unwrap_err();
     assert!(matches!(rejection(&err), Rejected::Undecodable(_)), "{err}");
     assert!(writer.as_reader().is_empty());
 }
@@ -347,7 +347,7 @@ fn a_store_that_is_not_new_is_never_restored_into() {
     let file = file_at(&dir.path("cm.snapshot"));
     file.save(&synced(2).as_reader()).unwrap();
     let mut writer = synced(1);
-    let err = writer.restore(&file).unwrap_err();
+    let err = writer.restore_unverified(&file).unwrap_err();
     assert_eq!(rejection(&err), &Rejected::StoreNotNew);
     assert_eq!(writer.as_reader().len(), 1);
 }
@@ -366,7 +366,10 @@ fn a_crash_between_the_write_and_the_rename_leaves_the_old_snapshot_in_use() {
     )
     .unwrap();
     let mut writer = Writer::<ConfigMap>::new();
-    assert_eq!(writer.restore(&file_at(&path)).unwrap().objects, 2);
+    assert_eq!(
+        writer.restore_unverified(&file_at(&path)).unwrap().objects,
+        2
+    );
 }
 
 /// A resource whose serialization fails on demand: a save that fails half-way.
@@ -455,7 +458,7 @@ fn a_writer_dropped_cleanly_saves_its_store() {
     let writer = synced(4).save_on_drop(file.clone());
     drop(writer);
     let mut restored = Writer::<ConfigMap>::new();
-    assert_eq!(restored.restore(&file).unwrap().objects, 4);
+    assert_eq!(restored.restore_unverified(&file).unwrap().objects, 4);
 }
 
 #[tokio::test]
@@ -469,7 +472,7 @@ async fn periodic_saves_follow_changes_and_end_with_the_writer() {
     );
     let saved_objects = || {
         let mut w = Writer::<ConfigMap>::new();
-        w.restore(&file).map(|r| r.objects).ok()
+        w.restore_unverified(&file).map(|r| r.objects).ok()
     };
     for _ in 0..200 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -490,7 +493,7 @@ async fn periodic_saves_follow_changes_and_end_with_the_writer() {
     writer.apply_progress("99");
     let saved_version = || {
         let mut w = Writer::<ConfigMap>::new();
-        w.restore(&file).map(|r| r.resource_version).ok()
+        w.restore_unverified(&file).map(|r| r.resource_version).ok()
     };
     for _ in 0..200 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -724,7 +727,7 @@ where
     writer.apply(Event::InitDone);
     file.save(&writer.as_reader()).unwrap();
     let mut restored = Writer::<K>::new();
-    restored.restore(file).unwrap();
+    restored.restore_unverified(file).unwrap();
     restored.as_reader()
 }
 
