@@ -5,13 +5,14 @@
 //! (`futures::stream::select`, the way kube-runtime users watch several namespaces) break
 //! both at once, silently: each stream's list replaces the other's objects, and each stream's
 //! bookmarks claim a version the other has not delivered. kache-watch names the stream behind
-//! each item and each point ([`kache_watch::StreamId`]); the reflectors check that one stream
+//! each poll, item and point ([`kache_watch::StreamId`]); the reflectors check that one stream
 //! feeds each store (and each source of a [`Sources`](crate::Sources) store) and stop, with an
-//! error in the log and in [`Health::stopped`](crate::Health::stopped), at the first item or
-//! point of a second one. Watching several namespaces or selectors into one store is what
+//! error in the log and in [`Health::stopped`](crate::Health::stopped), at the first poll that
+//! drives two watchers (a `select` does from its first poll on, before anything is applied), or
+//! at the first item or point of a second one. Watching several namespaces or selectors into one store is what
 //! `Sources` is for.
 
-use kache_watch::{Progress, StreamId};
+use kache_watch::{Progress, ProgressScope, StreamId};
 
 /// The watch stream that feeds one store or source, once it has been seen.
 #[derive(Debug, Default)]
@@ -24,15 +25,23 @@ pub(crate) struct Merged {
     pub(crate) second: StreamId,
 }
 
+/// What a poll's scope saw: two streams polled in it, and the stream whose item it returned.
+pub(crate) type Seen = (Option<(StreamId, StreamId)>, Option<StreamId>);
+
 impl Origin {
-    /// Checks the stream behind an item (`item`, where a kache watcher yielded it) and behind
-    /// a point the poll reported.
+    /// What `scope` saw, read after the poll and before the scope finishes.
     #[inline]
-    pub(crate) fn check(
-        &mut self,
-        item: Option<StreamId>,
-        point: Option<&Progress>,
-    ) -> Result<(), Merged> {
+    pub(crate) fn seen(scope: &ProgressScope) -> Seen {
+        (scope.two_streams(), scope.stream())
+    }
+
+    /// Checks what one poll saw ([`Origin::seen`]) and the point it reported.
+    #[inline]
+    pub(crate) fn check(&mut self, seen: Seen, point: Option<&Progress>) -> Result<(), Merged> {
+        let (two, item) = seen;
+        if let Some((first, second)) = two {
+            return Err(Merged { first, second });
+        }
         for stream in [item, point.map(|point| point.stream)]
             .into_iter()
             .flatten()

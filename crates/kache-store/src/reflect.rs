@@ -95,12 +95,12 @@ where
         // closure's result would be copied out (a whole event, hundreds of bytes, twice).
         let scope = ProgressScope::enter();
         let item = this.stream.poll_next(cx);
-        let stream = scope.stream();
+        let seen = Origin::seen(&scope);
         let reached = scope.finish();
         if let Some(before) = before {
             this.observer.after_poll(before, &this.writer.shared);
         }
-        if let Err(merged) = this.origin.check(stream, reached.as_ref()) {
+        if let Err(merged) = this.origin.check(seen, reached.as_ref()) {
             stop(this.writer, &merged);
             *this.stopped = true;
             return Poll::Ready(None);

@@ -627,14 +627,14 @@ where
             // here, with no copy of the event on its way out.
             let scope = ProgressScope::enter();
             let item = polled.stream.as_mut().poll_next(cx);
-            let stream = scope.stream();
+            let seen = Origin::seen(&scope);
             let reached = scope.finish();
             if let Some(before) = before {
                 polled
                     .observer
                     .after_poll(before, &this.sources.writer.shared);
             }
-            if let Err(merged) = polled.origin.check(stream, reached.as_ref()) {
+            if let Err(merged) = polled.origin.check(seen, reached.as_ref()) {
                 let reason = merged.reason(Some(&polled.name));
                 tracing::error!(cache = %this.sources.writer.shared.health.name(), "{reason}; the source stops");
                 this.sources.writer.shared.health.stop(reason);

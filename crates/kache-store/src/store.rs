@@ -528,6 +528,12 @@ impl<K> Store<K> {
         let refused = std::pin::pin!(self.shared.health.refused());
         // Readiness first: a store that is ready is ready, whatever its watch does now.
         match select(ready, refused).await {
+            // A cache that stopped drops its writer: say why it stopped.
+            Either::Left((Err(Error::WriterDropped), _)) => Err(self
+                .shared
+                .health
+                .stopped()
+                .map_or(Error::WriterDropped, |reason| Error::Stopped { reason })),
             Either::Left((ready, _)) => ready,
             Either::Right((refusal, _)) => Err(refusal),
         }

@@ -100,6 +100,9 @@ thread_local! {
     /// The stream that yielded the last `Ok` item on this thread since the innermost scope
     /// began (0: none did).
     static YIELDED_BY: Cell<u64> = const { Cell::new(0) };
+    /// The first stream polled on this thread since the innermost scope began, and another
+    /// one polled after it (0: none).
+    static POLLED: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
 }
 
 /// Runs `poll` (a poll of a watch stream) and returns its result with the last [`Progress`]
@@ -153,6 +156,7 @@ impl ProgressScope {
         let depth = DEPTH.get() + 1;
         DEPTH.set(depth);
         YIELDED_BY.set(0);
+        POLLED.set((0, 0));
         Self {
             depth,
             reports: REPORTS.get(),
@@ -167,6 +171,21 @@ impl ProgressScope {
     #[must_use]
     pub fn stream(&self) -> Option<StreamId> {
         NonZeroU64::new(YIELDED_BY.get()).map(StreamId)
+    }
+
+    /// Two different watch streams polled during the scope, if there were two: the poll
+    /// drives more than one watcher, as a `select` of two does from its first poll on. A
+    /// consumer that holds one stream's state (a store) cannot be fed by both.
+    #[inline]
+    #[must_use]
+    pub fn two_streams(&self) -> Option<(StreamId, StreamId)> {
+        match POLLED.get() {
+            (_, 0) => None,
+            (first, other) => Some((
+                StreamId(NonZeroU64::new(first)?),
+                StreamId(NonZeroU64::new(other)?),
+            )),
+        }
     }
 
     /// Stops observing and returns the last point reported within the scope.
@@ -213,8 +232,56 @@ fn take_point(depth: u32) -> Option<Progress> {
 
 /// Notes that `stream` yields an `Ok` item now, for [`ProgressScope::stream`].
 #[inline]
-pub(crate) fn yielded_by(stream: StreamId) {
+fn yielded_by(stream: StreamId) {
     YIELDED_BY.set(stream.0.get());
+}
+
+/// Notes that `stream` is polled now, for [`ProgressScope::two_streams`].
+#[inline]
+fn polling(stream: StreamId) {
+    let id = stream.0.get();
+    match POLLED.get() {
+        (0, _) => POLLED.set((id, 0)),
+        (first, 0) if first != id => POLLED.set((first, id)),
+        _ => {}
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A watch stream that tells each poll's scope that it was polled, and which stream
+    /// yielded the item.
+    pub(crate) struct Tagged<St> {
+        stream: StreamId,
+        #[pin]
+        inner: St,
+    }
+}
+
+impl<St> Tagged<St> {
+    pub(crate) fn new(stream: StreamId, inner: St) -> Self {
+        Self { stream, inner }
+    }
+}
+
+impl<St, T, E> futures::Stream for Tagged<St>
+where
+    St: futures::Stream<Item = Result<T, E>>,
+{
+    type Item = Result<T, E>;
+
+    #[inline]
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = self.project();
+        polling(*this.stream);
+        let item = this.inner.poll_next(cx);
+        if let std::task::Poll::Ready(Some(Ok(_))) = &item {
+            yielded_by(*this.stream);
+        }
+        item
+    }
 }
 
 /// Reports `progress` to the innermost enclosing [`observe_progress`], if there is one.
@@ -238,7 +305,7 @@ pub(crate) fn report(progress: Progress) {
 #[cfg(test)]
 mod tests {
     use super::{
-        Progress, ProgressScope, StreamId, observe_progress as observe, report, yielded_by,
+        Progress, ProgressScope, StreamId, observe_progress as observe, polling, report, yielded_by,
     };
 
     fn point(rv: &str, after_items: u64) -> Progress {
@@ -273,6 +340,22 @@ mod tests {
             Some(a),
             "an item an inner scope saw passes outward"
         );
+        let _ = scope.finish();
+    }
+
+    #[test]
+    fn a_scope_tells_that_it_polled_two_streams() {
+        let (a, b) = (StreamId::next(), StreamId::next());
+        let scope = ProgressScope::enter();
+        polling(a);
+        polling(a);
+        assert_eq!(scope.two_streams(), None, "one stream, polled twice");
+        polling(b);
+        polling(a);
+        assert_eq!(scope.two_streams(), Some((a, b)));
+        let _ = scope.finish();
+        let scope = ProgressScope::enter();
+        assert_eq!(scope.two_streams(), None, "a new scope starts with none");
         let _ = scope.finish();
     }
 

@@ -313,6 +313,7 @@ where
         }
         None => State::Empty,
     };
+    let stream = StreamId::next();
     let watcher = Watcher {
         retry: config.retry_backoff.then(Backoff::default),
         shard: config.shard.clone().map(|shard| {
@@ -329,17 +330,17 @@ where
         after_error: false,
         after_list: false,
         unconfirmed_start: matches!(start, State::Listed { .. }),
-        stream: StreamId::next(),
+        stream,
     };
-    futures::stream::unfold((watcher, start), |(mut watcher, state)| async move {
-        let (item, state) = watcher.step(state).await;
-        if item.is_ok() {
-            progress::yielded_by(watcher.stream);
-        }
-        watcher.yielded += u64::from(item.is_ok());
-        watcher.after_error = item.is_err();
-        Some((item, (watcher, state)))
-    })
+    progress::Tagged::new(
+        stream,
+        futures::stream::unfold((watcher, start), |(mut watcher, state)| async move {
+            let (item, state) = watcher.step(state).await;
+            watcher.yielded += u64::from(item.is_ok());
+            watcher.after_error = item.is_err();
+            Some((item, (watcher, state)))
+        }),
+    )
 }
 
 impl<A: ApiMode> Watcher<A> {
