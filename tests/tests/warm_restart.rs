@@ -526,7 +526,9 @@ on_each_server! {
         // A store that knows the cluster (its restore found no file), synced and saved at a
         // version this server has not reached.
         let mut writer = Writer::<ConfigMap>::new();
+        let (warnings, _log) = kache_tests::count_store_warnings();
         assert!(matches!(refusal(&writer.restore(&file, &api).await.unwrap_err()), Rejected::Missing));
+        assert_eq!(warnings.load(Ordering::Relaxed), 0, "a first start is no warning");
         let list = api.list(&ListParams::default()).await.unwrap();
         let listed: u64 = list.metadata.resource_version.as_deref().unwrap().parse().unwrap();
         writer.apply(Event::Init);

@@ -961,7 +961,11 @@ where
     /// Saves the store to `file` when this writer is dropped other than by a panic (the end
     /// of its [`reflect`](crate::ReflectExt::reflect) stream, a task aborted at shutdown). A
     /// failed save is logged; a store that never synced saves nothing. The save is blocking
-    /// file I/O in the drop.
+    /// file I/O in the drop, on the thread that drops the writer (often an async worker at
+    /// shutdown), for as long as encoding, writing and flushing the store takes, which grows
+    /// with the store (the encode alone is about 10 ms per 10,000 `ConfigMap`s, measured in
+    /// docs/warm-restart.md). Where a shutdown cannot spare that, use
+    /// [`SnapshotFile::save_every`] alone, which saves on tokio's blocking pool.
     #[must_use]
     pub fn save_on_drop(mut self, file: SnapshotFile) -> Self {
         self.on_clean_drop = Some(Box::new(move |store: &Store<K>| {
