@@ -56,7 +56,11 @@
 //! namespaced operator) records no uid, and a snapshot without one is checked by its history
 //! alone: the version check, and the first object when the watch is not sharded, which catch
 //! another cluster whenever its first object in scope predates the snapshot's version. Give
-//! such an operator that one permission, or keep one path per cluster. A server that cannot
+//! such an operator that one permission, or keep one path per cluster. A store fed through an
+//! adapter that drops objects (a client-side filter between the watcher and the store) saves
+//! snapshots that lack objects the server lists: restore refuses them as diverged whenever
+//! the first object listed is one the filter dropped. Filter with the watch's selectors, or
+//! keep what a transform strips, instead. A server that cannot
 //! be asked (unreachable, or refusing the LIST) leaves the snapshot unverified: it is refused,
 //! and the watcher starts cold ([`Rejected::Unverified`]).
 
@@ -829,8 +833,7 @@ where
             kache_watch::server_point(api, &scope),
         )
         .await;
-        let cluster = cluster.map_err(|err| rejected(Rejected::Unverified(err.to_string())))?;
-        if let Some(uid) = &cluster {
+        if let Ok(Some(uid)) = &cluster {
             // Known from now on, for every snapshot this store saves, restored or not.
             let _ = self.shared.cluster.set(uid.clone());
         }
@@ -840,7 +843,9 @@ where
                 message: format!("reading the file failed: {err}"),
             }))
         });
+        // The file first: a first start is `Missing` whether or not the server answered.
         let (objects, meta, bytes) = loaded.map_err(rejected)?;
+        let cluster = cluster.map_err(|err| rejected(Rejected::Unverified(err.to_string())))?;
         let point = point.map_err(|err| rejected(Rejected::Unverified(err.to_string())))?;
         verify(&meta, &objects, cluster.as_deref(), &point).map_err(rejected)?;
         let count = objects.len();

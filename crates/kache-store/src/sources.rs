@@ -114,6 +114,11 @@ pub struct Sources<K> {
     by_name: HashMap<Arc<str>, Source<K>>,
     /// Each source's synced state, for [`SourceSet`] handles on other tasks.
     synced_tx: watch::Sender<HashMap<Arc<str>, bool>>,
+    /// Keys the store dropped (no source held them), with the newest version known of each
+    /// then: a source that lags (overlapping selectors, a new shard's list) must not put back
+    /// an older copy, which a wait on the object may already have seen pass. Kept until every
+    /// source has reached that version, after which no source can send an older copy.
+    tombstones: HashMap<ObjectKey, ResourceVersion>,
 }
 
 impl<K> fmt::Debug for Sources<K> {
@@ -137,6 +142,7 @@ where
             writer,
             by_name: HashMap::new(),
             synced_tx: watch::Sender::new(HashMap::new()),
+            tombstones: HashMap::new(),
         }
     }
 
@@ -222,6 +228,7 @@ where
             .filter(|key| !self.held_elsewhere(key, name))
             .collect();
         debug!(source = name, deleted = gone.len(), "source removed");
+        self.bury(&gone, None);
         let version = self.version();
         self.writer
             .apply_batch(Vec::new(), &gone, version.as_deref());
@@ -287,6 +294,7 @@ where
                     .then_some(key)
                     .into_iter()
                     .collect();
+                self.bury(&delete, Some(version_of(&obj)));
                 let version = self.version();
                 self.writer
                     .apply_batch(Vec::new(), delete.as_slice(), version.as_deref());
@@ -335,7 +343,11 @@ where
             deleted = gone.len(),
             "source relist done"
         );
+        self.bury(&gone, None);
         let version = self.version();
+        if let Some(version) = &version {
+            self.forget_tombstones(version);
+        }
         self.writer.apply_batch(puts, &gone, version.as_deref());
         self.synced_tx.send_modify(|synced| {
             if let Some(state) = synced.get_mut(name) {
@@ -365,7 +377,12 @@ where
         // The exact key (no cluster-scoped fallback), under a short shared lock.
         let stored = self.writer.stored(key);
         let Some(stored) = stored else {
-            return true;
+            // Dropped from the store since: an older copy never comes back (the same version
+            // does: an object that left one source's selection and entered another's).
+            return self
+                .tombstones
+                .get(key)
+                .is_none_or(|at| ResourceVersion::of(obj).map_or(true, |version| version >= *at));
         };
         let (stored, new) = (stored.meta(), obj.meta());
         if stored.uid == new.uid && stored.resource_version == new.resource_version {
@@ -403,7 +420,33 @@ where
 
     fn publish_version(&mut self) {
         if let Some(version) = self.version() {
+            self.forget_tombstones(&version);
             self.writer.apply_progress(&version);
+        }
+    }
+
+    /// Records the keys about to leave the store, each at the newest version known of it:
+    /// its stored copy's, or the delete's (`deleted_at`) if newer.
+    fn bury(&mut self, keys: &[ObjectKey], deleted_at: Option<&str>) {
+        let deleted_at = deleted_at.and_then(|rv| ResourceVersion::parse(rv).ok());
+        for key in keys {
+            let stored = self
+                .writer
+                .stored(key)
+                .and_then(|obj| ResourceVersion::of(obj.as_ref()).ok());
+            if let Some(at) = stored.into_iter().chain(deleted_at.clone()).max() {
+                self.tombstones.insert(key.clone(), at);
+            }
+        }
+    }
+
+    /// Drops the tombstones every source has passed: `version` is the lowest point reached.
+    fn forget_tombstones(&mut self, version: &str) {
+        if self.tombstones.is_empty() {
+            return;
+        }
+        if let Ok(reached) = ResourceVersion::parse(version) {
+            self.tombstones.retain(|_, at| *at > reached);
         }
     }
 
