@@ -501,14 +501,7 @@ fn the_version_is_the_lowest_point_the_sources_have_reached() {
 
 #[test]
 fn a_lagging_source_never_puts_back_an_older_copy_of_a_dropped_object() {
-    let mut sources = Sources::new(Writer::<ConfigMap>::new());
-    let store = sources.store();
-    sources.add("a");
-    sources.add("b");
-    for name in ["a", "b"] {
-        sources.apply(name, Event::Init);
-        sources.apply(name, Event::InitDone);
-    }
+    let (mut sources, store) = synced_sources(&["a", "b"]);
     // `b` selects the object at 5 but lags; `a` delivers the write at 9, then its delete at 10.
     let written = cm(0, 9, 0);
     sources.apply("a", Event::Apply(written.clone()));
@@ -531,4 +524,16 @@ fn a_lagging_source_never_puts_back_an_older_copy_of_a_dropped_object() {
     sources.apply_progress("b", "11");
     sources.apply("b", Event::Apply(cm(0, 12, 1)));
     assert_eq!(store.len(), 1);
+}
+
+/// A store fed by sources named `names`, each synced empty.
+pub(super) fn synced_sources(names: &[&str]) -> (Sources<ConfigMap>, Store<ConfigMap>) {
+    let mut sources = Sources::new(Writer::<ConfigMap>::new());
+    let store = sources.store();
+    for name in names {
+        sources.add(name);
+        sources.apply(name, Event::Init);
+        sources.apply(name, Event::InitDone);
+    }
+    (sources, store)
 }

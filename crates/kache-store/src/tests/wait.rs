@@ -399,14 +399,7 @@ async fn waits_on_other_tasks_are_woken_by_the_writer() {
 
 #[test]
 fn a_wait_on_an_object_counts_only_that_object_held_at_its_version_or_newer() {
-    let mut sources = crate::Sources::new(Writer::<ConfigMap>::new());
-    let store = sources.store();
-    sources.add("busy");
-    sources.add("quiet");
-    for name in ["busy", "quiet"] {
-        sources.apply(name, Event::Init);
-        sources.apply(name, Event::InitDone);
-    }
+    let (mut sources, store) = super::sources::synced_sources(&["busy", "quiet"]);
     sources.apply_progress("quiet", "2");
     sources.apply("busy", Event::Apply(with_uid(cm("a", "9"), "a1")));
     assert_eq!(
@@ -445,14 +438,7 @@ fn a_wait_on_an_object_counts_only_that_object_held_at_its_version_or_newer() {
 
 #[test]
 fn a_deletion_wait_resolves_once_the_object_held_at_its_version_is_gone() {
-    let mut sources = crate::Sources::new(Writer::<ConfigMap>::new());
-    let store = sources.store();
-    sources.add("busy");
-    sources.add("quiet");
-    for name in ["busy", "quiet"] {
-        sources.apply(name, Event::Init);
-        sources.apply(name, Event::InitDone);
-    }
+    let (mut sources, store) = super::sources::synced_sources(&["busy", "quiet"]);
     sources.apply_progress("quiet", "2");
     let known = with_uid(cm("a", "5"), "a1");
     sources.apply("busy", Event::Apply(known.clone()));
