@@ -848,21 +848,27 @@ where
         let cluster = cluster.map_err(|err| rejected(Rejected::Unverified(err.to_string())))?;
         let point = point.map_err(|err| rejected(Rejected::Unverified(err.to_string())))?;
         verify(&meta, &objects, cluster.as_deref(), &point).map_err(rejected)?;
-        let count = objects.len();
-        if !self.install_first_generation(objects.into_iter().map(Arc::new), &meta.resource_version)
-        {
-            return Err(rejected(Rejected::StoreNotNew));
-        }
-        self.shared.health.start_replay();
+        let restored = self.install(objects, meta, bytes).map_err(rejected)?;
         info!(
             path = %file.path.display(),
-            objects = count,
+            objects = restored.objects,
             bytes,
-            resource_version = %meta.resource_version,
+            resource_version = %restored.resource_version,
             server_version = %point.resource_version,
             duration = ?started.elapsed(),
             "restored the store from a snapshot; the watch resumes from its version"
         );
+        Ok(restored)
+    }
+
+    /// Makes a loaded, verified snapshot the store's first generation.
+    fn install(&mut self, objects: Vec<K>, meta: Meta, bytes: u64) -> Result<Restored, Rejected> {
+        let count = objects.len();
+        if !self.install_first_generation(objects.into_iter().map(Arc::new), &meta.resource_version)
+        {
+            return Err(Rejected::StoreNotNew);
+        }
+        self.shared.health.start_replay();
         Ok(Restored {
             objects: count,
             resource_version: meta.resource_version,
@@ -881,17 +887,7 @@ where
             return Err(rejected(Rejected::StoreNotNew));
         }
         let (objects, meta, bytes) = file.load::<K>().map_err(rejected)?;
-        let count = objects.len();
-        if !self.install_first_generation(objects.into_iter().map(Arc::new), &meta.resource_version)
-        {
-            return Err(rejected(Rejected::StoreNotNew));
-        }
-        self.shared.health.start_replay();
-        Ok(Restored {
-            objects: count,
-            resource_version: meta.resource_version,
-            bytes,
-        })
+        self.install(objects, meta, bytes).map_err(rejected)
     }
 }
 
