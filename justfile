@@ -18,11 +18,13 @@ fmt-check:
     cargo fmt --all -- --check
 
 # Clippy on every target, warnings as errors; kache-store also without its `metrics` feature
-# and kache-watch without `protobuf` (the workspace build turns them on for the tests).
+# and kache-watch without `protobuf` (the workspace build turns them on for the tests). Then the
+# library crates' modules: no module may reach itself through the `crate::` paths of its code.
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
     cargo clippy -p kache-store --all-targets -- -D warnings
     cargo clippy -p kache-watch --all-targets -- -D warnings
+    cargo test -p kache-tests --test module_cycles
 
 # Unit, property and doc tests (no cluster needed), kache-store with and without `metrics`,
 # kache-watch with and without `protobuf`.

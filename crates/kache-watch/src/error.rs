@@ -1,3 +1,6 @@
+//! What can go wrong: [`Error`], one variant per failure stage, and (feature `protobuf`)
+//! `ProtoError`, the protobuf answer that could not be used, which an [`Error`] carries.
+
 use kube_client::core::Status;
 
 /// What went wrong while listing or watching.
@@ -111,7 +114,7 @@ impl Error {
     /// [`protobuf_watcher`](crate::protobuf_watcher) that could not be used.
     #[cfg(feature = "protobuf")]
     #[must_use]
-    pub fn protobuf(&self) -> Option<&crate::ProtoError> {
+    pub fn protobuf(&self) -> Option<&ProtoError> {
         match self {
             Self::InitialListFailed(kube_client::Error::Service(source))
             | Self::WatchStartFailed(kube_client::Error::Service(source))
@@ -128,6 +131,69 @@ impl Error {
     }
 }
 
+/// The longest watch frame accepted. etcd stores objects of at most 1.5 MiB by default and
+/// the server refuses requests over 3 MiB: a length far past that is garbage, and buffering
+/// up to it would let a broken stream take the memory.
+// Here, not with the frames it bounds, because `ProtoError::FrameTooLarge` prints it: error.rs
+// names nothing from the modules above it.
+#[cfg(feature = "protobuf")]
+pub(crate) const MAX_FRAME: usize = 64 << 20;
+
+/// A protobuf answer that could not be used. It reaches the stream as the source of
+/// [`Error::InitialListFailed`](crate::Error::InitialListFailed) or
+/// [`Error::WatchFailed`](crate::Error::WatchFailed) (find it with
+/// [`Error::protobuf`](crate::Error::protobuf)); the watcher then relists or resumes as for
+/// any undecodable answer.
+#[cfg(feature = "protobuf")]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtoError {
+    /// The server answered with another content type than protobuf (a custom resource, which
+    /// has no protobuf encoding, is served as JSON).
+    #[error("expected a protobuf response, got content type {0:?}")]
+    ContentType(String),
+    /// The bytes do not open with the `k8s\0` magic of an enveloped object.
+    #[error("protobuf envelope has no k8s\\0 magic")]
+    Magic,
+    /// The envelope holds another kind than the one expected.
+    #[error("expected kind {expected}, got {got:?}")]
+    Kind {
+        /// The kind asked for, such as `ConfigMapList`.
+        expected: String,
+        /// The kind the envelope named.
+        got: String,
+    },
+    /// The envelope's payload is compressed or in another encoding.
+    #[error("unsupported envelope encoding {0:?}")]
+    Encoding(String),
+    /// A watch frame announced more bytes than the limit of 64 MiB (etcd keeps objects of at
+    /// most 1.5 MiB by default): refused before any of it is buffered.
+    #[error("watch frame of {0} bytes is over the limit of {MAX_FRAME} bytes")]
+    FrameTooLarge(usize),
+    /// The watch stream ended inside a frame.
+    #[error("watch stream ended inside a frame ({0} bytes of it received)")]
+    Truncated(usize),
+    /// A watch event of an unknown type.
+    #[error("unknown watch event type {0:?}")]
+    EventType(String),
+    /// A watch event carried no object.
+    #[error("watch event without an object")]
+    NoObject,
+    /// A timestamp out of range.
+    #[error("timestamp out of range: {0} s")]
+    Time(i64),
+    /// The message itself could not be decoded.
+    #[error("invalid protobuf message: {0}")]
+    Decode(#[from] prost::DecodeError),
+}
+
+#[cfg(feature = "protobuf")]
+impl From<ProtoError> for kube_client::Error {
+    fn from(err: ProtoError) -> Self {
+        kube_client::Error::Service(Box::new(err))
+    }
+}
+
 /// The HTTP status code of a kube-client error, where the server answered with a `Status`
 /// that has one (kube-client reports a watch event it cannot read as a `Status` with code 0).
 pub(crate) fn status_code(err: &kube_client::Error) -> Option<u16> {
@@ -141,7 +207,7 @@ pub(crate) fn status_code(err: &kube_client::Error) -> Option<u16> {
 /// `protobuf` feature).
 pub(crate) fn is_protobuf(source: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
     #[cfg(feature = "protobuf")]
-    return source.is::<crate::ProtoError>();
+    return source.is::<ProtoError>();
     #[cfg(not(feature = "protobuf"))]
     {
         let _ = source;

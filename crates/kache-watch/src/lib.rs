@@ -82,8 +82,6 @@ mod error;
 mod event;
 mod ext;
 mod progress;
-#[cfg(feature = "protobuf")]
-mod proto;
 mod server;
 mod shard;
 mod watcher;
@@ -92,14 +90,16 @@ pub use activity::{Activity, observe_activity};
 pub use backoff::{Backoff, StreamBackoff};
 pub use class::ErrorClass;
 pub use config::{Config, InitialListStrategy};
+#[cfg(feature = "protobuf")]
+pub use error::ProtoError;
 pub use error::{Error, Result};
 pub use event::Event;
 pub use ext::WatchStreamExt;
 pub use progress::{Progress, ProgressScope, StreamId, observe_progress};
-#[cfg(feature = "protobuf")]
-pub use proto::{Proto, ProtoError, ProtoObject, ProtoScope, protobuf_watcher};
 pub use server::{ServerPoint, cluster_uid, server_point};
 pub use shard::{Shard, ShardRange, uid_hash};
+#[cfg(feature = "protobuf")]
+pub use watcher::{Proto, ProtoObject, ProtoScope, protobuf_watcher};
 pub use watcher::{metadata_watcher, server_shards, watch_object, watcher};
 
 /// Re-exported so users can name `PartialObjectMeta` without a direct kube dependency.
