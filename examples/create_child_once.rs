@@ -114,7 +114,7 @@ async fn main() -> Result<(), BoxError> {
         reflect(&api, "role=parent", parents),
         reflect(&api, "role=child", children),
     ];
-    child_store.wait_until_ready().await?;
+    child_store.wait_synced().await?;
     while parent_changes.next().await != Some(Event::InitDone) {}
 
     // Parents appear and change in quick succession; the loop sees every change.

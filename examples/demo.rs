@@ -238,13 +238,13 @@ async fn main() -> Result<(), BoxError> {
     let names = ["audit", "team-lookup", "slow"];
     let stats: Vec<Arc<Stats>> = names.iter().map(|_| Arc::default()).collect();
     follow(
-        writer.subscribe().with_metrics(names[0]),
+        writer.subscribe().with_name(names[0]),
         stats[0].clone(),
         None,
         |_| {},
     );
     let lookup_store = store.clone();
-    let team_lookup = writer.subscribe().with_metrics(names[1]);
+    let team_lookup = writer.subscribe().with_name(names[1]);
     follow(team_lookup, stats[1].clone(), None, move |event| {
         if let Event::Apply(cm) = event {
             let team = team_of(cm).pop().unwrap_or_default();
@@ -254,7 +254,7 @@ async fn main() -> Result<(), BoxError> {
         }
     });
     follow(
-        writer.subscribe().with_metrics(names[2]),
+        writer.subscribe().with_name(names[2]),
         stats[2].clone(),
         Some(Duration::from_millis(10)),
         |_| {},
@@ -324,7 +324,7 @@ async fn main() -> Result<(), BoxError> {
 
     println!("health before the first sync: {}", store.health());
     // Fails fast if the server refuses the watch (RBAC, a missing resource).
-    store.wait_until_ready_or_fail().await?;
+    store.wait_synced_or_fail().await?;
     println!(
         "store ready: {} objects; health: {}",
         store.len(),

@@ -72,7 +72,7 @@ async fn main() -> Result<(), BoxError> {
         .default_backoff()
         .reflect(writer);
     let reflector = tokio::spawn(events.for_each(|_| async {}));
-    store.wait_until_ready().await?;
+    store.wait_synced().await?;
 
     let mut sizes: Vec<(String, i64)> = store
         .state()

@@ -36,7 +36,7 @@ async fn main() -> Result<(), BoxError> {
         .default_backoff()
         .reflect(writer);
     let reflector = tokio::spawn(events.for_each(|_| async {}));
-    store.wait_until_ready().await?;
+    store.wait_synced().await?;
 
     let meta = store.get(Some(&ns), "big-7").ok_or("big-7 is missing")?;
     println!(

@@ -159,7 +159,7 @@ async fn main() -> Result<(), BoxError> {
 
     // A reconciler follows the ConfigMaps; its lag and resyncs are reported by name.
     let handled = Arc::new(AtomicU64::new(0));
-    let mut changes = configmaps_writer.subscribe().with_metrics("reconciler");
+    let mut changes = configmaps_writer.subscribe().with_name("reconciler");
     let reconciler = tokio::spawn({
         let handled = handled.clone();
         async move {
@@ -197,8 +197,8 @@ async fn main() -> Result<(), BoxError> {
     // Fail fast: a watch the server refuses (RBAC, a missing CRD) is an error at start-up,
     // not a silent wait.
     let ready = async {
-        pods.wait_until_ready_or_fail().await?;
-        configmaps.wait_until_ready_or_fail().await
+        pods.wait_synced_or_fail().await?;
+        configmaps.wait_synced_or_fail().await
     };
     tokio::time::timeout(Duration::from_secs(60), ready).await??;
     println!(

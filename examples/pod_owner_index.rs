@@ -61,7 +61,7 @@ async fn main() -> Result<(), BoxError> {
         .default_backoff()
         .reflect(writer);
     let reflector = tokio::spawn(events.for_each(|_| async {}));
-    store.wait_until_ready().await?;
+    store.wait_synced().await?;
 
     for owner in ["web", "api", "worker"] {
         let mut names: Vec<String> = store

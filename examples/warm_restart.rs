@@ -85,7 +85,8 @@ impl Process {
             .reflect(writer);
         let task = tokio::spawn(events.for_each(|_| async {}));
         let expected = versions(truth.list(&ListParams::default()).await?.items.iter());
-        while !(store.is_ready() && versions(store.state().iter().map(AsRef::as_ref)) == expected) {
+        while !(store.is_synced() && versions(store.state().iter().map(AsRef::as_ref)) == expected)
+        {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         Ok((store, task))
@@ -176,8 +177,8 @@ async fn main() -> Result<(), BoxError> {
     let started = Instant::now();
     let mut writer = Writer::<ConfigMap>::new().with_name("configmaps");
     let config = match writer.restore(&file, &api).await {
-        Ok(restored) => restored.resume(Config::default()),
-        Err(_) => Config::default(), // logged: a cold start
+        Ok(Some(restored)) => restored.resume(Config::default()),
+        Ok(None) | Err(_) => Config::default(), // logged: a cold start
     };
     let (store, task) = second.sync(writer, config, &api).await?;
     second.report("warm restart, 30 changes while down", started);

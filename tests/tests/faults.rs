@@ -54,7 +54,7 @@ impl Watched {
             follow(writer.subscribe(), Duration::from_millis(1)),
         ];
         let reflector = Reflector::start_in(wire, api, config, writer);
-        within("the store to be ready", store.wait_until_ready())
+        within("the store to be ready", store.wait_synced())
             .await
             .unwrap();
         Self {
@@ -343,10 +343,10 @@ on_each_server_and_wire! {
                     }
                     other => panic!("{strategy:?} attempt {attempt}: expected 403, got {other:?}"),
                 }
-                assert!(!store.is_ready());
+                assert!(!store.is_synced());
             }
             // The caller bounds the wait; it never completes.
-            let wait = tokio::time::timeout(Duration::from_millis(300), store.wait_until_ready());
+            let wait = tokio::time::timeout(Duration::from_millis(300), store.wait_synced());
             assert!(wait.await.is_err(), "never ready without list rights");
             assert!(store.is_empty());
             assert_eq!(view.events(), 0, "subscribers hear nothing");

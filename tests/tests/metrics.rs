@@ -36,7 +36,7 @@ const CACHE: &str = "configmaps";
 fn cache(metrics: &Metrics) -> (Writer<ConfigMap>, Store<ConfigMap>) {
     let writer = Writer::new().with_metrics(metrics, CACHE);
     let store = writer.as_reader();
-    let _view = follow(writer.subscribe().with_metrics("follower"), Duration::ZERO);
+    let _view = follow(writer.subscribe().with_name("follower"), Duration::ZERO);
     (writer, store)
 }
 
@@ -185,7 +185,7 @@ on_each_server! {
         let http = serve(registry, &store).await;
         let addr = http.addr();
         let reflector = Reflector::start(watched, Config::default(), writer);
-        within("the first sync", store.wait_until_ready_or_fail()).await.unwrap();
+        within("the first sync", store.wait_synced_or_fail()).await.unwrap();
 
         // The first sync: a list of 20 and one watch, on either strategy.
         let synced = scrape_until(addr, "the watch after the first list", |f| f.watch_starts >= 1.0).await;
@@ -285,7 +285,7 @@ on_each_server! {
         let body = not_ready_because(addr, "(forbidden)").await;
         assert!(body.starts_with("not ready\nconfigmaps: not synced; "), "{body}");
         assert!(body.contains("forbidden"), "{body}");
-        let refused = within("a refusal", store.wait_until_ready_or_fail()).await;
+        let refused = within("a refusal", store.wait_synced_or_fail()).await;
         assert!(
             matches!(&refused, Err(Error::WatchRefused { class: ErrorClass::Forbidden, .. })),
             "{refused:?}"
@@ -325,7 +325,7 @@ on_each_server! {
                 .reflect(writer)
                 .for_each(|_| async {}),
         );
-        let refused = within("a refusal", store.wait_until_ready_or_fail()).await;
+        let refused = within("a refusal", store.wait_synced_or_fail()).await;
         assert!(
             matches!(&refused, Err(Error::WatchRefused { class: ErrorClass::NotFound, .. })),
             "{refused:?}"

@@ -54,7 +54,7 @@ impl Watched {
         .expect("create target");
         let store = writer.as_reader();
         let reflector = Reflector::start(watch_api, config, writer);
-        within("the store to be ready", store.wait_until_ready())
+        within("the store to be ready", store.wait_synced())
             .await
             .unwrap();
         Self {

@@ -94,7 +94,7 @@ async fn shards_hold_exactly_their_objects(env: &TestEnv, strategy: InitialListS
             .initial_list_strategy(strategy)
             .page_size(50);
         let reflector = Reflector::start(api.clone(), config, writer);
-        within("a shard's store to be ready", store.wait_until_ready())
+        within("a shard's store to be ready", store.wait_synced())
             .await
             .unwrap();
         replicas.push((shard, store, reflector));

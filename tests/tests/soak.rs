@@ -185,7 +185,7 @@ async fn soak_churn_with_restarts_and_slow_subscribers_stays_flat_and_converges(
         views.push(follow_without_history(subscriber, delay));
     }
     let reflector = Reflector::start(cut_off_api, Config::default(), writer);
-    within("the store to be ready", store.wait_until_ready())
+    within("the store to be ready", store.wait_synced())
         .await
         .unwrap();
 

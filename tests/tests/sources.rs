@@ -36,7 +36,7 @@ on_each_server! {
             let events = watcher(api.clone(), Config::default()).backoff(quick_backoff());
             set.add(name, events);
         }
-        within("the store to be ready", store.wait_until_ready()).await.unwrap();
+        within("the store to be ready", store.wait_synced()).await.unwrap();
         let both = || async {
             let mut all = listed_versions(&api_a).await;
             all.extend(listed_versions(&api_b).await);
@@ -86,7 +86,7 @@ on_each_server! {
             let config = Config::default().labels(selector);
             set.add(name, watcher(api.clone(), config).backoff(quick_backoff()));
         }
-        within("the store to be ready", store.wait_until_ready()).await.unwrap();
+        within("the store to be ready", store.wait_synced()).await.unwrap();
         eventually("ten objects, each once", || async {
             stored_versions(&store) == listed_versions(&api).await
         })
@@ -136,7 +136,7 @@ on_each_server! {
         for (name, api) in [(&busy_ns, &busy), (&quiet_ns, &quiet)] {
             set.add(name, watcher(api.clone(), Config::default()).backoff(quick_backoff()));
         }
-        within("the store to be ready", store.wait_until_ready()).await.unwrap();
+        within("the store to be ready", store.wait_synced()).await.unwrap();
         for i in 0..5 {
             let patch = Patch::Merge(json!({"data": {"write": i.to_string()}}));
             let patched = busy.patch(&format!("b-{i}"), &PatchParams::default(), &patch).await.unwrap();
@@ -164,7 +164,7 @@ where
 async fn stopped_loudly(store: &Store<ConfigMap>, task: tokio::task::JoinHandle<usize>) {
     let items = within("the merged reflector to stop", task).await.unwrap();
     assert_eq!(items, 0, "nothing applied: stopped at its first poll");
-    assert!(store.is_empty() && !store.is_ready());
+    assert!(store.is_empty() && !store.is_synced());
     let health = store.health();
     let stopped = health.stopped.clone().expect("the health says it stopped");
     assert!(
@@ -173,7 +173,7 @@ async fn stopped_loudly(store: &Store<ConfigMap>, task: tokio::task::JoinHandle<
     );
     assert!(!health.is_ready());
     assert!(health.to_string().contains("stopped: "), "{health}");
-    let failed = within("the fail-fast wait", store.wait_until_ready_or_fail()).await;
+    let failed = within("the fail-fast wait", store.wait_synced_or_fail()).await;
     assert!(
         matches!(failed, Err(kache_store::Error::Stopped { .. })),
         "{failed:?}"

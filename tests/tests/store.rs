@@ -29,9 +29,9 @@ on_each_server_and_wire! {
                 .collect()
         });
         let store = writer.as_reader();
-        assert!(!store.is_ready());
+        assert!(!store.is_synced());
         let reflector = Reflector::start_in(wire, api.clone(), Config::default(), writer);
-        within("the store to be ready", store.wait_until_ready())
+        within("the store to be ready", store.wait_synced())
             .await
             .unwrap();
         assert_eq!(stored_versions(&store), listed_versions(&api).await);
@@ -76,7 +76,7 @@ on_each_server_and_wire! {
         let writer = Writer::new();
         let store = writer.as_reader();
         let reflector = Reflector::start_in(wire, cut_off_api, Config::default(), writer);
-        within("the store to be ready", store.wait_until_ready())
+        within("the store to be ready", store.wait_synced())
             .await
             .unwrap();
         let before: Vec<Arc<ConfigMap>> = store.state();

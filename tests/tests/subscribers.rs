@@ -38,12 +38,12 @@ on_each_server! {
 
         let (proxy, cut_off_api) = cut_off(&env, &ns).await;
         let reflector = Reflector::start(cut_off_api, Config::default(), writer);
-        within("the store to be ready", store.wait_until_ready())
+        within("the store to be ready", store.wait_synced())
             .await
             .unwrap();
         within("the fast subscribers' initial sync", async {
-            handles[0].synced().await.unwrap();
-            handles[1].synced().await.unwrap();
+            handles[0].wait_synced().await.unwrap();
+            handles[1].wait_synced().await.unwrap();
         })
         .await;
         assert!(

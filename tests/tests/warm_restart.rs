@@ -60,25 +60,11 @@ impl Drop for Folder {
 /// is aborted).
 async fn first_run(api: &Api<ConfigMap>, file: &SnapshotFile) -> usize {
     let mut writer = Writer::<ConfigMap>::new();
-    let first_start = writer
-        .restore(file, api)
-        .await
-        .expect_err("no snapshot yet");
-    assert!(
-        matches!(
-            first_start,
-            kache_store::Error::SnapshotRejected {
-                reason: Rejected::Missing,
-                ..
-            }
-        ),
-        "{first_start}"
-    );
+    let first_start = writer.restore(file, api).await;
+    assert_eq!(first_start, Ok(None), "no snapshot yet");
     let store = writer.as_reader();
     let reflector = Reflector::start(api.clone(), Config::default(), writer);
-    within("the first sync", store.wait_until_ready())
-        .await
-        .unwrap();
+    within("the first sync", store.wait_synced()).await.unwrap();
     converges(api, &store, &[]).await;
     let saved = file.save(&store).expect("save");
     drop(reflector);
@@ -141,10 +127,10 @@ on_each_server! {
         change_while_down(&api).await;
 
         let mut writer = Writer::<ConfigMap>::new();
-        let restored = writer.restore(&file, &api).await.expect("restore");
+        let restored = writer.restore(&file, &api).await.expect("restore").expect("a snapshot");
         assert_eq!(restored.objects, 30);
         let store = writer.as_reader();
-        assert!(store.is_ready(), "ready at once: a real past state");
+        assert!(store.is_synced(), "ready at once: a real past state");
         assert!(store.health().replaying);
         let view = follow(store.subscribe(), std::time::Duration::ZERO);
 
@@ -170,7 +156,7 @@ on_each_server! {
         env.compact_etcd().await.unwrap();
 
         let mut writer = Writer::<ConfigMap>::new();
-        let restored = writer.restore(&file, &api).await.expect("restore");
+        let restored = writer.restore(&file, &api).await.expect("restore").expect("a snapshot");
         let store = writer.as_reader();
         let unchanged = store.get(Some(&ns), "cm-0").unwrap();
         let view = follow(store.subscribe(), std::time::Duration::ZERO);
@@ -202,7 +188,7 @@ on_each_server! {
         change_while_down(&api).await;
 
         let mut writer = Writer::<ConfigMap>::new();
-        let restored = writer.restore(&file, &api).await.expect("restore");
+        let restored = writer.restore(&file, &api).await.expect("restore").expect("a snapshot");
         let store = writer.as_reader();
         let view = follow(store.subscribe(), std::time::Duration::ZERO);
         let _reflector = Reflector::start(api.clone(), restored.resume(Config::default()), writer);
@@ -229,39 +215,32 @@ on_each_server! {
             WatchIdentity::of::<ConfigMap>(Some(&ns), &Config::default().labels("app=x")),
         )
         .schema("test-v1");
-        let cases: Vec<(&str, Option<Vec<u8>>, SnapshotFile)> = vec![
-            ("missing", None, file.clone()),
-            ("truncated", Some(good[..good.len() - 10].to_vec()), file.clone()),
-            ("corrupt", Some(corrupt), file.clone()),
-            ("foreign", Some(b"apiVersion: v1\nkind: List\n".to_vec()), file.clone()),
-            ("format version", Some(format), file.clone()),
-            ("another watch", Some(good.clone()), other_watch),
-            ("another schema", Some(good.clone()), file.clone().schema("test-v2")),
+        let cases: Vec<(&str, Vec<u8>, SnapshotFile)> = vec![
+            ("truncated", good[..good.len() - 10].to_vec(), file.clone()),
+            ("corrupt", corrupt, file.clone()),
+            ("foreign", b"apiVersion: v1\nkind: List\n".to_vec(), file.clone()),
+            ("format version", format, file.clone()),
+            ("another watch", good.clone(), other_watch),
+            ("another schema", good.clone(), file.clone().schema("test-v2")),
         ];
         for (case, bytes, file) in cases {
-            match bytes {
-                Some(bytes) => std::fs::write(file.path(), bytes).unwrap(),
-                None => {
-                    let _ = std::fs::remove_file(file.path());
-                }
-            }
+            std::fs::write(file.path(), bytes).unwrap();
             let mut writer = Writer::<ConfigMap>::new();
             let err = writer.restore(&file, &api).await.expect_err(case);
             let kache_store::Error::SnapshotRejected { reason, .. } = &err else {
                 panic!("{case}: {err}");
             };
             let expected_kind = match case {
-                "missing" => matches!(reason, Rejected::Missing),
                 "truncated" => matches!(reason, Rejected::Truncated),
                 "corrupt" => matches!(reason, Rejected::Corrupt),
                 "foreign" => matches!(reason, Rejected::ForeignFormat),
-                "format version" => matches!(reason, Rejected::FormatVersion { found: 99 }),
+                "format version" => matches!(reason, Rejected::FormatVersion { found: 99, .. }),
                 "another watch" => matches!(reason, Rejected::Identity { .. }),
                 _ => matches!(reason, Rejected::Schema { .. }),
             };
             assert!(expected_kind, "{case}: {err}");
             let store = writer.as_reader();
-            assert!(store.is_empty() && !store.is_ready(), "{case}");
+            assert!(store.is_empty() && !store.is_synced(), "{case}");
 
             let (_proxy, log, watched) = cut_off_recorded(env, &ns).await;
             let _reflector = Reflector::start(watched, Config::default(), writer);
@@ -299,7 +278,7 @@ on_each_server! {
         drop(writer);
 
         let mut writer = Writer::<ConfigMap>::new();
-        let restored = writer.restore(&file, &api).await.unwrap();
+        let restored = writer.restore(&file, &api).await.unwrap().expect("a snapshot");
         let store = writer.as_reader();
         let _reflector = Reflector::start(api.clone(), restored.resume(Config::default()), writer);
         converges(&api, &store, &[]).await;
@@ -321,7 +300,7 @@ on_each_server! {
         assert_eq!(std::fs::read(file.path()).unwrap(), old);
 
         let mut writer = Writer::<ConfigMap>::new();
-        let restored = writer.restore(&file, &api).await.unwrap();
+        let restored = writer.restore(&file, &api).await.unwrap().expect("a snapshot");
         assert_eq!(restored.objects, 30, "the old snapshot");
         let store = writer.as_reader();
         let _reflector = Reflector::start(api.clone(), restored.resume(Config::default()), writer);
@@ -365,7 +344,7 @@ on_each_server! {
         let writer = Writer::<DynamicObject>::new();
         let store = writer.as_reader();
         let first = AbortOnDrop(tokio::spawn(drive(watcher(dynamic.clone(), Config::default()), writer)));
-        within("the first sync", store.wait_until_ready()).await.unwrap();
+        within("the first sync", store.wait_synced()).await.unwrap();
         kache_tests::eventually("the first store equals a LIST", || async {
             dynamic_versions(store.state().iter().map(AsRef::as_ref)) == listed_versions(&api).await
         })
@@ -375,7 +354,7 @@ on_each_server! {
         change_while_down(&api).await;
 
         let mut writer = Writer::<DynamicObject>::new();
-        let restored = writer.restore(&file, &dynamic).await.unwrap();
+        let restored = writer.restore(&file, &dynamic).await.unwrap().expect("a snapshot");
         let store = writer.as_reader();
         let (proxy, log, _) = cut_off_recorded(env, &ns).await;
         let mut config = env.config().clone();
@@ -506,7 +485,7 @@ on_each_server! {
             }
             assert_eq!(warnings.load(Ordering::Relaxed) - before, 1, "{case}: one warning");
             let store = writer.as_reader();
-            assert!(store.is_empty() && !store.is_ready(), "{case}: nothing served");
+            assert!(store.is_empty() && !store.is_synced(), "{case}: nothing served");
             let _reflector = Reflector::start(b.clone(), Config::default(), writer);
             converges(&b, &store, &[]).await;
         }
@@ -527,7 +506,7 @@ on_each_server! {
         // version this server has not reached.
         let mut writer = Writer::<ConfigMap>::new();
         let (warnings, _log) = kache_tests::count_store_warnings();
-        assert!(matches!(refusal(&writer.restore(&file, &api).await.unwrap_err()), Rejected::Missing));
+        assert_eq!(writer.restore(&file, &api).await, Ok(None), "no file yet");
         assert_eq!(warnings.load(Ordering::Relaxed), 0, "a first start is no warning");
         let list = api.list(&ListParams::default()).await.unwrap();
         let listed: u64 = list.metadata.resource_version.as_deref().unwrap().parse().unwrap();
@@ -553,7 +532,7 @@ on_each_server! {
         assert!(requests.iter().any(|r| r.starts_with("GET /api/v1/namespaces/kube-system")), "{requests:?}");
         assert!(requests.iter().any(|r| r.contains("/configmaps?") && r.contains("limit=1")), "{requests:?}");
         let store = writer.as_reader();
-        assert!(store.is_empty() && !store.is_ready());
+        assert!(store.is_empty() && !store.is_synced());
         let _reflector = Reflector::start(watched, Config::default(), writer);
         converges(&api, &store, &[]).await;
     }

@@ -290,7 +290,10 @@ async fn child(args: &[String], started: Instant) -> Result<(), BoxError> {
     let mut watch_config = Config::default();
     let mut restored_bytes = 0;
     if mode == "warm" {
-        let restored = writer.restore(&file, &api).await?;
+        let restored = writer
+            .restore(&file, &api)
+            .await?
+            .ok_or("no snapshot to restore")?;
         restored_bytes = restored.bytes;
         watch_config = restored.resume(watch_config);
     }
@@ -306,11 +309,11 @@ async fn child(args: &[String], started: Instant) -> Result<(), BoxError> {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect()
     });
-    if store.is_ready() {
+    if store.is_synced() {
         mismatch.recheck(&store, namespace);
     }
     let mut events = std::pin::pin!(watcher(api.clone(), watch_config).reflect(writer));
-    while !(store.is_ready() && (mode == "prime" || mismatch.wrong.is_empty())) {
+    while !(store.is_synced() && (mode == "prime" || mismatch.wrong.is_empty())) {
         let Some(item) = events.next().await else {
             return Err("the watch ended".into());
         };

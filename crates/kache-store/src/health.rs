@@ -40,7 +40,7 @@ use crate::error::Error;
 pub struct Health {
     /// The cache's name, from [`Writer::with_name`](crate::Writer::with_name) (empty if it has none).
     pub name: Arc<str>,
-    /// Whether the store has completed its first list: see [`Store::is_ready`](crate::Store::is_ready).
+    /// Whether the store has completed its first list: see [`Store::is_synced`](crate::Store::is_synced).
     pub synced: bool,
     /// The errors the watch has met since its last success, if its last attempt failed.
     pub failing: Option<Failing>,

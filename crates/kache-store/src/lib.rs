@@ -45,7 +45,7 @@
 //! let applied: Vec<_> = events.reflect(writer).collect().await;
 //! assert_eq!(applied.len(), 5);
 //!
-//! store.wait_until_ready().await?;
+//! store.wait_synced().await?;
 //! assert!(store.get(Some("default"), "a").is_some());
 //! assert_eq!(store.by_index("app", "web")?.len(), 1);
 //! assert_eq!(store.by_namespace("default").len(), 1);
@@ -75,7 +75,7 @@
 //! [`Store::health`] says whether the cache has synced and, when its watch keeps failing,
 //! why: the last error and its class, since when, how many attempts in a row. A watch that
 //! the API server refuses (`403`, `404`) logs one warning per streak rather than one line
-//! per retry, and [`Store::wait_until_ready_or_fail`] lets start-up fail fast on it. With the
+//! per retry, and [`Store::wait_synced_or_fail`] lets start-up fail fast on it. With the
 //! `metrics` feature, `Metrics` reports every cache on a `prometheus-client` registry
 //! (events, relists by cause, errors by class, objects, ages, subscribers' lag); without it,
 //! none of that code is compiled. The metrics are listed in `docs/observability.md`.
@@ -156,9 +156,9 @@
 //! is down, waits wait: bound them. And a wait orders your write only against what came
 //! before it: other clients may have changed the object since.
 //!
-//! **Readiness** ([`Store::is_ready`], [`Store::wait_until_ready`]) turns on at the first
+//! **Readiness** ([`Store::is_synced`], [`Store::wait_synced`]) turns on at the first
 //! `InitDone` and never turns off: during a later relist readers keep the previous
-//! generation. When `is_ready` returns `true`, the generation that made it ready is
+//! generation. When `is_synced` returns `true`, the generation that made it so is
 //! visible. A store restored from a snapshot is ready at once: it serves a real past state of
 //! the server, consistent at the snapshot's version and stale by the downtime until the
 //! resumed watch has replayed the changes made since; [`Health::replaying`] says so until the
@@ -183,11 +183,11 @@
 //! [`Delivery::Backpressure`], the writer waits for it instead and every change is delivered
 //! in order, but only on the asynchronous paths ([`reflect`](ReflectExt::reflect),
 //! [`Writer::apply_async`]): the synchronous [`Writer::apply`] cannot wait, so it resyncs a
-//! full backpressure subscriber. [`SubscriberHandle::synced`] tells when a subscriber has
+//! full backpressure subscriber. [`SubscriberHandle::wait_synced`] tells when a subscriber has
 //! consumed its first snapshot.
 //!
 //! **End.** When the [`Writer`] is dropped, each subscriber receives what was already
-//! buffered for it and then ends; a pending [`Store::wait_until_ready`], and any wait for a
+//! buffered for it and then ends; a pending [`Store::wait_synced`], and any wait for a
 //! write the store has not reached, fails with [`Error::WriterDropped`]; stores keep serving
 //! the last generation.
 
@@ -197,6 +197,7 @@ mod counters;
 mod error;
 mod fanout;
 mod health;
+mod identity;
 mod index;
 mod key;
 #[cfg(feature = "metrics")]
@@ -214,16 +215,15 @@ mod version;
 mod wait;
 mod writer;
 
-pub use error::{Error, Result};
+pub use error::{Error, IoError, Rejected, Result};
 pub use health::{Failing, Health};
+pub use identity::WatchIdentity;
 pub use kache_watch::Event;
 pub use key::ObjectKey;
 #[cfg(feature = "metrics")]
 pub use metrics::Metrics;
 pub use reflect::{Reflect, ReflectExt, reflector};
-pub use snapshot::{
-    IoError, Rejected, Restored, SNAPSHOT_FORMAT_VERSION, Saved, SnapshotFile, WatchIdentity,
-};
+pub use snapshot::{Restored, SNAPSHOT_FORMAT_VERSION, Saved, SnapshotFile};
 pub use sources::{SourceSet, Sources, SourcesReflector};
 pub use store::Store;
 pub use subscriber::{DEFAULT_BUFFER, Delivery, Subscriber, SubscriberHandle};

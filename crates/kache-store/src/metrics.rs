@@ -9,7 +9,6 @@ use std::fmt;
 use std::sync::{Arc, Weak};
 
 use kache_watch::ErrorClass;
-use kube_client::Resource;
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
@@ -19,14 +18,12 @@ use tracing::warn;
 
 use crate::counters::{CAUSES, EVENT_TYPES, Snapshot, StateFigures, unique_name};
 use crate::shared::Shared;
-use crate::subscriber::Subscriber;
-use crate::writer::Writer;
 
 /// The metrics of every cache attached to it, as one `prometheus-client` collector.
 ///
 /// Create one per registry with [`Metrics::new`], attach each cache with
 /// [`Writer::with_metrics`] (its name becomes the `cache` label) and, for per-subscriber
-/// figures, name subscribers with [`Subscriber::with_metrics`]. Cheap to clone; clones share
+/// figures, name subscribers with [`Subscriber::with_name`]. Cheap to clone; clones share
 /// the caches. Every metric is listed in the README and `docs/observability.md`.
 ///
 /// ```
@@ -37,7 +34,7 @@ use crate::writer::Writer;
 /// let mut registry = Registry::default();
 /// let metrics = Metrics::new(&mut registry);
 /// let mut writer = Writer::<ConfigMap>::new().with_metrics(&metrics, "config");
-/// let _audit = writer.subscribe().with_metrics("audit");
+/// let _audit = writer.subscribe().with_name("audit");
 /// writer.apply(Event::Init);
 /// writer.apply(Event::InitDone);
 ///
@@ -83,7 +80,7 @@ impl Metrics {
         live
     }
 
-    fn attach(&self, cache: Weak<dyn Probe>, name: &str) -> String {
+    pub(crate) fn attach(&self, cache: Weak<dyn Probe>, name: &str) -> String {
         let taken: Vec<String> = self.live().iter().map(|cache| cache.name()).collect();
         let unique = unique_name(name, &taken);
         if unique != name {
@@ -98,44 +95,8 @@ impl Metrics {
     }
 }
 
-impl<K> Writer<K>
-where
-    K: Resource + Send + Sync + 'static,
-{
-    /// Reports this cache's metrics through `metrics`, with `name` as the `cache` label (and
-    /// as the cache's name in its health and logs, as [`Writer::with_name`]). A name another
-    /// live cache already has gets a suffix (`-2`), with a warning, so that no two caches
-    /// share a series.
-    ///
-    /// The counters run from the writer's creation, whenever this is called.
-    #[must_use]
-    pub fn with_metrics(self, metrics: &Metrics, name: &str) -> Self {
-        // `Weak<Shared<K>>` to `Weak<dyn Probe>`: the collector reads any kind of cache.
-        let probe: Weak<dyn Probe> = Arc::downgrade(&self.shared) as Weak<dyn Probe>;
-        let name = metrics.attach(probe, name);
-        self.with_name(&name)
-    }
-}
-
-impl<K> Subscriber<K> {
-    /// Reports this subscriber's lag and resyncs in its store's metrics, with `name` as the
-    /// `subscriber` label (a name another live subscriber of the store has gets a suffix).
-    /// Unnamed subscribers are only counted, in `kache_subscribers`.
-    ///
-    /// The series disappear when the subscriber is dropped.
-    #[must_use]
-    pub fn with_metrics(self, name: &str) -> Self {
-        self.shared.metrics.name_subscriber(
-            name,
-            Arc::clone(&self.stats),
-            Arc::clone(&self.handover),
-        );
-        self
-    }
-}
-
 /// A cache as the collector sees it, whatever the kind of its objects.
-trait Probe: Send + Sync {
+pub(crate) trait Probe: Send + Sync {
     fn name(&self) -> String;
     fn snapshot(&self) -> Snapshot;
 }

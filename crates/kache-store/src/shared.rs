@@ -48,15 +48,15 @@ impl<K> Shared<K> {
     }
 
     /// Whether the store has completed its first list.
-    pub(crate) fn is_ready(&self) -> bool {
+    pub(crate) fn is_synced(&self) -> bool {
         self.state.read().ready
     }
 
     /// Waits until the store has completed its first list; fails once the writer is dropped
     /// before that.
-    pub(crate) async fn wait_until_ready(&self) -> Result<()> {
+    pub(crate) async fn wait_synced(&self) -> Result<()> {
         self.waiters
-            .until(|| self.is_ready().then_some(Ok(())), Error::WriterDropped)
+            .until(|| self.is_synced().then_some(Ok(())), Error::WriterDropped)
             .await
     }
 }

@@ -212,7 +212,7 @@ impl<K> Store<K> {
     /// writer.apply(Event::Init);
     /// writer.apply(Event::InitDone);
     /// // Synced, and empty: the list had no object.
-    /// assert!(store.is_ready() && store.is_empty());
+    /// assert!(store.is_synced() && store.is_empty());
     /// ```
     #[must_use]
     pub fn is_empty(&self) -> bool {
@@ -230,17 +230,17 @@ impl<K> Store<K> {
     ///
     /// let mut writer = Writer::<ConfigMap>::new();
     /// let store = writer.as_reader();
-    /// assert!(!store.is_ready());
+    /// assert!(!store.is_synced());
     /// writer.apply(Event::Init);
-    /// assert!(!store.is_ready(), "a list in progress is no sync");
+    /// assert!(!store.is_synced(), "a list in progress is no sync");
     /// writer.apply(Event::InitDone);
-    /// assert!(store.is_ready());
+    /// assert!(store.is_synced());
     /// writer.apply(Event::Init); // a relist: readers keep the previous generation meanwhile
-    /// assert!(store.is_ready());
+    /// assert!(store.is_synced());
     /// ```
     #[must_use]
-    pub fn is_ready(&self) -> bool {
-        self.shared.is_ready()
+    pub fn is_synced(&self) -> bool {
+        self.shared.is_synced()
     }
 
     /// Waits until the store has completed its first list.
@@ -261,8 +261,8 @@ impl<K> Store<K> {
     ///     writer.apply(Event::Init);
     ///     writer.apply(Event::InitDone);
     /// });
-    /// store.wait_until_ready().await?;
-    /// assert!(store.is_ready());
+    /// store.wait_synced().await?;
+    /// assert!(store.is_synced());
     /// # Ok(())
     /// # }
     /// ```
@@ -271,8 +271,8 @@ impl<K> Store<K> {
     ///
     /// [`Error::WriterDropped`] if the writer is dropped before the store became ready. Once
     /// ready, this returns `Ok` immediately, even after the writer is gone.
-    pub async fn wait_until_ready(&self) -> Result<()> {
-        self.shared.wait_until_ready().await
+    pub async fn wait_synced(&self) -> Result<()> {
+        self.shared.wait_synced().await
     }
 
     /// The newest resourceVersion the store reflects, as the server wrote it: see
@@ -506,14 +506,14 @@ impl<K> Store<K> {
     pub fn health(&self) -> Health {
         Health {
             name: self.shared.health.name(),
-            synced: self.is_ready(),
+            synced: self.is_synced(),
             failing: self.shared.health.failing(),
             replaying: self.shared.health.replaying(),
             stopped: self.shared.health.stopped(),
         }
     }
 
-    /// Waits until the store has completed its first list, like [`Store::wait_until_ready`],
+    /// Waits until the store has completed its first list, like [`Store::wait_synced`],
     /// but fails as soon as the watch is refused with `403 Forbidden` or `404 Not Found`
     /// before that: the cases that retrying does not heal. Use it at start-up to exit with
     /// a clear error rather than wait forever for a permission that was never granted.
@@ -523,8 +523,8 @@ impl<K> Store<K> {
     /// [`Error::WatchRefused`] on such a refusal, with the server's message;
     /// [`Error::Stopped`] if the cache stopped (two watch streams fed it);
     /// [`Error::WriterDropped`] if the writer is dropped before the store became ready.
-    pub async fn wait_until_ready_or_fail(&self) -> Result<()> {
-        let ready = std::pin::pin!(self.shared.wait_until_ready());
+    pub async fn wait_synced_or_fail(&self) -> Result<()> {
+        let ready = std::pin::pin!(self.shared.wait_synced());
         let refused = std::pin::pin!(self.shared.health.refused());
         // Readiness first: a store that is ready is ready, whatever its watch does now.
         match select(ready, refused).await {
@@ -548,7 +548,7 @@ impl<K> Store<K> {
 /// (wrap it in [`tokio::time::timeout`], or race it against a deadline) and is cancel safe:
 /// dropping it leaves nothing behind. None of them drives the event stream that feeds the
 /// [`Writer`](crate::Writer); poll that on another task, as for
-/// [`Store::wait_until_ready`].
+/// [`Store::wait_synced`].
 ///
 /// The returned futures borrow the store but not the objects passed in.
 impl<K: Resource> Store<K> {

@@ -398,7 +398,7 @@ impl<K> SubscriberHandle<K> {
     /// let consumer = tokio::spawn(async move { while subscriber.next().await.is_some() {} });
     /// writer.apply(Event::Init);
     /// writer.apply(Event::InitDone);
-    /// handle.synced().await?;
+    /// handle.wait_synced().await?;
     /// drop(writer);
     /// consumer.await.unwrap();
     /// # Ok(())
@@ -408,7 +408,7 @@ impl<K> SubscriberHandle<K> {
     /// # Errors
     ///
     /// [`Error::SubscriberDropped`] if the subscriber is dropped before that.
-    pub async fn synced(&self) -> Result<()> {
+    pub async fn wait_synced(&self) -> Result<()> {
         let mut synced = self.synced.clone();
         synced
             .wait_for(|synced| *synced)
@@ -547,5 +547,23 @@ impl<K> fmt::Debug for SubscriberHandle<K> {
             .field("synced", &self.is_synced())
             .field("resyncs", &self.resyncs())
             .finish_non_exhaustive()
+    }
+}
+
+impl<K> Subscriber<K> {
+    /// Reports this subscriber's lag and resyncs in its store's metrics, with `name` as the
+    /// `subscriber` label (a name another live subscriber of the store has gets a suffix).
+    /// Unnamed subscribers are only counted, in `kache_subscribers`.
+    ///
+    /// The series disappear when the subscriber is dropped.
+    #[cfg(feature = "metrics")]
+    #[must_use]
+    pub fn with_name(self, name: &str) -> Self {
+        self.shared.metrics.name_subscriber(
+            name,
+            Arc::clone(&self.stats),
+            Arc::clone(&self.handover),
+        );
+        self
     }
 }

@@ -64,7 +64,7 @@ async fn an_error_of_another_type_counts_without_a_class() {
 }
 
 #[tokio::test]
-async fn wait_until_ready_or_fail_fails_fast_on_a_refusal_only() {
+async fn wait_synced_or_fail_fails_fast_on_a_refusal_only() {
     for (code, refused) in [(403, true), (404, true), (500, false), (410, false)] {
         let writer = Writer::<ConfigMap>::new();
         let store = writer.as_reader();
@@ -72,8 +72,7 @@ async fn wait_until_ready_or_fail_fails_fast_on_a_refusal_only() {
         let items = stream::iter([Err(status(code))]).chain(stream::pending::<Item>());
         let task = tokio::spawn(items.reflect(writer).for_each(|_| async {}));
         let waited =
-            tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready_or_fail())
-                .await;
+            tokio::time::timeout(Duration::from_millis(200), store.wait_synced_or_fail()).await;
         if refused {
             match waited {
                 Ok(Err(Error::WatchRefused { class, message })) => {
@@ -90,12 +89,12 @@ async fn wait_until_ready_or_fail_fails_fast_on_a_refusal_only() {
 }
 
 #[tokio::test]
-async fn wait_until_ready_or_fail_resolves_once_synced_and_fails_when_the_writer_goes() {
+async fn wait_synced_or_fail_resolves_once_synced_and_fails_when_the_writer_goes() {
     let mut writer = Writer::<ConfigMap>::new();
     let store = writer.as_reader();
     let wait = tokio::spawn({
         let store = store.clone();
-        async move { store.wait_until_ready_or_fail().await }
+        async move { store.wait_synced_or_fail().await }
     });
     tokio::task::yield_now().await;
     writer.apply(Event::Init);
@@ -105,10 +104,7 @@ async fn wait_until_ready_or_fail_resolves_once_synced_and_fails_when_the_writer
     let writer = Writer::<ConfigMap>::new();
     let store = writer.as_reader();
     drop(writer);
-    assert_eq!(
-        store.wait_until_ready_or_fail().await,
-        Err(Error::WriterDropped)
-    );
+    assert_eq!(store.wait_synced_or_fail().await, Err(Error::WriterDropped));
 }
 
 /// Counts the warnings logged while it is the default subscriber.

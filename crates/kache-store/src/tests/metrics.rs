@@ -134,7 +134,7 @@ async fn named_subscribers_report_their_lag_and_resyncs() {
     let mut writer = Writer::<ConfigMap>::new()
         .with_buffer(2)
         .with_metrics(&metrics, "config");
-    let mut named = writer.subscribe().with_metrics("slow");
+    let mut named = writer.subscribe().with_name("slow");
     let _unnamed = writer.subscribe();
     writer.apply(Event::Init);
     writer.apply(Event::InitDone);

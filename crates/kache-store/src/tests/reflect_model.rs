@@ -183,7 +183,7 @@ impl Harness {
     fn check_store(&self) -> Result<(), TestCaseError> {
         let source = self.source.lock().unwrap();
         prop_assert_eq!(stored_versions(&self.store), source.model.versions());
-        prop_assert_eq!(self.store.is_ready(), source.model.ready);
+        prop_assert_eq!(self.store.is_synced(), source.model.ready);
         Ok(())
     }
 

@@ -101,7 +101,7 @@ fn restore_refused(file: &SnapshotFile) -> Rejected {
         .restore_unverified(file)
         .expect_err("the snapshot must be refused");
     let store = writer.as_reader();
-    assert!(store.is_empty() && !store.is_ready() && !store.health().replaying);
+    assert!(store.is_empty() && !store.is_synced() && !store.health().replaying);
     assert_eq!(store.resource_version(), None);
     rejection(&err).clone()
 }
@@ -118,7 +118,10 @@ fn a_restored_snapshot_is_the_first_generation_with_its_version_and_indexes() {
     let mut writer = Writer::<ConfigMap>::new().with_index("app", app);
     let store = writer.as_reader();
     let mut subscriber = store.subscribe();
-    let restored = writer.restore_unverified(&file).unwrap();
+    let restored = writer
+        .restore_unverified(&file)
+        .unwrap()
+        .expect("a snapshot");
     assert_eq!(
         (restored.objects, restored.resource_version.as_str()),
         (50, "55")
@@ -127,7 +130,7 @@ fn a_restored_snapshot_is_the_first_generation_with_its_version_and_indexes() {
         restored.resume(Config::default()).resume_from.as_deref(),
         Some("55")
     );
-    assert!(store.is_ready());
+    assert!(store.is_synced());
     assert_eq!(store.resource_version().as_deref(), Some("55"));
     assert_eq!(store.len(), 50);
     assert_eq!(
@@ -165,7 +168,10 @@ fn a_relist_after_a_restore_keeps_the_restored_copy_of_each_unchanged_object() {
     file.save(&synced(3).as_reader()).unwrap();
     let mut writer = Writer::<ConfigMap>::new();
     let store = writer.as_reader();
-    writer.restore_unverified(&file).unwrap();
+    writer
+        .restore_unverified(&file)
+        .unwrap()
+        .expect("a snapshot");
     let before = store.get(Some("ns"), "cm-0").unwrap();
     writer.apply(Event::Init);
     writer.apply(Event::InitApply(cm("cm-0", 1)));
@@ -189,7 +195,10 @@ fn the_first_list_after_a_restore_replaces_the_snapshots_version() {
     file.save(&ahead.as_reader()).unwrap();
     let mut writer = Writer::<ConfigMap>::new();
     let store = writer.as_reader();
-    writer.restore_unverified(&file).unwrap();
+    writer
+        .restore_unverified(&file)
+        .unwrap()
+        .expect("a snapshot");
     assert_eq!(store.resource_version().as_deref(), Some("1000000"));
     writer.apply(Event::Init);
     writer.apply(Event::InitApply(cm("cm-0", 1)));
@@ -213,7 +222,10 @@ fn a_snapshot_taken_during_a_relist_is_the_generation_readers_see() {
     let saved = file.save(&writer.as_reader()).unwrap();
     assert_eq!((saved.objects, saved.resource_version.as_str()), (3, "8"));
     let mut restored = Writer::<ConfigMap>::new();
-    restored.restore_unverified(&file).unwrap();
+    restored
+        .restore_unverified(&file)
+        .unwrap()
+        .expect("a snapshot");
     assert!(restored.as_reader().get(Some("ns"), "cm-9").is_none());
 }
 
@@ -246,12 +258,15 @@ fn the_file_is_readable_by_its_owner_only_and_leaves_no_temporary_file() {
 }
 
 #[test]
-fn a_missing_snapshot_is_a_cold_start() {
+fn a_missing_snapshot_is_a_cold_start_without_an_error() {
     let dir = TempDir::new("missing");
+    let mut writer = Writer::<ConfigMap>::new();
     assert_eq!(
-        restore_refused(&file_at(&dir.path("none"))),
-        Rejected::Missing
+        writer.restore_unverified(&file_at(&dir.path("none"))),
+        Ok(None)
     );
+    let store = writer.as_reader();
+    assert!(store.is_empty() && !store.is_synced() && !store.health().replaying);
 }
 
 #[test]
@@ -299,7 +314,13 @@ fn a_foreign_file_or_format_version_is_a_cold_start() {
     let mut bytes = std::fs::read(file.path()).unwrap();
     bytes[8..12].copy_from_slice(&1_u32.to_le_bytes());
     std::fs::write(file.path(), &bytes).unwrap();
-    assert_eq!(restore_refused(&file), Rejected::FormatVersion { found: 1 });
+    assert_eq!(
+        restore_refused(&file),
+        Rejected::FormatVersion {
+            found: 1,
+            supported: crate::SNAPSHOT_FORMAT_VERSION,
+        }
+    );
 }
 
 #[test]
@@ -367,7 +388,11 @@ fn a_crash_between_the_write_and_the_rename_leaves_the_old_snapshot_in_use() {
     .unwrap();
     let mut writer = Writer::<ConfigMap>::new();
     assert_eq!(
-        writer.restore_unverified(&file_at(&path)).unwrap().objects,
+        writer
+            .restore_unverified(&file_at(&path))
+            .unwrap()
+            .expect("a snapshot")
+            .objects,
         2
     );
 }
@@ -458,7 +483,14 @@ fn a_writer_dropped_cleanly_saves_its_store() {
     let writer = synced(4).save_on_drop(file.clone());
     drop(writer);
     let mut restored = Writer::<ConfigMap>::new();
-    assert_eq!(restored.restore_unverified(&file).unwrap().objects, 4);
+    assert_eq!(
+        restored
+            .restore_unverified(&file)
+            .unwrap()
+            .expect("a snapshot")
+            .objects,
+        4
+    );
 }
 
 #[tokio::test]
@@ -472,7 +504,10 @@ async fn periodic_saves_follow_changes_and_end_with_the_writer() {
     );
     let saved_objects = || {
         let mut w = Writer::<ConfigMap>::new();
-        w.restore_unverified(&file).map(|r| r.objects).ok()
+        w.restore_unverified(&file)
+            .ok()
+            .flatten()
+            .map(|r| r.objects)
     };
     for _ in 0..200 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -493,7 +528,10 @@ async fn periodic_saves_follow_changes_and_end_with_the_writer() {
     writer.apply_progress("99");
     let saved_version = || {
         let mut w = Writer::<ConfigMap>::new();
-        w.restore_unverified(&file).map(|r| r.resource_version).ok()
+        w.restore_unverified(&file)
+            .ok()
+            .flatten()
+            .map(|r| r.resource_version)
     };
     for _ in 0..200 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -727,7 +765,10 @@ where
     writer.apply(Event::InitDone);
     file.save(&writer.as_reader()).unwrap();
     let mut restored = Writer::<K>::new();
-    restored.restore_unverified(file).unwrap();
+    restored
+        .restore_unverified(file)
+        .unwrap()
+        .expect("a snapshot");
     restored.as_reader()
 }
 

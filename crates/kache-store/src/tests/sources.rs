@@ -272,7 +272,7 @@ impl Harness {
                 ),
             }
         }
-        assert_eq!(self.store.is_ready(), self.ready);
+        assert_eq!(self.store.is_synced(), self.ready);
         for (label, name) in LABELS.iter().enumerate() {
             let indexed: BTreeSet<usize> = self
                 .store
@@ -304,7 +304,7 @@ impl Harness {
                 Event::InitDone => {}
             }
         }
-        if self.store.is_ready() {
+        if self.store.is_synced() {
             let stored: BTreeMap<String, String> = stored
                 .iter()
                 .map(|(k, rv)| (format!("k{k}"), rv.to_string()))
@@ -381,7 +381,7 @@ fn a_relist_never_removes_what_another_source_holds() {
     h.step(&Op::Toggle(1));
     h.step(&Op::Change(0, Some(1))); // y: both hold it
     h.drain();
-    assert!(h.store.is_ready());
+    assert!(h.store.is_synced());
     // s0 relists while the object has moved to z: s0's list lacks it, s1 still holds it.
     h.step(&Op::Change(0, Some(2)));
     h.step(&Op::Deliver(1, 1));
@@ -414,8 +414,8 @@ async fn reflector_adds_and_removes_sources_at_runtime() {
     let task = tokio::spawn(reflector.collect::<Vec<_>>());
     let (a_tx, a) = channel();
     let (b_tx, b) = channel();
-    set.add("a", a);
-    set.add("b", b);
+    assert!(set.add("a", a));
+    assert!(set.add("b", b));
     for event in [
         Event::Init,
         Event::InitApply(cm(0, 1, 0)),
@@ -425,18 +425,25 @@ async fn reflector_adds_and_removes_sources_at_runtime() {
         a_tx.send(Ok(event)).unwrap();
     }
     set.wait_synced("a").await.unwrap();
-    assert!(!store.is_ready(), "b has not synced");
+    assert!(!store.is_synced(), "b has not synced");
     assert_eq!(store.len(), 2);
     for event in [Event::Init, Event::InitApply(cm(1, 2, 1)), Event::InitDone] {
         b_tx.send(Ok(event)).unwrap();
     }
-    store.wait_until_ready().await.unwrap();
-    assert_eq!(set.synced().len(), 2);
+    store.wait_synced().await.unwrap();
+    assert!(set.is_synced("a") && set.is_synced("b"));
+    let mut names = set.names();
+    names.sort();
+    assert_eq!(
+        names,
+        [std::sync::Arc::from("a"), std::sync::Arc::from("b")]
+    );
 
     // A live change from one source, then `a` goes: only what `a` alone held leaves.
     b_tx.send(Ok(Event::Apply(cm(2, 3, 2)))).unwrap();
     let changes = store.subscribe();
-    set.remove("a");
+    assert!(set.remove("a"));
+    assert!(!set.remove("a"), "gone already");
     let mut changes = std::pin::pin!(changes.skip_while(|event| {
         let snapshot = !matches!(event, Event::Delete(_));
         async move { snapshot }

@@ -127,7 +127,7 @@ fn subscriber_before_ready_gets_the_first_sync() {
     writer.apply(Event::InitDone);
     assert_eq!(drain(&mut sub).0, ["Init", "InitApply(a)@2", "InitDone"]);
     assert!(handle.is_synced());
-    assert_eq!(handle.synced().now_or_never(), Some(Ok(())));
+    assert_eq!(handle.wait_synced().now_or_never(), Some(Ok(())));
 }
 
 #[test]
@@ -338,7 +338,7 @@ async fn lagging_subscribers_replay_equals_the_store_after_a_flood() {
         std::iter::once(event).chain(relist.into_iter().flatten())
     });
     for handle in &late_handles {
-        tokio::time::timeout(std::time::Duration::from_secs(60), handle.synced())
+        tokio::time::timeout(std::time::Duration::from_secs(60), handle.wait_synced())
             .await
             .expect("late subscribers take their first snapshot")
             .expect("they are alive");
@@ -533,7 +533,7 @@ fn subscriber_ends_if_writer_dropped_before_ready() {
     assert_eq!(drain(&mut sub), (vec![], true));
     drop(sub);
     assert_eq!(
-        handle.synced().now_or_never(),
+        handle.wait_synced().now_or_never(),
         Some(Err(Error::SubscriberDropped))
     );
 }

@@ -195,7 +195,7 @@ fn init_done_without_relist_keeps_objects_and_marks_ready() {
     assert_eq!(names(store.state()), ["a"]);
     let (store, mut writer) = crate::store::<ConfigMap>();
     writer.apply(Event::InitDone);
-    assert!(store.is_ready());
+    assert!(store.is_synced());
 }
 
 #[test]
@@ -230,40 +230,40 @@ fn readiness_flips_once_at_first_init_done() {
     let (store, mut writer) = store();
     writer.apply(Event::Apply(cm(Some("ns"), "a", 1)));
     writer.apply(Event::Init);
-    assert!(!store.is_ready());
+    assert!(!store.is_synced());
     writer.apply(Event::InitDone);
-    assert!(store.is_ready());
+    assert!(store.is_synced());
     writer.apply(Event::Init);
     assert!(
-        store.is_ready(),
+        store.is_synced(),
         "an unfinished relist does not make the store unready"
     );
 }
 
 #[tokio::test]
-async fn wait_until_ready_resolves_at_first_init_done() {
+async fn wait_synced_resolves_at_first_init_done() {
     let (store, mut writer) = store::<ConfigMap>();
-    let mut wait = Box::pin(store.wait_until_ready());
+    let mut wait = Box::pin(store.wait_synced());
     assert!((&mut wait).now_or_never().is_none());
     writer.apply(Event::Init);
     assert!((&mut wait).now_or_never().is_none());
     writer.apply(Event::InitDone);
     assert_eq!(wait.now_or_never(), Some(Ok(())));
     drop(writer);
-    assert_eq!(store.wait_until_ready().now_or_never(), Some(Ok(())));
+    assert_eq!(store.wait_synced().now_or_never(), Some(Ok(())));
 }
 
 #[tokio::test]
-async fn wait_until_ready_fails_when_writer_dropped_first() {
+async fn wait_synced_fails_when_writer_dropped_first() {
     let (store, writer) = store::<ConfigMap>();
     let wait = tokio::spawn({
         let store = store.clone();
-        async move { store.wait_until_ready().await }
+        async move { store.wait_synced().await }
     });
     drop(writer);
     let result = tokio::time::timeout(std::time::Duration::from_secs(10), wait)
         .await
-        .expect("wait_until_ready must not hang")
+        .expect("wait_synced must not hang")
         .expect("task must not panic");
     assert_eq!(result, Err(Error::WriterDropped));
 }
@@ -555,5 +555,5 @@ async fn reflect_applies_events_and_passes_errors_through() {
         panic!("second item must be InitApply");
     };
     assert!(Arc::ptr_eq(obj, &store.get(Some("ns"), "a").unwrap()));
-    assert!(store.is_ready());
+    assert!(store.is_synced());
 }

@@ -152,7 +152,7 @@ impl Scenario {
                 (self.always)(&contents),
                 "store after {seen:?}: {contents:?}"
             );
-            assert_eq!(store.is_ready(), synced, "ready after {seen:?}");
+            assert_eq!(store.is_synced(), synced, "ready after {seen:?}");
             // The subscriber follows as it goes, so it hears every change, not just the end.
             while let Some(Some(event)) = subscriber.next().now_or_never() {
                 if let Event::Delete(cm) = &event {
@@ -169,7 +169,7 @@ impl Scenario {
             .map(|(name, rv)| ((*name).to_owned(), (*rv).to_owned()))
             .collect();
         assert_eq!(contents(&store), expected);
-        assert!(store.is_ready());
+        assert!(store.is_synced());
         assert_eq!(
             view.versions(),
             stored_versions(&store),

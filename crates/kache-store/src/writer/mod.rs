@@ -8,6 +8,8 @@ use kache_watch::Event;
 use kube_client::Resource;
 use tracing::{debug, trace, warn};
 
+mod restore;
+
 use crate::fanout::{self, Msg, Publisher};
 use crate::index::{IndexFn, IndexFns, ObjectMap, build_postings};
 use crate::key::ObjectKey;
@@ -45,7 +47,7 @@ where
 ///
 /// There is one writer per store, so a relist from one event stream can never interleave
 /// with another's. Dropping the writer ends subscriber streams and makes a pending
-/// [`Store::wait_until_ready`] fail.
+/// [`Store::wait_synced`] fail.
 ///
 /// # User code
 ///
@@ -133,7 +135,7 @@ where
     ///
     /// let writer = Writer::<ConfigMap>::new();
     /// let store = writer.as_reader();
-    /// assert!(store.is_empty() && !store.is_ready());
+    /// assert!(store.is_empty() && !store.is_synced());
     /// ```
     #[must_use]
     pub fn new() -> Self {
@@ -222,7 +224,7 @@ where
     /// let other = store.clone(); // every clone reads the same store
     /// writer.apply(Event::Init);
     /// writer.apply(Event::InitDone);
-    /// assert!(store.is_ready() && other.is_ready());
+    /// assert!(store.is_synced() && other.is_synced());
     /// ```
     #[must_use]
     pub fn as_reader(&self) -> Store<K> {
@@ -269,6 +271,22 @@ where
     pub fn with_name(self, name: &str) -> Self {
         self.shared.health.set_name(name);
         self
+    }
+
+    /// Reports this cache's metrics through `metrics`, with `name` as the `cache` label (and
+    /// as the cache's name in its health and logs, as [`Writer::with_name`]). A name another
+    /// live cache already has gets a suffix (`-2`), with a warning, so that no two caches
+    /// share a series.
+    ///
+    /// The counters run from the writer's creation, whenever this is called.
+    #[cfg(feature = "metrics")]
+    #[must_use]
+    pub fn with_metrics(self, metrics: &crate::metrics::Metrics, name: &str) -> Self {
+        // `Weak<Shared<K>>` to `Weak<dyn Probe>`: the collector reads any kind of cache.
+        let probe: std::sync::Weak<dyn crate::metrics::Probe> =
+            Arc::downgrade(&self.shared) as std::sync::Weak<dyn crate::metrics::Probe>;
+        let name = metrics.attach(probe, name);
+        self.with_name(&name)
     }
 
     /// Registers an index: `index` returns the values under which an object is found by
@@ -776,7 +794,7 @@ where
             // Wakes subscribers waiting for the first sync.
             self.publisher.publish(Msg::many(seq, Vec::new()));
         }
-        // Wakes `wait_until_ready`, which waits through the waiters like every other wait.
+        // Wakes `wait_synced`, which waits through the waiters like every other wait.
         self.shared.waiters.wake();
     }
 
