@@ -238,7 +238,9 @@ on_each_server! {
         eventually("a bookmark to pass the write outside the selector", || async {
             store
                 .resource_version()
-                .and_then(|rv| rv.parse::<u64>().ok())
+                .ok()
+                .flatten()
+                .and_then(|rv| rv.as_u64())
                 .is_some_and(|rv| rv >= outside)
         })
         .await;

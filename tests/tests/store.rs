@@ -62,7 +62,7 @@ on_each_server_and_wire! {
             "the index follows a label change"
         );
         assert_eq!(store.by_index("tier", "a").unwrap().len(), 48);
-        assert!(store.resource_version().is_some());
+        assert!(matches!(store.resource_version(), Ok(Some(_))));
         drop(reflector);
     }
 }

@@ -565,7 +565,7 @@ on_each_server! {
         let kinds = log.kinds();
         assert_eq!(kinds[0], "WATCH", "{kinds:?}");
         assert!(kinds.iter().any(|k| *k == "LIST" || *k == "STREAM"), "{kinds:?}");
-        let version: u64 = store.resource_version().unwrap().parse().unwrap();
+        let version = store.resource_version().unwrap().unwrap().as_u64().unwrap();
         assert!(version < listed + 1_000_000, "the list's version is the store's");
     }
 }

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use kache_watch::{Activity, ErrorClass, Event};
+use kache_watch::plumbing::Activity;
+use kache_watch::{ErrorClass, Event};
 use parking_lot::Mutex;
 
 use crate::wait::{Handover, Stats};

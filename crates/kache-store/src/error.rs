@@ -172,7 +172,7 @@ pub enum Rejected {
 }
 
 /// An I/O error, kept comparable and cloneable (its kind and message) so that
-/// [`Error`] stays `Clone + Eq`.
+/// [`Error`](enum@Error) stays `Clone + Eq`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IoError {
     /// The kind of the original error.

@@ -127,17 +127,17 @@
 //! server by the watch latency, and may miss deletes while the watch is down until the next
 //! relist repairs it. Act on it as a cache; re-check with the API server when it matters.
 //!
-//! **Reading your own writes.** The store knows how far it has reached: [`Store::version`]
+//! **Reading your own writes.** The store knows how far it has reached: [`Store::resource_version`]
 //! is the newest resourceVersion such that every read sees every change up to it. It
 //! advances, under the same lock as the change, with each `Apply` and `Delete` and each
 //! completed relist, and with each bookmark the watcher reports to
-//! [`reflect`](ReflectExt::reflect) (bookmarks are not events: `kache_watch::Progress` says
+//! [`reflect`](ReflectExt::reflect) (bookmarks are not events: `kache_watch::plumbing::Progress` says
 //! how they travel, and why). It never goes back (save once: the first list after a
 //! [`Writer::restore`] replaces the snapshot's version), and it stands still while a relist is
 //! being built, since readers still see the previous generation. After a create, update or
 //! patch returns an object, [`Store::wait_for`] resolves once every later read sees that
 //! object at its version or a newer one: as soon as the store holds that object at that
-//! version or newer (it never puts back an older copy), or once [`Store::version`] passes it,
+//! version or newer (it never puts back an older copy), or once [`Store::resource_version`] passes it,
 //! so a quiet source of a store fed by several does not hold it back.
 //! [`Store::wait_for_version`] takes a bare version and waits for the store-wide version,
 //! [`Store::wait_for_all`] several writes, [`Store::wait_for_deletion`] a delete. A
@@ -190,8 +190,27 @@
 //! buffered for it and then ends; a pending [`Store::wait_synced`], and any wait for a
 //! write the store has not reached, fails with [`Error::WriterDropped`]; stores keep serving
 //! the last generation.
+//!
+//! # Vocabulary
+//!
+//! One word for one idea, in every type of this crate:
+//!
+//! | word | means | where |
+//! |---|---|---|
+//! | **synced** | has completed a first list: holds a whole state of the server | [`Store::is_synced`], [`Subscriber::is_synced`] (has yielded its first snapshot), [`Sources::is_synced`] and [`SourceSet::is_synced`] (one source), [`Health::synced`] |
+//! | `wait_synced` | waits until synced | [`Store::wait_synced`] (and [`Store::wait_synced_or_fail`], which also fails once the watch is refused or stopped), [`SubscriberHandle::wait_synced`], [`SourceSet::wait_synced`] |
+//! | **ready** | what a readiness probe answers: synced, and the watch neither refused nor stopped | [`Health::is_ready`] only |
+//! | **resource version** | how far a store has reached, as a [`ResourceVersion`] | [`Store::resource_version`]; the waits [`Store::wait_for_version`] and friends |
+//! | `with_name` | names a cache or a subscriber in logs, health and metrics | [`Writer::with_name`], `Subscriber::with_name` |
+//! | `with_metrics` | reports a cache on a `Metrics` collector, under a name | `Writer::with_metrics` |
+//! | `add` / `remove` | change a set; `false` when there was nothing to change | [`Sources::add`], [`SourceSet::add`], and their `remove` |
+//! | `restore` | `Ok(None)` when there is no snapshot yet (a first start), an error when one is refused | [`Writer::restore`] |
+//!
+//! (`Subscriber::with_name`, `Writer::with_metrics` and `Metrics` come with the `metrics`
+//! feature.)
 
-// The modules form layers without an import cycle: see the `architecture` module.
+// The modules form layers without an import cycle (tests/tests/module_cycles.rs checks it):
+// see the `architecture` module.
 #[cfg(feature = "metrics")]
 mod counters;
 mod error;

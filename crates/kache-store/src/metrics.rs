@@ -22,8 +22,8 @@ use crate::shared::Shared;
 /// The metrics of every cache attached to it, as one `prometheus-client` collector.
 ///
 /// Create one per registry with [`Metrics::new`], attach each cache with
-/// [`Writer::with_metrics`] (its name becomes the `cache` label) and, for per-subscriber
-/// figures, name subscribers with [`Subscriber::with_name`]. Cheap to clone; clones share
+/// [`Writer::with_metrics`](crate::Writer::with_metrics) (its name becomes the `cache` label) and, for per-subscriber
+/// figures, name subscribers with [`Subscriber::with_name`](crate::Subscriber::with_name). Cheap to clone; clones share
 /// the caches. Every metric is listed in the README and `docs/observability.md`.
 ///
 /// ```

@@ -6,7 +6,8 @@
 use std::any::Any;
 use std::time::Instant;
 
-use kache_watch::{Activity, ErrorClass};
+use kache_watch::ErrorClass;
+use kache_watch::plumbing::Activity;
 use kube_client::Resource;
 use tracing::{debug, info, warn};
 

@@ -5,14 +5,14 @@
 //! (`futures::stream::select`, the way kube-runtime users watch several namespaces) break
 //! both at once, silently: each stream's list replaces the other's objects, and each stream's
 //! bookmarks claim a version the other has not delivered. kache-watch names the stream behind
-//! each poll, item and point ([`kache_watch::StreamId`]); the reflectors check that one stream
+//! each poll, item and point (`kache_watch::plumbing::StreamId`); the reflectors check that one stream
 //! feeds each store (and each source of a [`Sources`](crate::Sources) store) and stop, with an
 //! error in the log and in [`Health::stopped`](crate::Health::stopped), at the first poll that
 //! drives two watchers (a `select` does from its first poll on, before anything is applied), or
 //! at the first item or point of a second one. Watching several namespaces or selectors into one store is what
 //! `Sources` is for.
 
-use kache_watch::{Progress, ProgressScope, StreamId};
+use kache_watch::plumbing::{Progress, ProgressScope, StreamId};
 
 /// The watch stream that feeds one store or source, once it has been seen.
 #[derive(Debug, Default)]

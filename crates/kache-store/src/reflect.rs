@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use futures::Stream;
-use kache_watch::{Event, Progress, ProgressScope};
+use kache_watch::Event;
+use kache_watch::plumbing::{Progress, ProgressScope};
 use kube_client::Resource;
 use pin_project_lite::pin_project;
 
@@ -17,9 +18,9 @@ pin_project! {
     /// with its object shared with the store. Errors pass through untouched.
     ///
     /// It also applies the points the watcher reports without an event (bookmarks, completed
-    /// lists; see [`kache_watch::Progress`]) with [`Writer::apply_progress`], once it has
+    /// lists; see `kache_watch::plumbing::Progress`) with [`Writer::apply_progress`], once it has
     /// applied every event the watcher yielded before each point. So the store's
-    /// [`version`](crate::Store::version) advances with bookmarks when the watcher is polled
+    /// [`resource_version`](crate::Store::resource_version) advances with bookmarks when the watcher is polled
     /// through this stream, directly or through adapters that pass its items on one for one
     /// (backoff, `modify`, `map_ok`). An adapter that drops items only stops the bookmarks
     /// from counting; one that adds `Ok` items of its own must not sit in between.

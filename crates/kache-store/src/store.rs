@@ -275,32 +275,6 @@ impl<K> Store<K> {
         self.shared.wait_synced().await
     }
 
-    /// The newest resourceVersion the store reflects, as the server wrote it: see
-    /// [`Store::version`]. For a server whose versions are not comparable, the last version
-    /// seen. `None` until the store has seen one.
-    ///
-    /// ```
-    /// use k8s_openapi::api::core::v1::ConfigMap;
-    /// use kache_store::{Event, Writer};
-    ///
-    /// let mut writer = Writer::<ConfigMap>::new();
-    /// let store = writer.as_reader();
-    /// assert_eq!(store.resource_version(), None);
-    /// let mut cm = ConfigMap::default();
-    /// cm.metadata.name = Some("a".into());
-    /// cm.metadata.resource_version = Some("42".into());
-    /// writer.apply(Event::Apply(cm));
-    /// assert_eq!(store.resource_version().as_deref(), Some("42"));
-    /// ```
-    #[must_use]
-    pub fn resource_version(&self) -> Option<String> {
-        self.shared
-            .state
-            .read()
-            .version
-            .to_resource_version_string()
-    }
-
     /// The newest resourceVersion the store reflects: every read from now on sees every
     /// change up to it. `None` until the store has seen one.
     ///
@@ -316,13 +290,15 @@ impl<K> Store<K> {
     ///
     /// let mut writer = Writer::<ConfigMap>::new();
     /// let store = writer.as_reader();
-    /// assert_eq!(store.version(), Ok(None));
+    /// assert_eq!(store.resource_version(), Ok(None));
     /// let mut cm = ConfigMap::default();
     /// cm.metadata.name = Some("a".into());
     /// cm.metadata.resource_version = Some("42".into());
     /// writer.apply(Event::Apply(cm));
     /// writer.apply_progress("50"); // a bookmark: no object changed up to 50
-    /// assert_eq!(store.version(), Ok(Some(ResourceVersion::parse("50")?)));
+    /// assert_eq!(store.resource_version(), Ok(Some(ResourceVersion::parse("50")?)));
+    /// // As the server wrote it:
+    /// assert_eq!(store.resource_version()?.map(|v| v.to_string()).as_deref(), Some("50"));
     /// # Ok::<(), kache_store::Error>(())
     /// ```
     ///
@@ -330,7 +306,7 @@ impl<K> Store<K> {
     ///
     /// [`Error::NotComparable`] once the store has seen a version that is not comparable:
     /// the server's versions cannot be ordered, so how far the store has reached is unknown.
-    pub fn version(&self) -> Result<Option<ResourceVersion>> {
+    pub fn resource_version(&self) -> Result<Option<ResourceVersion>> {
         self.shared
             .state
             .read()
@@ -589,7 +565,7 @@ impl<K: Resource> Store<K> {
     /// returned) at its version or a newer one.
     ///
     /// It resolves as soon as the store holds that object (same uid) at that version or a
-    /// newer one, or once the store-wide [`version`](Store::version) passes it: whichever
+    /// newer one, or once the store-wide [`resource_version`](Store::resource_version) passes it: whichever
     /// comes first. So in a store fed by several sources it waits for the watch that carries
     /// the write, not for a bookmark of the quietest source. A store never puts back an older
     /// copy of an object it holds, so every later read keeps seeing the write or a newer one.

@@ -54,7 +54,7 @@ async fn a_bookmark_advances_the_store_with_no_object_change() {
         .await
         .expect("the bookmark passes it")
         .unwrap();
-    assert_eq!(store.version(), Ok(Some(rv("20"))));
+    assert_eq!(store.resource_version(), Ok(Some(rv("20"))));
     assert_eq!(store.len(), 1);
     let a = store.get(Some("ns"), "a").unwrap();
     assert_eq!(a.metadata.resource_version.as_deref(), Some("1"));
@@ -94,7 +94,7 @@ async fn a_point_waits_for_the_events_an_adapter_holds_back() {
         c.await.is_err(),
         "the store claimed a version it does not show"
     );
-    assert_eq!(store.version(), Ok(Some(rv("15"))));
+    assert_eq!(store.resource_version(), Ok(Some(rv("15"))));
     assert!(store.get(Some("ns"), "c").is_none());
     task.abort();
 }

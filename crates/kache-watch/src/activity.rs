@@ -14,7 +14,7 @@ use std::cell::Cell;
 ///
 /// ```
 /// // Nothing happens outside a watcher, so this poll saw no activity.
-/// let (value, activity) = kache_watch::observe_activity(|| 42);
+/// let (value, activity) = kache_watch::plumbing::observe_activity(|| 42);
 /// assert_eq!(value, 42);
 /// assert!(activity.is_empty());
 /// ```
@@ -44,7 +44,7 @@ impl Activity {
     /// poll's item where the caller wants it, with no closure in between.
     ///
     /// ```
-    /// use kache_watch::Activity;
+    /// use kache_watch::plumbing::Activity;
     ///
     /// let before = Activity::so_far();
     /// // ... poll a watch stream ...

@@ -86,7 +86,6 @@ mod server;
 mod shard;
 mod watcher;
 
-pub use activity::{Activity, observe_activity};
 pub use backoff::{Backoff, StreamBackoff};
 pub use class::ErrorClass;
 pub use config::{Config, InitialListStrategy};
@@ -95,12 +94,21 @@ pub use error::ProtoError;
 pub use error::{Error, Result};
 pub use event::Event;
 pub use ext::WatchStreamExt;
-pub use progress::{Progress, ProgressScope, StreamId, observe_progress};
 pub use server::{ServerPoint, cluster_uid, server_point};
 pub use shard::{Shard, ShardRange, uid_hash};
 #[cfg(feature = "protobuf")]
 pub use watcher::{Proto, ProtoObject, ProtoScope, protobuf_watcher};
 pub use watcher::{metadata_watcher, server_shards, watch_object, watcher};
+
+/// How a watcher reports to the cache it feeds, beside its items: the progress points it
+/// reaches (bookmarks, the ends of lists) and the requests it makes. kache-store reads them
+/// around each poll of a watcher's stream; they are not for applications and may change in
+/// any release.
+#[doc(hidden)]
+pub mod plumbing {
+    pub use crate::activity::{Activity, observe_activity};
+    pub use crate::progress::{Progress, ProgressScope, StreamId, observe_progress};
+}
 
 /// Re-exported so users can name `PartialObjectMeta` without a direct kube dependency.
 pub use kube_client::core::PartialObjectMeta;

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 ///
 /// ```
 /// // Nothing reports outside a watcher, so this poll reached no point.
-/// let (value, reached) = kache_watch::observe_progress(|| 42);
+/// let (value, reached) = kache_watch::plumbing::observe_progress(|| 42);
 /// assert_eq!(value, 42);
 /// assert_eq!(reached, None);
 /// ```
@@ -127,7 +127,7 @@ pub fn observe_progress<R>(poll: impl FnOnce() -> R) -> (R, Option<Progress>) {
 /// use std::task::{Context, Poll, Waker};
 ///
 /// use futures::{StreamExt, stream};
-/// use kache_watch::ProgressScope;
+/// use kache_watch::plumbing::ProgressScope;
 ///
 /// let mut events = stream::iter([1, 2]);
 /// let mut cx = Context::from_waker(Waker::noop());

@@ -13,7 +13,8 @@ use std::{pin::Pin, time::Duration};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_testenv::scripted::{End, Reply, Scripted, bookmark, cm, event, list};
-use kache_watch::{Config, Error, Event, InitialListStrategy, Progress, observe_progress, watcher};
+use kache_watch::plumbing::{Progress, observe_progress};
+use kache_watch::{Config, Error, Event, InitialListStrategy, watcher};
 use kube_client::Api;
 
 type Events = Pin<Box<dyn Stream<Item = Result<Event<ConfigMap>, Error>> + Send>>;

@@ -141,7 +141,7 @@ pub struct Saved {
     pub duration: Duration,
 }
 
-/// A snapshot that [`Writer::restore`] made the store's first generation.
+/// A snapshot that [`Writer::restore`](crate::Writer::restore) made the store's first generation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Restored {

@@ -60,7 +60,7 @@ impl<K> Default for Source<K> {
 ///   subscribers hear those deletes.
 /// - The store becomes ready once every source added so far has synced; later sources do not
 ///   make it unready. [`Sources::is_synced`] tells one source's state.
-/// - [`Store::version`] is the point every synced source has reached (the lowest): a wait for
+/// - [`Store::resource_version`] is the point every synced source has reached (the lowest): a wait for
 ///   a write resolves once each source has passed it. A source that is quiet passes it only
 ///   with a bookmark (about once a minute on current servers), so with several sources a
 ///   read-your-writes wait can take that long.

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use futures::Stream;
-use kache_watch::{Event, Progress, ProgressScope};
+use kache_watch::Event;
+use kache_watch::plumbing::{Progress, ProgressScope};
 use kube_client::Resource;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};

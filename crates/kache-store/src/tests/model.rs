@@ -214,7 +214,7 @@ fn check_asking(
     prop_assert_eq!(store.is_empty(), model.visible.is_empty());
     prop_assert_eq!(store.is_synced(), model.ready);
     let reached = (model.reached > 0).then(|| ResourceVersion::parse(&model.reached.to_string()));
-    prop_assert_eq!(store.version(), reached.transpose());
+    prop_assert_eq!(store.resource_version(), reached.transpose());
     for ns in NAMESPACES.iter().flatten().filter(|_| by_namespace) {
         let want: BTreeSet<Obj> = expected
             .iter()

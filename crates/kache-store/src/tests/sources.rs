@@ -345,7 +345,7 @@ proptest! {
             .collect();
         prop_assert_eq!(h.stored(), expected, "caught up: the cluster's selection, once each");
         if !present.is_empty() && h.rv > 0 {
-            let version = h.store.version().unwrap();
+            let version = h.store.resource_version().unwrap();
             prop_assert_eq!(version, ResourceVersion::parse(&h.rv.to_string()).ok());
         }
     }
@@ -476,7 +476,7 @@ fn the_version_is_the_lowest_point_the_sources_have_reached() {
         sources.apply(name, Event::InitApply(cm(usize::from(name == "b"), rv, 0)));
         sources.apply(name, Event::InitDone);
     }
-    let version = |store: &Store<ConfigMap>| store.version().unwrap().unwrap().as_u64();
+    let version = |store: &Store<ConfigMap>| store.resource_version().unwrap().unwrap().as_u64();
     assert_eq!(version(&store), Some(5));
     // A write at 8 seen by `a` is not yet a version every read reflects: `b` is at 5.
     let written = cm(0, 8, 1);

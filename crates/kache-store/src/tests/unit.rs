@@ -94,7 +94,10 @@ fn delete_removes_object_and_unknown_delete_is_harmless() {
     writer.apply(Event::Delete(cm(Some("ns"), "a", 3)));
     assert!(store.is_empty());
     assert!(store.by_namespace("ns").is_empty());
-    assert_eq!(store.resource_version().as_deref(), Some("3"));
+    assert_eq!(
+        store.resource_version(),
+        crate::ResourceVersion::parse("3").map(Some)
+    );
 }
 
 #[test]
@@ -447,9 +450,15 @@ fn resource_version_after_relist_is_highest_listed() {
         &mut writer,
         [cm(Some("ns"), "a", 9), cm(Some("ns"), "b", 10)],
     );
-    assert_eq!(store.resource_version().as_deref(), Some("10"));
+    assert_eq!(
+        store.resource_version(),
+        crate::ResourceVersion::parse("10").map(Some)
+    );
     writer.apply(Event::Apply(cm(Some("ns"), "a", 11)));
-    assert_eq!(store.resource_version().as_deref(), Some("11"));
+    assert_eq!(
+        store.resource_version(),
+        crate::ResourceVersion::parse("11").map(Some)
+    );
 }
 
 /// An initial sync without a transform takes a path of its own (writer.rs, `buffer_object`):
@@ -492,13 +501,19 @@ fn an_initial_sync_stores_the_same_with_or_without_a_transform() {
         let expected: BTreeMap<String, String> =
             expected.map(|(k, v)| (k.to_owned(), v.to_owned())).into();
         assert_eq!(crate::testing::stored_versions(&store), expected);
-        assert_eq!(store.resource_version().as_deref(), Some("12"));
+        assert_eq!(
+            store.resource_version(),
+            crate::ResourceVersion::parse("12").map(Some)
+        );
         // A relist over the stored objects takes the other path, and reuses unchanged ones.
         let before = store.get(Some("ns"), "a").unwrap();
         relist(&mut writer, [cm(Some("ns"), "a", 9), cm(None, "b", 13)]);
         assert!(Arc::ptr_eq(&before, &store.get(Some("ns"), "a").unwrap()));
         assert_eq!(store.len(), 2);
-        assert_eq!(store.resource_version().as_deref(), Some("13"));
+        assert_eq!(
+            store.resource_version(),
+            crate::ResourceVersion::parse("13").map(Some)
+        );
     }
 }
 
@@ -514,7 +529,10 @@ fn an_initial_sync_with_a_version_not_comparable_is_opaque() {
         [cm(Some("ns"), "a", 5), odd, cm(Some("ns"), "c", 6)],
     );
     assert_eq!(store.len(), 3);
-    assert!(matches!(store.version(), Err(Error::NotComparable { .. })));
+    assert!(matches!(
+        store.resource_version(),
+        Err(Error::NotComparable { .. })
+    ));
 }
 
 #[test]

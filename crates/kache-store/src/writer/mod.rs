@@ -518,11 +518,11 @@ where
     /// (a bookmark), and wakes the tasks waiting for the store to get there.
     ///
     /// [`reflect`](crate::ReflectExt::reflect) calls this for every point the watcher reports
-    /// (see `kache_watch::Progress`); call it yourself only if you apply events by hand, and
+    /// (see `kache_watch::plumbing::Progress`); call it yourself only if you apply events by hand, and
     /// only once every event before that point has been applied: the store then claims that
     /// every read sees every change up to `resource_version`. During a relist the point is
     /// kept for the new generation. An empty version is ignored; one that is not comparable
-    /// makes [`Store::version`] fail from then on, as an object's would.
+    /// makes [`Store::resource_version`] fail from then on, as an object's would.
     ///
     /// ```
     /// use k8s_openapi::api::core::v1::ConfigMap;
@@ -533,7 +533,7 @@ where
     /// writer.apply(Event::Init);
     /// writer.apply(Event::InitDone);
     /// writer.apply_progress("50"); // a bookmark: nothing changed up to 50
-    /// assert_eq!(store.version(), Ok(Some(ResourceVersion::parse("50")?)));
+    /// assert_eq!(store.resource_version(), Ok(Some(ResourceVersion::parse("50")?)));
     /// # Ok::<(), kache_store::Error>(())
     /// ```
     pub fn apply_progress(&mut self, resource_version: &str) {
