@@ -30,6 +30,7 @@ lint:
 # kache-watch with and without `protobuf`.
 test:
     cargo test -p kache-watch -p kache-store
+    cargo test -p kache --features metrics,protobuf
     cargo test -p kache-watch --features protobuf
     cargo test -p kache-store --features metrics
 
@@ -44,10 +45,11 @@ test:
 package:
     #!/usr/bin/env bash
     set -euo pipefail
-    rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/kache-{watch,store,testenv}-*
+    rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/kache-{watch,store,testenv}-* \
+        "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/kache-0.*
     verify="${CARGO_TARGET_DIR:-target}/package-verify"
     rm -rf "$verify"
-    cargo package --allow-dirty --target-dir "$verify" -p kache-watch -p kache-store -p kache-testenv
+    cargo package --allow-dirty --target-dir "$verify" -p kache-watch -p kache-store -p kache-testenv -p kache
     rm -rf "$verify"
 
 # End-to-end and fault tests against both local control planes (provisioned on first use):
@@ -75,7 +77,8 @@ examples: control-plane
 doc:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
     K8S_OPENAPI_ENABLED_VERSION= RUSTDOCFLAGS="-D warnings" cargo doc --no-deps \
-        -p kache-watch -p kache-store -p kache-testenv --features k8s-openapi/latest,kache-watch/protobuf
+        -p kache-watch -p kache-store -p kache-testenv -p kache \
+        --features k8s-openapi/latest,kache-watch/protobuf,kache/metrics,kache/protobuf
 
 # Provision both control planes, each built once and then cached: etcd and kube-apiserver
 # v1.20.2 from Debian's source, and etcd 3.5 with the modern server from Debian sid's packages.

@@ -8,7 +8,7 @@ use std::cell::Cell;
 ///
 /// None of these is an [`Event`](crate::Event): a watch that resumes, or a bookmark, changes
 /// no object. They matter to whoever reports on a watch (kache-store's metrics count them).
-/// Like [`Progress`](crate::Progress), they reach the consumer whose poll drove the watcher
+/// Like [`Progress`](crate::plumbing::Progress), they reach the consumer whose poll drove the watcher
 /// to them: wrap a poll in [`observe_activity`]. A call nested in another is seen by both,
 /// since a watcher polled inside both polls feeds both consumers.
 ///

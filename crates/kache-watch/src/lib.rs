@@ -57,9 +57,10 @@
 //! # Progress without events
 //! Bookmarks and the resourceVersion of a completed list advance how far a watch has reached
 //! without any object changing. They are not [`Event`]s: the watcher reports them to the
-//! consumer that polls it, through [`observe_progress`] (or a [`ProgressScope`]); [`Progress`]
-//! says why. In the same way, [`observe_activity`] tells it which WATCH requests started or
-//! resumed and how many bookmarks arrived ([`Activity`]), for metrics.
+//! consumer that polls it, beside its items, and kache-store's reflectors ask for them (so a
+//! store's resource version moves with bookmarks). In the same way the reflectors learn which
+//! WATCH requests started or resumed and how many bookmarks arrived, for metrics. This is
+//! plumbing between the two crates, hidden from these docs.
 //!
 //! # Errors
 //! Every [`Error`] is yielded as an item and the stream continues: a LIST failure restarts the

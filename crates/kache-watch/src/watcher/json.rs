@@ -43,7 +43,7 @@ use crate::{Config, Error, Event, Result, Shard};
 /// point can no longer be trusted.
 ///
 /// Bookmarks, and the resourceVersion of each completed list, are not events: the watcher
-/// reports them to the consumer polling it, if that consumer asks (see [`Progress`](crate::Progress)).
+/// reports them to the consumer polling it, if that consumer asks (kache-store's reflectors do).
 ///
 /// ```no_run
 /// use futures::TryStreamExt;
