@@ -1,0 +1,515 @@
+//! The controller: triggers from kache stores, the queue, the reconciles and their fences.
+
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::{self, BoxStream, FuturesUnordered, SelectAll};
+use futures::{FutureExt, Stream, StreamExt};
+use kache_store::{Event, ObjectKey, Store};
+use kube_client::Resource;
+use kube_client::core::{ClusterResourceScope, NamespaceResourceScope};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::action::Action;
+use crate::config::Config;
+use crate::error::Error;
+use crate::fence::{self, FenceStore, Written};
+use crate::queue::{Outcome, Popped, Priority, Queue};
+
+/// What made a key due.
+enum Trigger {
+    Key(ObjectKey, Priority),
+    All(Priority),
+}
+
+/// What the error policy learns of a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retry {
+    /// This failure's number among the object's consecutive failures: 1 for the first; a
+    /// success resets it.
+    pub attempt: u32,
+    /// The object's backoff for this attempt (see [`Config::backoff`]):
+    /// `Action::requeue(retry.backoff)` retries with it.
+    pub backoff: Duration,
+}
+
+/// A reconcile loop over a kache [`Store`]: it subscribes to the store (and to the stores of
+/// related objects), runs a reconcile per changed object, and never runs two reconciles of one
+/// object at once. It makes no watch of its own: the stores may be shared with any other
+/// readers and controllers.
+///
+/// Its builder follows kube-runtime's `Controller`: [`owns`](Self::owns),
+/// [`watches`](Self::watches), [`reconcile_all_on`](Self::reconcile_all_on),
+/// [`graceful_shutdown_on`](Self::graceful_shutdown_on), [`run`](Self::run), with the same
+/// [`Action`]. See the crate's docs for the queue's rules and the fences.
+pub struct Controller<K> {
+    store: Store<K>,
+    config: Config,
+    triggers: Vec<BoxStream<'static, Trigger>>,
+    fence_stores: Vec<Arc<dyn FenceStore>>,
+    shutdown: Option<BoxFuture<'static, ()>>,
+}
+
+impl<K> fmt::Debug for Controller<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Controller")
+            .field("config", &self.config)
+            .field("triggers", &self.triggers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K> Controller<K>
+where
+    K: Resource + Send + Sync + 'static,
+{
+    /// A controller of the objects in `store`, which it subscribes to: every object is
+    /// reconciled once after the store's first sync (as background work), then on each change.
+    #[must_use]
+    pub fn new(store: Store<K>, config: Config) -> Self {
+        let triggers = store
+            .subscribe()
+            .filter_map(|event| {
+                futures::future::ready(match event {
+                    Event::InitApply(object) => Some(Trigger::Key(
+                        ObjectKey::from_object(&*object),
+                        Priority::Background,
+                    )),
+                    Event::Apply(object) => Some(Trigger::Key(
+                        ObjectKey::from_object(&*object),
+                        Priority::Live,
+                    )),
+                    // A deleted object is not reconciled (use a finalizer to act on deletes).
+                    Event::Delete(_) | Event::Init | Event::InitDone => None,
+                })
+            })
+            .boxed();
+        Self {
+            fence_stores: vec![Arc::new(store.clone())],
+            store,
+            config,
+            triggers: vec![triggers],
+            shutdown: None,
+        }
+    }
+
+    /// Reconciles the owner of each object of `store` that changes or is deleted: the object
+    /// its `ownerReferences` name with `controller: true` and this controller's kind. For
+    /// kinds known at compile time; see [`owns_with`](Self::owns_with) for dynamic ones.
+    #[must_use]
+    pub fn owns<C>(self, store: Store<C>) -> Self
+    where
+        C: Resource + Send + Sync + 'static,
+        K::DynamicType: Default,
+    {
+        self.owns_with(store, &K::DynamicType::default())
+    }
+
+    /// [`owns`](Self::owns), for a controller of a dynamic kind, `dyntype`.
+    #[must_use]
+    pub fn owns_with<C>(self, store: Store<C>, dyntype: &K::DynamicType) -> Self
+    where
+        C: Resource + Send + Sync + 'static,
+    {
+        let (kind, api_version) = (
+            K::kind(dyntype).into_owned(),
+            K::api_version(dyntype).into_owned(),
+        );
+        let scope = TypeId::of::<K::Scope>();
+        let owners = self.store.clone();
+        let mapper = move |child: &C| -> Option<ObjectKey> {
+            let owner = child
+                .meta()
+                .owner_references
+                .as_ref()?
+                .iter()
+                .find(|owner| {
+                    owner.controller == Some(true)
+                        && owner.kind == kind
+                        && owner.api_version == api_version
+                })?;
+            let namespace = child.meta().namespace.as_deref();
+            let key = if scope == TypeId::of::<NamespaceResourceScope>() {
+                ObjectKey::new(namespace, &owner.name)
+            } else if scope == TypeId::of::<ClusterResourceScope>() {
+                ObjectKey::new(None, &owner.name)
+            } else {
+                // A dynamic kind: the owner in the child's namespace if the store has one
+                // there, else the cluster-scoped one.
+                let namespaced = ObjectKey::new(namespace, &owner.name);
+                if owners.get_key(&namespaced).is_some() {
+                    namespaced
+                } else {
+                    ObjectKey::new(None, &owner.name)
+                }
+            };
+            Some(key)
+        };
+        self.related(store, move |child| mapper(child).into_iter().collect())
+    }
+
+    /// Reconciles the objects `mapper` names for each object of `store` that changes or is
+    /// deleted.
+    #[must_use]
+    pub fn watches<O, I>(self, store: Store<O>, mapper: impl Fn(&O) -> I + Send + 'static) -> Self
+    where
+        O: Resource + Send + Sync + 'static,
+        I: IntoIterator<Item = ObjectKey>,
+    {
+        self.related(store, move |object| mapper(object).into_iter().collect())
+    }
+
+    fn related<O>(
+        mut self,
+        store: Store<O>,
+        mapper: impl Fn(&O) -> Vec<ObjectKey> + Send + 'static,
+    ) -> Self
+    where
+        O: Resource + Send + Sync + 'static,
+    {
+        let triggers = store
+            .subscribe()
+            .flat_map(move |event| {
+                let (object, priority) = match event {
+                    Event::InitApply(object) => (object, Priority::Background),
+                    Event::Apply(object) | Event::Delete(object) => (object, Priority::Live),
+                    Event::Init | Event::InitDone => return stream::iter(Vec::new()),
+                };
+                let keys = mapper(&object);
+                stream::iter(
+                    keys.into_iter()
+                        .map(|key| Trigger::Key(key, priority))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .boxed();
+        self.triggers.push(triggers);
+        self.fence_stores.push(Arc::new(store));
+        self
+    }
+
+    /// Reconciles every object of the store each time `trigger` yields, as background work.
+    #[must_use]
+    pub fn reconcile_all_on(mut self, trigger: impl Stream<Item = ()> + Send + 'static) -> Self {
+        self.triggers
+            .push(trigger.map(|()| Trigger::All(Priority::Background)).boxed());
+        self
+    }
+
+    /// Shuts down when `signal` resolves: no reconcile starts after it, those running may
+    /// finish within [`Config::shutdown_timeout`], then [`run`](Self::run)'s stream ends.
+    #[must_use]
+    pub fn graceful_shutdown_on(
+        mut self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        self.shutdown = Some(signal.boxed());
+        self
+    }
+
+    /// Runs the controller: a stream of each reconcile's result, to be polled (the controller
+    /// runs while it is). `reconcile` gets the object as the store holds it when the reconcile
+    /// starts; `error_policy` chooses what follows a failure, given the attempt and the
+    /// object's backoff ([`Retry`]). A reconcile that panics fails alone: it is retried with
+    /// its backoff, and the stream reports it.
+    pub fn run<Ctx, R, Fut, E, P>(
+        self,
+        reconcile: R,
+        error_policy: P,
+        context: Arc<Ctx>,
+    ) -> impl Stream<Item = Result<(ObjectKey, Action), Error<E>>> + Send
+    where
+        Ctx: Send + Sync + 'static,
+        R: Fn(Arc<K>, Arc<Ctx>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Action, E>> + Send + 'static,
+        E: std::error::Error + Send + 'static,
+        P: Fn(Arc<K>, &E, Arc<Ctx>, Retry) -> Action + Send + 'static,
+    {
+        let Self {
+            store,
+            config,
+            triggers,
+            fence_stores,
+            shutdown,
+        } = self;
+        let mut triggers: SelectAll<_> = triggers.into_iter().collect();
+        if let Some(period) = config.resync {
+            let ticks = tokio::time::interval_at(Instant::now() + period, period);
+            triggers.push(
+                tokio_stream_interval(ticks)
+                    .map(|()| Trigger::All(Priority::Background))
+                    .boxed(),
+            );
+        }
+        let state = Run {
+            queue: Queue::new(config.queue.clone(), Instant::now()),
+            store,
+            triggers,
+            triggers_open: true,
+            fence_stores: fence_stores.into(),
+            running: FuturesUnordered::new(),
+            fences: FuturesUnordered::new(),
+            writes: HashMap::new(),
+            shutdown: shutdown.unwrap_or_else(|| futures::future::pending().boxed()),
+            stopping: None,
+            stale_starts: 0,
+            reconcile,
+            error_policy,
+            context,
+            config,
+        };
+        stream::unfold(state, |mut state| async move {
+            let item = state.next().await?;
+            Some((item, state))
+        })
+    }
+}
+
+/// An interval as a stream of ticks.
+fn tokio_stream_interval(mut ticks: tokio::time::Interval) -> impl Stream<Item = ()> + Send {
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    stream::unfold(ticks, |mut ticks| async move {
+        ticks.tick().await;
+        Some(((), ticks))
+    })
+}
+
+/// A reconcile's end, as the driver learns it.
+struct Ended<E> {
+    key: ObjectKey,
+    result: Result<Result<Action, E>, String>,
+    object: Arc<dyn std::any::Any + Send + Sync>,
+    writes: Vec<Written>,
+}
+
+/// The controller's state while it runs.
+struct Run<K, Ctx, R, E, P> {
+    queue: Queue<ObjectKey>,
+    store: Store<K>,
+    triggers: SelectAll<BoxStream<'static, Trigger>>,
+    triggers_open: bool,
+    fence_stores: Arc<[Arc<dyn FenceStore>]>,
+    running: FuturesUnordered<BoxFuture<'static, Ended<E>>>,
+    fences: FuturesUnordered<BoxFuture<'static, (ObjectKey, bool)>>,
+    /// The writes of each object's last reconcile, until the caches show them.
+    writes: HashMap<ObjectKey, Vec<Written>>,
+    shutdown: BoxFuture<'static, ()>,
+    /// Set once shutting down: when running reconciles are abandoned.
+    stopping: Option<Instant>,
+    /// Reconciles that started on a cache older than their object's last writes.
+    stale_starts: u64,
+    reconcile: R,
+    error_policy: P,
+    context: Arc<Ctx>,
+    config: Config,
+}
+
+impl<K, Ctx, R, Fut, E, P> Run<K, Ctx, R, E, P>
+where
+    K: Resource + Send + Sync + 'static,
+    Ctx: Send + Sync + 'static,
+    R: Fn(Arc<K>, Arc<Ctx>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Action, E>> + Send + 'static,
+    E: std::error::Error + Send + 'static,
+    P: Fn(Arc<K>, &E, Arc<Ctx>, Retry) -> Action + Send + 'static,
+{
+    /// Drives the controller to its next result; `None` once shut down.
+    async fn next(&mut self) -> Option<Result<(ObjectKey, Action), Error<E>>> {
+        loop {
+            if let Some(deadline) = self.stopping {
+                if self.running.is_empty() {
+                    info!(controller = %self.config.name, "controller shut down");
+                    return None;
+                }
+                return match tokio::time::timeout_at(deadline, self.running.next()).await {
+                    Ok(Some(ended)) => Some(self.finish(ended)),
+                    Ok(None) => None,
+                    Err(_) => {
+                        warn!(controller = %self.config.name, abandoned = self.running.len(), "shutdown deadline passed; abandoning running reconciles");
+                        None
+                    }
+                };
+            }
+            self.start_ready();
+            let wakeup = self.queue.next_wakeup();
+            let sleep = async move {
+                match wakeup {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => futures::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                Some(ended) = self.running.next(), if !self.running.is_empty() => {
+                    return Some(self.finish(ended));
+                }
+                Some((key, timed_out)) = self.fences.next(), if !self.fences.is_empty() => {
+                    if timed_out {
+                        debug!(controller = %self.config.name, object = %key, "fence timed out; the reconcile runs");
+                    }
+                    self.queue.unfence(&key, Instant::now());
+                }
+                trigger = self.triggers.next(), if self.triggers_open => match trigger {
+                    Some(trigger) => self.trigger(trigger),
+                    None => self.triggers_open = false,
+                },
+                () = sleep => {}
+                () = &mut self.shutdown => {
+                    info!(controller = %self.config.name, running = self.running.len(), "shutting down: no new reconciles");
+                    self.stopping = Some(Instant::now() + self.config.shutdown_timeout);
+                }
+            }
+            if !self.triggers_open && self.running.is_empty() && self.queue.depth() == 0 {
+                // Every store is gone: nothing can change any more.
+                return None;
+            }
+        }
+    }
+
+    fn trigger(&mut self, trigger: Trigger) {
+        let now = Instant::now();
+        match trigger {
+            Trigger::Key(key, priority) => self.queue.add(key, priority, now),
+            Trigger::All(priority) => {
+                for object in self.store.state() {
+                    self.queue
+                        .add(ObjectKey::from_object(&*object), priority, now);
+                }
+            }
+        }
+    }
+
+    /// Starts reconciles while there is room and a key is ready.
+    fn start_ready(&mut self) {
+        let now = Instant::now();
+        while self.running.len() < self.config.concurrency {
+            let Some(popped) = self.queue.pop(now) else {
+                return;
+            };
+            self.start(popped, now);
+        }
+    }
+
+    fn start(&mut self, popped: Popped<ObjectKey>, now: Instant) {
+        let Popped {
+            key,
+            failures,
+            priority,
+            queued_at,
+        } = popped;
+        let Some(object) = self.store.get_key(&key) else {
+            // Deleted since it was queued: nothing to reconcile.
+            debug!(controller = %self.config.name, object = %key, "not in the store any more; skipped");
+            self.queue.done(&key, Outcome::Success(None), false, now);
+            return;
+        };
+        if let Some(writes) = self.writes.remove(&key)
+            && !fence::visible(&self.fence_stores, &writes)
+        {
+            // Only with fences off, or after a fence timed out.
+            self.stale_starts += 1;
+            debug!(controller = %self.config.name, object = %key, "reconcile starts on a cache older than its last writes");
+        }
+        let recorded: fence::Writes = Arc::new(Mutex::new(Vec::new()));
+        let span = tracing::info_span!("reconcile", controller = %self.config.name, object = %key, attempt = failures + 1, ?priority, queued = ?now.saturating_duration_since(queued_at));
+        let future = (self.reconcile)(Arc::clone(&object), Arc::clone(&self.context));
+        let run = fence::recording(
+            Arc::clone(&recorded),
+            AssertUnwindSafe(future).catch_unwind(),
+        );
+        let erased: Arc<dyn std::any::Any + Send + Sync> = object;
+        self.running.push(
+            async move {
+                let result = run.await.map_err(|panic| panic_message(&*panic));
+                let writes = std::mem::take(&mut *recorded.lock());
+                Ended {
+                    key,
+                    result,
+                    object: erased,
+                    writes,
+                }
+            }
+            .instrument(span)
+            .boxed(),
+        );
+    }
+
+    /// Books a reconcile's end; the item the stream yields for it.
+    fn finish(&mut self, ended: Ended<E>) -> Result<(ObjectKey, Action), Error<E>> {
+        let now = Instant::now();
+        let Ended {
+            key,
+            result,
+            object,
+            writes,
+        } = ended;
+        let fence = if writes.is_empty() {
+            None
+        } else {
+            let fence = self
+                .config
+                .fences
+                .then(|| fence::fence(&self.fence_stores, &writes, self.config.fence_timeout))
+                .flatten();
+            self.writes.insert(key.clone(), writes);
+            fence
+        };
+        let fenced = fence.is_some();
+        let (outcome, item) = match result {
+            Ok(Ok(action)) => (
+                Outcome::Success(action.requeue_after()),
+                Ok((key.clone(), action)),
+            ),
+            Ok(Err(err)) => {
+                let object = object.downcast::<K>().expect("the reconciled object");
+                let attempt = self.queue.failures_of(&key) + 1;
+                let retry = Retry {
+                    attempt,
+                    backoff: self.queue.backoff(attempt),
+                };
+                let action = (self.error_policy)(object, &err, Arc::clone(&self.context), retry);
+                (
+                    Outcome::Failure(action.requeue_after()),
+                    Err(Error::ReconcileFailed {
+                        key: key.clone(),
+                        source: err,
+                    }),
+                )
+            }
+            Err(message) => {
+                warn!(controller = %self.config.name, object = %key, %message, "reconcile panicked; retried with backoff");
+                let attempt = self.queue.failures_of(&key) + 1;
+                (
+                    Outcome::Failure(Some(self.queue.backoff(attempt))),
+                    Err(Error::ReconcilePanicked {
+                        key: key.clone(),
+                        message,
+                    }),
+                )
+            }
+        };
+        self.queue.done(&key, outcome, fenced, now);
+        if let Some(fence) = fence {
+            self.fences
+                .push(fence.map(move |timed_out| (key, timed_out)).boxed());
+        }
+        item
+    }
+}
+
+/// A panic's message, if it is a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}

@@ -1,0 +1,263 @@
+//! Read-your-writes fences: what a reconcile wrote, and the wait, before the object's next
+//! reconcile, until the caches show it.
+//!
+//! A reconcile records its writes with [`record`] and [`record_deletion`] (or through
+//! [`Recorded`]); the controller keeps them per object and, before that object's next
+//! reconcile, waits (holding no worker, woken by the stores) until every store of the
+//! controller that holds their kind shows them, or the fence times out.
+
+use std::any::{Any, TypeId};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use kache_store::Store;
+use kube_client::Resource;
+use parking_lot::Mutex;
+use tracing::debug;
+
+/// One write a reconcile made: the object the server returned (or, for a delete, the object
+/// as the reconcile last knew it).
+#[derive(Clone)]
+pub(crate) struct Written {
+    type_id: TypeId,
+    object: Arc<dyn Any + Send + Sync>,
+    deleted: bool,
+}
+
+impl fmt::Debug for Written {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Written")
+            .field("deleted", &self.deleted)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The writes of the reconcile that runs in this task, shared with the controller so that
+/// they outlive a panic.
+pub(crate) type Writes = Arc<Mutex<Vec<Written>>>;
+
+tokio::task_local! {
+    static WRITES: Writes;
+}
+
+/// Runs `future` with `writes` as the place [`record`] writes to.
+pub(crate) async fn recording<F: Future>(writes: Writes, future: F) -> F::Output {
+    WRITES.scope(writes, future).await
+}
+
+fn push<K: Clone + Send + Sync + 'static>(object: &K, deleted: bool) -> bool {
+    WRITES
+        .try_with(|writes| {
+            writes.lock().push(Written {
+                type_id: TypeId::of::<K>(),
+                object: Arc::new(object.clone()),
+                deleted,
+            });
+        })
+        .is_ok()
+}
+
+/// Records, for the reconcile running in this task, that it wrote `object`: pass what the
+/// create, replace or patch returned (its resourceVersion is the write's). The object's next
+/// reconcile waits until every store of the controller holding `K` shows it at that version or
+/// newer. `false` (and nothing recorded) outside a reconcile.
+///
+/// ```no_run
+/// use k8s_openapi::api::core::v1::ConfigMap;
+/// use kube_client::Api;
+/// use kube_client::api::PostParams;
+///
+/// # async fn reconcile(api: Api<ConfigMap>, child: ConfigMap) -> Result<(), kube_client::Error> {
+/// let created = api.create(&PostParams::default(), &child).await?;
+/// kache_controller::record(&created);
+/// # Ok(())
+/// # }
+/// ```
+pub fn record<K: Resource + Clone + Send + Sync + 'static>(object: &K) -> bool {
+    push(object, false)
+}
+
+/// Records, for the reconcile running in this task, that it deleted `object` (the object as
+/// it last knew it: its uid and resourceVersion). The object's next reconcile waits until
+/// every store of the controller holding `K` no longer holds it; a delete that only marks the
+/// object (finalizers) waits until it is really gone, or the fence times out. `false` (and
+/// nothing recorded) outside a reconcile.
+pub fn record_deletion<K: Resource + Clone + Send + Sync + 'static>(object: &K) -> bool {
+    push(object, true)
+}
+
+/// An `Api` whose writes are recorded as [`record`] and [`record_deletion`] do.
+///
+/// ```no_run
+/// use k8s_openapi::api::core::v1::ConfigMap;
+/// use kache_controller::Recorded;
+/// use kube_client::Api;
+/// use kube_client::api::PostParams;
+///
+/// # async fn reconcile(api: Api<ConfigMap>, child: ConfigMap) -> Result<(), kube_client::Error> {
+/// let api = Recorded::new(api);
+/// api.create(&PostParams::default(), &child).await?; // recorded
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Recorded<K> {
+    api: kube_client::Api<K>,
+}
+
+impl<K> Recorded<K>
+where
+    K: Resource + Clone + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + 'static,
+    K: fmt::Debug,
+{
+    /// Records the writes made through `api`.
+    #[must_use]
+    pub fn new(api: kube_client::Api<K>) -> Self {
+        Self { api }
+    }
+
+    /// The `Api` underneath, for reads (and writes left unrecorded).
+    #[must_use]
+    pub fn api(&self) -> &kube_client::Api<K> {
+        &self.api
+    }
+
+    /// `Api::create`, recorded.
+    ///
+    /// # Errors
+    ///
+    /// The request's.
+    pub async fn create(
+        &self,
+        params: &kube_client::api::PostParams,
+        object: &K,
+    ) -> kube_client::Result<K> {
+        let created = self.api.create(params, object).await?;
+        record(&created);
+        Ok(created)
+    }
+
+    /// `Api::replace`, recorded.
+    ///
+    /// # Errors
+    ///
+    /// The request's.
+    pub async fn replace(
+        &self,
+        name: &str,
+        params: &kube_client::api::PostParams,
+        object: &K,
+    ) -> kube_client::Result<K> {
+        let replaced = self.api.replace(name, params, object).await?;
+        record(&replaced);
+        Ok(replaced)
+    }
+
+    /// `Api::patch`, recorded.
+    ///
+    /// # Errors
+    ///
+    /// The request's.
+    pub async fn patch<P: serde::Serialize + fmt::Debug>(
+        &self,
+        name: &str,
+        params: &kube_client::api::PatchParams,
+        patch: &kube_client::api::Patch<P>,
+    ) -> kube_client::Result<K> {
+        let patched = self.api.patch(name, params, patch).await?;
+        record(&patched);
+        Ok(patched)
+    }
+
+    /// `Api::delete` of `object` (as the reconcile knows it), recorded: a deletion, or, when
+    /// the server only marks the object, the marked object as a write.
+    ///
+    /// # Errors
+    ///
+    /// The request's.
+    pub async fn delete(
+        &self,
+        object: &K,
+        params: &kube_client::api::DeleteParams,
+    ) -> kube_client::Result<()> {
+        let name = object.meta().name.clone().unwrap_or_default();
+        match self.api.delete(&name, params).await?.left() {
+            Some(marked) => record(&marked),
+            None => record_deletion(object),
+        };
+        Ok(())
+    }
+}
+
+/// A store a fence looks in, whatever its type.
+pub(crate) trait FenceStore: Send + Sync {
+    /// The wait for `written`, if this store holds its kind.
+    fn wait(&self, written: &Written) -> Option<BoxFuture<'static, ()>>;
+}
+
+impl<K> FenceStore for Store<K>
+where
+    K: Resource + Send + Sync + 'static,
+{
+    fn wait(&self, written: &Written) -> Option<BoxFuture<'static, ()>> {
+        if written.type_id != TypeId::of::<K>() {
+            return None;
+        }
+        let object = Arc::clone(&written.object).downcast::<K>().ok()?;
+        let store = self.clone();
+        let deleted = written.deleted;
+        Some(
+            async move {
+                let waited = if deleted {
+                    store.wait_for_deletion(&object).await
+                } else {
+                    store.wait_for(&object).await
+                };
+                if let Err(err) = waited {
+                    // An object without a comparable version, or a store whose writer is gone:
+                    // nothing to wait for.
+                    debug!(error = %err, "a fence's wait ends early");
+                }
+            }
+            .boxed(),
+        )
+    }
+}
+
+/// The wait until every store in `stores` holding a kind of `writes` shows them; `true` if
+/// it timed out.
+pub(crate) fn fence(
+    stores: &[Arc<dyn FenceStore>],
+    writes: &[Written],
+    timeout: Duration,
+) -> Option<BoxFuture<'static, bool>> {
+    let waits: Vec<_> = writes
+        .iter()
+        .flat_map(|written| stores.iter().filter_map(|store| store.wait(written)))
+        .collect();
+    if waits.is_empty() {
+        return None;
+    }
+    Some(
+        async move {
+            tokio::time::timeout(timeout, futures::future::join_all(waits))
+                .await
+                .is_err()
+        }
+        .boxed(),
+    )
+}
+
+/// Whether the stores show `writes` already: a reconcile that starts otherwise acts on a
+/// cache older than its object's last writes (counted, fences on or off).
+pub(crate) fn visible(stores: &[Arc<dyn FenceStore>], writes: &[Written]) -> bool {
+    writes.iter().all(|written| {
+        stores
+            .iter()
+            .filter_map(|store| store.wait(written))
+            .all(|mut wait| wait.as_mut().now_or_never().is_some())
+    })
+}
