@@ -27,12 +27,14 @@ lint:
     cargo test -p kache-tests --test module_cycles
 
 # Unit, property and doc tests (no cluster needed), kache-store with and without `metrics`,
-# kache-watch with and without `protobuf`.
+# kache-watch with and without `protobuf`; then the loom models of kache-store's fan-out, in
+# their own target folder (the cfg changes every crate's build).
 test:
     cargo test -p kache-watch -p kache-store
     cargo test -p kache --features metrics,protobuf
     cargo test -p kache-watch --features protobuf
     cargo test -p kache-store --features metrics
+    RUSTFLAGS="--cfg kache_loom" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/loom" cargo test --release -p kache-store --lib loom
 
 # Package the library crates as crates.io would get them, and build each from its package alone.
 # Cargo packages workspace members as one set, so their dependencies on each other resolve

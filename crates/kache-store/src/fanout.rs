@@ -15,17 +15,87 @@
 //!
 //! This module knows nothing of the store: a [`Hub`] lives with the state every handle shares
 //! and hands out receivers, a [`Publisher`] lives with the writer alone.
+//!
+//! The wake-up handshakes (a receiver parks its waker, the writer pushes and wakes; the writer
+//! waits for room, a receiver hands a message over and wakes it; a receiver leaves while the
+//! writer pushes) are model-checked with loom over every interleaving: build the crate's
+//! tests with `--cfg kache_loom` (see the `test` recipe of the justfile).
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 
-use futures::task::AtomicWaker;
 use kache_watch::Event;
-use parking_lot::Mutex;
 use tracing::debug;
+
+use self::sync::{AtomicBool, AtomicU64, AtomicUsize, AtomicWaker, Mutex, fence, seq_cst_pair};
+
+/// The primitives the handshakes are built on: `parking_lot`'s mutex and the standard atomics.
+#[cfg(not(all(test, kache_loom)))]
+mod sync {
+    pub(super) use futures::task::AtomicWaker;
+    pub(super) use parking_lot::Mutex;
+    pub(super) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, fence};
+
+    /// Between a `SeqCst` store and a `SeqCst` load of another atomic: nothing, the two
+    /// accesses are ordered already (see the loom version).
+    #[inline(always)]
+    pub(super) fn seq_cst_pair() {}
+}
+
+/// Loom's models of the same primitives, with the API the module uses (`lock` unwraps: a
+/// poisoned lock means a model has failed already).
+#[cfg(all(test, kache_loom))]
+mod sync {
+    use std::task::Waker;
+
+    pub(super) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, fence};
+
+    /// Loom models `SeqCst` loads and stores as acquire and release only (a limitation it
+    /// documents), so a store-then-load handshake that `SeqCst` on both sides makes sound
+    /// would deadlock in the model; its `SeqCst` fence gives back the order the real
+    /// accesses have.
+    pub(super) fn seq_cst_pair() {
+        fence(std::sync::atomic::Ordering::SeqCst);
+    }
+
+    #[derive(Debug)]
+    pub(super) struct Mutex<T>(loom::sync::Mutex<T>);
+
+    impl<T> Mutex<T> {
+        pub(super) fn new(value: T) -> Self {
+            Self(loom::sync::Mutex::new(value))
+        }
+
+        pub(super) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
+            self.0.lock().expect("no panic while locked")
+        }
+    }
+
+    /// The contract of `futures`' `AtomicWaker` (a `wake` after a `register` wakes the waker
+    /// registered last), modelled with a mutex: loom's own prints a trace on every call.
+    #[derive(Debug)]
+    pub(super) struct AtomicWaker(Mutex<Option<Waker>>);
+
+    impl AtomicWaker {
+        pub(super) fn new() -> Self {
+            Self(Mutex::new(None))
+        }
+
+        pub(super) fn register(&self, waker: &Waker) {
+            *self.0.lock() = Some(waker.clone());
+        }
+
+        pub(super) fn wake(&self) {
+            let waker = self.0.lock().take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+}
 
 /// How many messages a receiver copies out of its ring under one lock.
 pub(crate) const BATCH: usize = 64;
@@ -96,11 +166,11 @@ struct Inner<K> {
     capacity: usize,
     /// The writer is gone: receivers end once they have read what is left.
     closed: bool,
-    /// Per receiver slot: the waker of a receiver that has read everything, and (backpressure
-    /// only) how far it has handed messages over to its subscriber.
-    wakers: Vec<Option<Waker>>,
-    cursors: Vec<Option<Arc<AtomicU64>>>,
-    /// Slots whose waker is set, so that waking costs nothing per receiver that is busy.
+    /// One per live receiver (a dropped receiver's slot is reused by the next one): this list,
+    /// `parked` and `free` never outgrow the most receivers live at once.
+    slots: Vec<Slot>,
+    /// The slots whose waker is set, so that waking costs nothing per receiver that is busy.
+    /// Exactly those: a receiver leaving takes its slot out, in constant time.
     parked: Vec<usize>,
     free: Vec<usize>,
     /// The newest sequence number dropped from the ring, and how many times the ring has
@@ -111,6 +181,14 @@ struct Inner<K> {
     /// The last snapshot a resyncing receiver took, while some subscriber still walks it:
     /// others resyncing soon after share it instead of reading the whole store again.
     shared: Option<SharedSnapshot<K>>,
+}
+
+/// A receiver's place in its ring.
+struct Slot {
+    /// The waker of a receiver that has read everything, with the slot's index in `parked`.
+    waker: Option<(Waker, usize)>,
+    /// Backpressure only: how far the receiver has handed messages over to its subscriber.
+    cursor: Option<Arc<AtomicU64>>,
 }
 
 struct SharedSnapshot<K> {
@@ -135,18 +213,33 @@ impl<K> Inner<K> {
     /// released.
     fn take_parked(&mut self, into: &mut Vec<Waker>) {
         for slot in self.parked.drain(..) {
-            if let Some(waker) = self.wakers.get_mut(slot).and_then(Option::take) {
+            if let Some((waker, _)) = self.slots[slot].waker.take() {
                 into.push(waker);
             }
         }
     }
 
+    /// Frees `slot` for the next receiver, taking it out of `parked` (by swapping the last
+    /// parked slot into its place); returns its waker, to be dropped after the lock.
+    fn leave(&mut self, slot: usize) -> Option<Waker> {
+        let Slot { waker, cursor } = &mut self.slots[slot];
+        *cursor = None;
+        let (waker, at) = waker.take()?;
+        self.parked.swap_remove(at);
+        if let Some(&moved) = self.parked.get(at)
+            && let Some((_, moved_at)) = &mut self.slots[moved].waker
+        {
+            *moved_at = at;
+        }
+        Some(waker)
+    }
+
     /// Drops the messages every backpressure receiver has handed over.
     fn trim_handed_over(&mut self) {
         let oldest = self
-            .cursors
+            .slots
             .iter()
-            .flatten()
+            .filter_map(|slot| slot.cursor.as_ref())
             .map(|cursor| cursor.load(Ordering::SeqCst))
             .min()
             .unwrap_or(u64::MAX);
@@ -164,8 +257,7 @@ impl<K> Ring<K> {
                 start: 0,
                 capacity,
                 closed: false,
-                wakers: Vec::new(),
-                cursors: Vec::new(),
+                slots: Vec::new(),
                 parked: Vec::new(),
                 free: Vec::new(),
                 gap: 0,
@@ -183,14 +275,16 @@ impl<K> Ring<K> {
         let mut inner = self.inner.lock();
         let end = inner.end();
         let cursor = Arc::new(AtomicU64::new(end));
+        let joined = Slot {
+            waker: None,
+            cursor: self.waits.then(|| Arc::clone(&cursor)),
+        };
         let slot = if let Some(slot) = inner.free.pop() {
-            inner.wakers[slot] = None;
-            inner.cursors[slot] = self.waits.then(|| Arc::clone(&cursor));
+            inner.slots[slot] = joined;
             slot
         } else {
-            inner.wakers.push(None);
-            inner.cursors.push(self.waits.then(|| Arc::clone(&cursor)));
-            inner.wakers.len() - 1
+            inner.slots.push(joined);
+            inner.slots.len() - 1
         };
         // SeqCst, paired with the fence in `has_receivers`: a writer that misses this
         // receiver made its change visible before the receiver's snapshot reads the store.
@@ -322,11 +416,11 @@ impl<K> Receiver<K> {
         if inner.closed {
             return Poll::Ready(Recv::Closed);
         }
-        let slot = self.slot;
-        match &mut inner.wakers[slot] {
-            Some(waker) => waker.clone_from(cx.waker()),
+        let (slot, at) = (self.slot, inner.parked.len());
+        match &mut inner.slots[slot].waker {
+            Some((waker, _)) => waker.clone_from(cx.waker()),
             empty @ None => {
-                *empty = Some(cx.waker().clone());
+                *empty = Some((cx.waker().clone(), at));
                 inner.parked.push(slot);
             }
         }
@@ -381,6 +475,7 @@ impl<K> Receiver<K> {
             // SeqCst both ways with the writer's `writer_waits` then cursors: either it sees
             // this position or this sees it waiting and wakes it.
             self.handed_over.store(position, Ordering::SeqCst);
+            seq_cst_pair();
             if self.ring.writer_waits.load(Ordering::SeqCst) {
                 self.ring.room.wake();
             }
@@ -390,10 +485,9 @@ impl<K> Receiver<K> {
 
 impl<K> Drop for Receiver<K> {
     fn drop(&mut self) {
-        {
+        let waker = {
             let mut inner = self.ring.inner.lock();
-            inner.wakers[self.slot] = None;
-            inner.cursors[self.slot] = None;
+            let waker = inner.leave(self.slot);
             inner.free.push(self.slot);
             if self.ring.receivers.fetch_sub(1, Ordering::SeqCst) == 1 {
                 // Nobody reads: free the buffer now rather than at the next subscriber.
@@ -402,7 +496,9 @@ impl<K> Drop for Receiver<K> {
                 inner.start = end;
                 inner.shared = None;
             }
-        }
+            waker
+        };
+        drop(waker);
         // A writer waiting for this receiver may go on.
         self.ring.room.wake();
     }
@@ -431,8 +527,10 @@ impl<K> Hub<K> {
 pub(crate) struct Publisher<K> {
     resync: Arc<Ring<K>>,
     backpressure: Arc<Ring<K>>,
-    /// A change not yet accepted by the backpressure ring.
-    pending: Option<Msg<K>>,
+    /// Changes not yet accepted by the backpressure ring, oldest first. Callers flush after
+    /// each event, so this holds at most the few changes one event publishes (`Sources` makes
+    /// a batch and then readiness visible in one): a queue, so that none is ever lost.
+    pending: VecDeque<Msg<K>>,
     /// Wakers taken under a ring's lock, woken after it; kept to reuse its allocation.
     wake: Vec<Waker>,
 }
@@ -449,7 +547,7 @@ pub(crate) fn channels<K>(capacity: usize) -> (Hub<K>, Publisher<K>) {
         Publisher {
             resync,
             backpressure,
-            pending: None,
+            pending: VecDeque::new(),
             wake: Vec::new(),
         },
     )
@@ -468,64 +566,58 @@ impl<K> Publisher<K> {
     }
 
     /// Sends `msg` to resync subscribers (never blocks: a full ring drops its oldest message)
-    /// and queues it for backpressure subscribers. The previous pending message must have
-    /// been flushed.
+    /// and queues it for backpressure subscribers, after any change still queued.
     pub(crate) fn publish(&mut self, msg: Msg<K>) {
         if self.backpressure.receivers.load(Ordering::Relaxed) > 0 {
-            self.pending = Some(msg.clone());
+            self.pending.push_back(msg.clone());
         }
         self.resync.push_overflowing(msg, &mut self.wake);
     }
 
-    /// Tries to hand the pending message to backpressure subscribers; `Pending` (with `cx`
-    /// registered to be woken when one hands a message over) while one of them is full.
+    /// Tries to hand the queued changes to backpressure subscribers, in order; `Pending` (with
+    /// `cx` registered to be woken when one hands a message over) while one of them is full.
     #[inline]
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         // Inline, the common case (nothing queued): polled before and after every event.
-        if self.pending.is_none() {
+        if self.pending.is_empty() {
             return Poll::Ready(());
         }
         self.poll_flush_pending(cx)
     }
 
     fn poll_flush_pending(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(msg) = self.pending.take() else {
-            return Poll::Ready(());
-        };
         let ring = &self.backpressure;
-        let Err(msg) = ring.try_push(msg, &mut self.wake) else {
-            // A wait given up earlier (a cancelled `apply_async`) no longer needs waking.
-            if ring.writer_waits.load(Ordering::Relaxed) {
-                ring.writer_waits.store(false, Ordering::Relaxed);
-            }
-            return Poll::Ready(());
-        };
-        // Register, then say so, then try again: room made in between is seen or wakes us.
-        ring.room.register(cx.waker());
-        ring.writer_waits.store(true, Ordering::SeqCst);
-        match ring.try_push(msg, &mut self.wake) {
-            Ok(()) => {
-                ring.writer_waits.store(false, Ordering::Relaxed);
-                Poll::Ready(())
-            }
-            Err(msg) => {
-                self.pending = Some(msg);
-                Poll::Pending
+        while let Some(msg) = self.pending.pop_front() {
+            let Err(msg) = ring.try_push(msg, &mut self.wake) else {
+                continue;
+            };
+            // Register, then say so, then try again: room made in between is seen or wakes us.
+            ring.room.register(cx.waker());
+            ring.writer_waits.store(true, Ordering::SeqCst);
+            seq_cst_pair();
+            if let Err(msg) = ring.try_push(msg, &mut self.wake) {
+                self.pending.push_front(msg);
+                return Poll::Pending;
             }
         }
+        // A wait that is over, or given up earlier (a cancelled `apply_async`), no longer
+        // needs waking.
+        if ring.writer_waits.load(Ordering::Relaxed) {
+            ring.writer_waits.store(false, Ordering::Relaxed);
+        }
+        Poll::Ready(())
     }
 
-    /// Delivers the pending message without waiting: if a backpressure subscriber is full,
-    /// the oldest message is dropped, so it resyncs.
+    /// Delivers the queued changes without waiting: if a backpressure subscriber is full, the
+    /// oldest message is dropped, so it resyncs.
     pub(crate) fn force_flush(&mut self) {
-        let Some(msg) = self.pending.take() else {
-            return;
-        };
-        if let Err(msg) = self.backpressure.try_push(msg, &mut self.wake) {
-            tracing::warn!(
-                "a backpressure subscriber is full on a path that cannot wait; it will be resynced"
-            );
-            self.backpressure.push_overflowing(msg, &mut self.wake);
+        while let Some(msg) = self.pending.pop_front() {
+            if let Err(msg) = self.backpressure.try_push(msg, &mut self.wake) {
+                tracing::warn!(
+                    "a backpressure subscriber is full on a path that cannot wait; it will be resynced"
+                );
+                self.backpressure.push_overflowing(msg, &mut self.wake);
+            }
         }
     }
 }
@@ -559,6 +651,20 @@ impl<K> Publisher<K> {
     }
 }
 
+#[cfg(test)]
+impl<K> Hub<K> {
+    /// Parked wakers and receiver slots, summed over both rings.
+    pub(crate) fn parked_and_slots(&self) -> (usize, usize) {
+        [&self.resync, &self.backpressure]
+            .into_iter()
+            .map(|ring| {
+                let inner = ring.inner.lock();
+                (inner.parked.len(), inner.slots.len())
+            })
+            .fold((0, 0), |(parked, slots), (p, s)| (parked + p, slots + s))
+    }
+}
+
 impl<K> fmt::Debug for Publisher<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Publisher")
@@ -570,7 +676,119 @@ impl<K> fmt::Debug for Publisher<K> {
                 "backpressure_subscribers",
                 &self.backpressure.receivers.load(Ordering::Relaxed),
             )
-            .field("pending", &self.pending.is_some())
+            .field("pending", &self.pending.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// The handshakes, over every interleaving loom makes of them: two or three threads and one or
+/// two messages, so that each model runs to the end of its state space in about a second at
+/// most (release build). A lost wake-up leaves a thread blocked forever, which loom reports as
+/// a deadlock.
+#[cfg(all(test, kache_loom))]
+mod loom_tests {
+    use std::future::poll_fn;
+    use std::sync::Arc;
+    use std::task::{Context, Waker};
+
+    use kache_watch::Event;
+    use loom::future::block_on;
+    use loom::thread;
+
+    use super::{Msg, Receiver, Recv, channels};
+
+    fn msg(seq: u64) -> Msg<u64> {
+        Msg::one(seq, Event::Apply(Arc::new(seq)))
+    }
+
+    /// The sequence numbers `rx` gets until the writer is gone (or `limit` of them), waiting
+    /// for each as a subscriber does.
+    fn recv(rx: &mut Receiver<u64>, limit: usize) -> Vec<u64> {
+        let mut seen = Vec::new();
+        while seen.len() < limit {
+            match block_on(poll_fn(|cx| rx.poll_recv(cx))) {
+                Recv::Msg(msg) => seen.push(msg.seq),
+                Recv::Overflowed(missed) => panic!("overflowed by {missed}"),
+                Recv::Closed => break,
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn loom_parked_receiver_is_woken_by_a_publish() {
+        loom::model(|| {
+            let (hub, mut publisher) = channels(4);
+            let mut rx = hub.resync_receiver();
+            let reader = thread::spawn(move || recv(&mut rx, 1));
+            publisher.publish(msg(1));
+            assert_eq!(reader.join().unwrap(), [1]);
+        });
+    }
+
+    #[test]
+    fn loom_two_receivers_both_get_one_publish() {
+        loom::model(|| {
+            let (hub, mut publisher) = channels(4);
+            let mut resync = hub.resync_receiver();
+            let mut backpressure = hub.backpressure_receiver();
+            let a = thread::spawn(move || recv(&mut resync, 1));
+            let b = thread::spawn(move || recv(&mut backpressure, 1));
+            publisher.publish(msg(1));
+            block_on(poll_fn(|cx| publisher.poll_flush(cx)));
+            assert_eq!(a.join().unwrap(), [1]);
+            assert_eq!(b.join().unwrap(), [1]);
+        });
+    }
+
+    #[test]
+    fn loom_receiver_leaving_during_a_publish_leaves_no_slot_behind() {
+        loom::model(|| {
+            let (hub, mut publisher) = channels(4);
+            let mut rx = hub.resync_receiver();
+            let leaver = thread::spawn(move || {
+                // Parks, or reads the message if the publish came first; then leaves.
+                let _ = rx.poll_recv(&mut Context::from_waker(Waker::noop()));
+            });
+            publisher.publish(msg(1));
+            leaver.join().unwrap();
+            assert_eq!(hub.parked_and_slots(), (0, 1));
+            let mut next = hub.resync_receiver();
+            let _ = next.poll_recv(&mut Context::from_waker(Waker::noop()));
+            assert_eq!(hub.parked_and_slots(), (1, 1), "the slot is reused");
+        });
+    }
+
+    #[test]
+    fn loom_writer_waiting_for_room_is_woken_by_a_hand_over() {
+        loom::model(|| {
+            let (hub, mut publisher) = channels(1);
+            let mut rx = hub.backpressure_receiver();
+            publisher.publish(msg(1));
+            block_on(poll_fn(|cx| publisher.poll_flush(cx)));
+            // The ring is full: the second message waits until the reader hands the first over.
+            let reader = thread::spawn(move || recv(&mut rx, 2));
+            publisher.publish(msg(2));
+            block_on(poll_fn(|cx| publisher.poll_flush(cx)));
+            assert_eq!(reader.join().unwrap(), [1, 2]);
+        });
+    }
+
+    #[test]
+    fn loom_backpressure_receiver_leaving_releases_a_waiting_writer() {
+        loom::model(|| {
+            let (hub, mut publisher) = channels(1);
+            let mut rx = hub.backpressure_receiver();
+            publisher.publish(msg(1));
+            block_on(poll_fn(|cx| publisher.poll_flush(cx)));
+            let leaver = thread::spawn(move || {
+                let _ = rx.poll_recv(&mut Context::from_waker(Waker::noop()));
+            });
+            // The ring is full until the receiver hands the first message over or leaves.
+            publisher.publish(msg(2));
+            block_on(poll_fn(|cx| publisher.poll_flush(cx)));
+            leaver.join().unwrap();
+            assert_eq!(hub.parked_and_slots(), (0, 1));
+        });
     }
 }

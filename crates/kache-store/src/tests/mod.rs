@@ -1,3 +1,4 @@
+mod fanout;
 mod health;
 #[cfg(feature = "metrics")]
 mod metrics;
