@@ -7,7 +7,6 @@
 
 use std::{
     collections::BTreeMap,
-    future::Future,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -19,11 +18,11 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kache_examples::{BoxError, exposition::Exposition, init_tracing, wait_for};
 use kache_store::{Metrics, ReflectExt, Store, Subscriber, Writer};
-use kache_testenv::{Proxy, TestEnv};
+use kache_testenv::{Proxy, TestEnv, configmap, create_all, delete_all, run_all};
 use kache_watch::{Backoff, Config, Event, WatchStreamExt, watcher};
 use kube_client::{
     Api, ResourceExt,
-    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
 };
 use prometheus_client::registry::Registry;
 use serde_json::json;
@@ -81,45 +80,18 @@ fn team_of(cm: &ConfigMap) -> Vec<String> {
     cm.labels().get("team").cloned().into_iter().collect()
 }
 
-fn configmap(name: &str, team: &str) -> ConfigMap {
-    ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            labels: Some([("team".to_owned(), team.to_owned())].into()),
-            ..ObjectMeta::default()
-        },
-        data: Some([("payload".to_owned(), "x".repeat(256))].into()),
-        ..ConfigMap::default()
-    }
-}
-
-/// Runs the requests, 32 at a time, and returns the first error if any failed.
-async fn run_all<T>(
-    requests: impl Iterator<Item = impl Future<Output = kube_client::Result<T>>>,
-) -> Result<(), BoxError> {
-    let results: Vec<_> = futures::stream::iter(requests)
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    results
-        .into_iter()
-        .try_for_each(|r| r.map(drop))
-        .map_err(Into::into)
+/// `ConfigMap`s named `names`, each in a team (in turn) and with 256 bytes of data.
+fn configmaps(names: impl Iterator<Item = String>) -> impl Iterator<Item = ConfigMap> {
+    names
+        .enumerate()
+        .map(|(i, name)| configmap(&name, &[("team", TEAMS[i % 3])], 256))
 }
 
 fn named(prefix: &str, range: std::ops::Range<usize>) -> impl Iterator<Item = String> {
     range.map(move |i| format!("{prefix}-{i}"))
 }
 
-async fn create(api: &Api<ConfigMap>, names: impl Iterator<Item = String>) -> Result<(), BoxError> {
-    let post = PostParams::default();
-    run_all(names.enumerate().map(|(i, name)| {
-        let post = &post;
-        async move { api.create(post, &configmap(&name, TEAMS[i % 3])).await }
-    }))
-    .await
-}
-
+/// Patches the named objects, 32 at a time ([`run_all`]).
 async fn update(api: &Api<ConfigMap>, names: impl Iterator<Item = String>) -> Result<(), BoxError> {
     let (params, patch) = (
         PatchParams::default(),
@@ -129,16 +101,8 @@ async fn update(api: &Api<ConfigMap>, names: impl Iterator<Item = String>) -> Re
         let (params, patch) = (&params, &patch);
         async move { api.patch(&name, params, patch).await }
     }))
-    .await
-}
-
-async fn delete(api: &Api<ConfigMap>, names: impl Iterator<Item = String>) -> Result<(), BoxError> {
-    let params = DeleteParams::default();
-    run_all(names.map(|name| {
-        let params = &params;
-        async move { api.delete(&name, params).await }
-    }))
-    .await
+    .await?;
+    Ok(())
 }
 
 /// A few of the cache's metrics, from a scrape (the text of `registry`).
@@ -210,7 +174,7 @@ async fn main() -> Result<(), BoxError> {
     );
 
     // 1. A few hundred objects, before anything watches.
-    create(&api, named("cm", 0..300)).await?;
+    create_all(&api, configmaps(named("cm", 0..300))).await?;
     println!("created 300 ConfigMaps");
 
     // 2. One watcher, through a proxy that can cut it off, feeding one store with an index.
@@ -333,8 +297,8 @@ async fn main() -> Result<(), BoxError> {
 
     // 4. Changes: update 200, add 100, delete 100.
     update(&api, named("cm", 0..200)).await?;
-    create(&api, named("new", 0..100)).await?;
-    delete(&api, named("cm", 200..300)).await?;
+    create_all(&api, configmaps(named("new", 0..100))).await?;
+    delete_all(&api, named("cm", 200..300)).await?;
     println!("changed 200, created 100, deleted 100");
 
     // 5. A forced relist: cut the watcher off, change things, compact etcd's history away.
@@ -344,7 +308,7 @@ async fn main() -> Result<(), BoxError> {
         );
     } else {
         proxy.cut();
-        delete(&api, named("cm", 0..50)).await?;
+        delete_all(&api, named("cm", 0..50)).await?;
         let revision = env.compact_etcd().await?;
         println!("cut the watcher off, deleted 50 objects, compacted etcd at revision {revision}");
         proxy.restore();

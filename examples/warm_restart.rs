@@ -4,67 +4,45 @@
 //!
 //! `cargo run -p kache-examples --example warm_restart`
 
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_examples::{BoxError, start};
 use kache_store::{ReflectExt, SnapshotFile, Store, WatchIdentity, Writer};
-use kache_testenv::{Proxy, TestEnv};
+use kache_testenv::{Proxy, RequestKind, RequestLog, TestEnv, configmap, create_all};
 use kache_watch::{Config, WatchStreamExt, watcher};
 use kube_client::{
     Api,
-    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 
 const OBJECTS: usize = 3_000;
 
-fn config_map(name: String) -> ConfigMap {
-    ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(name),
-            labels: Some((0..5).map(|l| (format!("l{l}"), format!("v{l}"))).collect()),
-            ..ObjectMeta::default()
-        },
-        data: Some([("payload".to_owned(), "x".repeat(512))].into()),
-        ..ConfigMap::default()
-    }
+/// A `ConfigMap` with five labels and 512 bytes of data.
+fn config_map(name: &str) -> ConfigMap {
+    let labels = [
+        ("l0", "v0"),
+        ("l1", "v1"),
+        ("l2", "v2"),
+        ("l3", "v3"),
+        ("l4", "v4"),
+    ];
+    configmap(name, &labels, 512)
 }
 
 /// One process's cache: an `Api` through a byte-counting proxy whose requests are recorded.
 struct Process {
     proxy: Proxy,
-    requests: Arc<Mutex<Vec<String>>>,
+    requests: RequestLog,
     api: Api<ConfigMap>,
 }
 
 impl Process {
     async fn start(env: &TestEnv, ns: &str) -> Result<Self, BoxError> {
         let proxy = Proxy::start(env.server_url()).await?;
-        let requests: Arc<Mutex<Vec<String>>> = Arc::default();
-        let record = {
-            let requests = requests.clone();
-            tower::util::MapRequestLayer::new(
-                move |request: http::Request<kube_client::client::Body>| {
-                    let query = request.uri().query().unwrap_or_default();
-                    let kind = if query.contains("sendInitialEvents=true") {
-                        "STREAM"
-                    } else if query.contains("watch=true") {
-                        "WATCH"
-                    } else {
-                        "LIST"
-                    };
-                    requests.lock().unwrap().push(kind.to_owned());
-                    request
-                },
-            )
-        };
-        let mut config = env.config().clone();
-        config.cluster_url = proxy.url().parse()?;
-        let client = kube_client::client::ClientBuilder::try_from(config)?
-            .with_layer(&record)
-            .build();
+        let requests = RequestLog::new();
+        let client = requests.client(&proxy.config(env.config()))?;
         Ok(Self {
             proxy,
             requests,
@@ -93,16 +71,15 @@ impl Process {
     }
 
     fn report(&self, label: &str, started: Instant) {
-        let requests = self.requests.lock().unwrap();
-        let count = |kind: &str| requests.iter().filter(|r| *r == kind).count();
+        let count = |kind| self.requests.count(kind);
         println!(
             "{label}: equal to a fresh LIST after {:.0} ms, {} KiB from the API server, \
              requests: {} LIST, {} streaming list, {} WATCH",
             started.elapsed().as_secs_f64() * 1000.0,
             self.proxy.bytes_from_server() / 1024,
-            count("LIST"),
-            count("STREAM"),
-            count("WATCH"),
+            count(RequestKind::List),
+            count(RequestKind::StreamingList),
+            count(RequestKind::Watch),
         );
     }
 }
@@ -124,17 +101,7 @@ fn versions<'a>(objects: impl Iterator<Item = &'a ConfigMap>) -> Vec<(String, St
 async fn main() -> Result<(), BoxError> {
     let (env, ns) = start("warm").await?;
     let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
-    stream::iter(0..OBJECTS)
-        .map(|i| {
-            let api = &api;
-            async move {
-                api.create(&PostParams::default(), &config_map(format!("cm-{i}")))
-                    .await
-            }
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await?;
+    create_all(&api, (0..OBJECTS).map(|i| config_map(&format!("cm-{i}")))).await?;
     let folder = std::env::temp_dir().join(format!("kache-warm-example-{}", std::process::id()));
     std::fs::create_dir_all(&folder)?;
     // The identity ties the snapshot to this watch; the schema tag to what the store keeps.
@@ -163,7 +130,7 @@ async fn main() -> Result<(), BoxError> {
 
     // While it is down: 10 creates, 10 updates, 10 deletes.
     for i in 0..10 {
-        api.create(&PostParams::default(), &config_map(format!("new-{i}")))
+        api.create(&PostParams::default(), &config_map(&format!("new-{i}")))
             .await?;
         let patch = Patch::Merge(serde_json::json!({"data": {"changed": "yes"}}));
         api.patch(&format!("cm-{}", 100 + i), &PatchParams::default(), &patch)

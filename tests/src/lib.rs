@@ -1,5 +1,6 @@
-//! Support for kache's end-to-end and fault tests: seeding objects, bounded waits, and a
-//! loopback proxy that can cut the watcher off from the API server.
+//! Support for kache's end-to-end and fault tests: bounded waits, watchers in both wire
+//! encodings, subscribers' views and convergence checks, on top of kache-testenv's seeding,
+//! request recording and partition proxy (re-exported here).
 //!
 //! The tests themselves live in `tests/`; each runs against a real control plane from
 //! `kache-testenv`, once per API server (see [`on_each_server!`]).
@@ -24,7 +25,7 @@ use std::{
     time::Duration,
 };
 
-use futures::{StreamExt, TryStreamExt, stream::BoxStream};
+use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::{ByteString, api::core::v1::ConfigMap};
 use k8s_pb::api::core::v1::ConfigMap as PbConfigMap;
 use kache_store::testing::Replay;
@@ -33,7 +34,7 @@ pub use kache_testenv::{Server, TestEnv};
 use kache_watch::{Backoff, Config, Event, Proto, WatchStreamExt, protobuf_watcher, watcher};
 use kube_client::{
     Api,
-    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use tokio::task::JoinHandle;
 
@@ -213,7 +214,7 @@ pub type ConfigMapEvents = BoxStream<'static, kache_watch::Result<Event<ConfigMa
 /// `Proto<ConfigMap>` converted to k8s-openapi's `ConfigMap` ([`openapi_configmap`]), each
 /// event kept as the same variant and each error as the same error. The conversion maps one
 /// item to one item, so the watcher's progress reports still reach a store (see
-/// `kache_watch::Progress`).
+/// `kache_watch::plumbing::Progress`).
 #[must_use]
 pub fn configmap_watcher(api: Api<ConfigMap>, config: Config, wire: Wire) -> ConfigMapEvents {
     match wire {
@@ -348,68 +349,9 @@ pub async fn cut_off(env: &TestEnv, ns: &str) -> (Proxy, Api<ConfigMap>) {
 /// When the proxy or its client cannot be built.
 pub async fn cut_off_recorded(env: &TestEnv, ns: &str) -> (Proxy, RequestLog, Api<ConfigMap>) {
     let proxy = Proxy::start(env.server_url()).await.expect("proxy");
-    let mut config = env.config().clone();
-    config.cluster_url = proxy.url().parse().expect("the proxy's URL");
-    let log = RequestLog::default();
-    let api = Api::namespaced(log.client(&config), ns);
-    (proxy, log, api)
-}
-
-/// Every request that the clients made from it sent, in order, as `METHOD /path?query`:
-/// what a watcher asked the server for, counted exactly (a TLS proxy cannot see it).
-#[derive(Debug, Clone, Default)]
-pub struct RequestLog(Arc<Mutex<Vec<String>>>);
-
-impl RequestLog {
-    /// A client from `config` (its `cluster_url` may point at a [`Proxy`]) that records each
-    /// request here before sending it.
-    ///
-    /// # Panics
-    /// When kube-client cannot build a client from `config`.
-    #[must_use]
-    pub fn client(&self, config: &kube_client::Config) -> kube_client::Client {
-        let log = self.clone();
-        let record = tower::util::MapRequestLayer::new(
-            move |request: http::Request<kube_client::client::Body>| {
-                log.0
-                    .lock()
-                    .unwrap()
-                    .push(format!("{} {}", request.method(), request.uri()));
-                request
-            },
-        );
-        kube_client::client::ClientBuilder::try_from(config.clone())
-            .expect("client")
-            .with_layer(&record)
-            .build()
-    }
-
-    /// The requests so far.
-    ///
-    /// # Panics
-    /// If a previous holder of the lock panicked.
-    #[must_use]
-    pub fn requests(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-
-    /// Each request so far reduced to its kind: `LIST`, `WATCH` (resuming from a version),
-    /// or `STREAM` (a streaming list: `sendInitialEvents=true`).
-    #[must_use]
-    pub fn kinds(&self) -> Vec<&'static str> {
-        self.requests()
-            .iter()
-            .map(|request| {
-                if request.contains("sendInitialEvents=true") {
-                    "STREAM"
-                } else if request.contains("watch=true") {
-                    "WATCH"
-                } else {
-                    "LIST"
-                }
-            })
-            .collect()
-    }
+    let log = RequestLog::new();
+    let client = log.client(&proxy.config(env.config())).expect("client");
+    (proxy, log, Api::namespaced(client, ns))
 }
 
 /// The backoff of test watchers: 100 ms to 1 s, since faults in tests are short.
@@ -420,32 +362,8 @@ pub fn quick_backoff() -> Backoff {
         .max(Duration::from_secs(1))
 }
 
-/// A `ConfigMap` named `name` with `labels` and about 512 bytes of data.
-#[must_use]
-pub fn configmap(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
-    configmap_of_size(name, labels, 512)
-}
-
-/// A `ConfigMap` named `name` with `labels` and about `bytes` bytes of data.
-#[must_use]
-pub fn configmap_of_size(name: &str, labels: &[(&str, &str)], bytes: usize) -> ConfigMap {
-    ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect(),
-            ),
-            ..ObjectMeta::default()
-        },
-        data: Some(BTreeMap::from([("payload".to_owned(), "x".repeat(bytes))])),
-        ..ConfigMap::default()
-    }
-}
-
-/// Creates `count` `ConfigMap`s named `<prefix>-<i>`, 32 requests in flight.
+/// Creates `count` `ConfigMap`s named `<prefix>-<i>` with `labels` and a 512-byte payload
+/// ([`configmap`]), [`IN_FLIGHT`](kache_testenv::IN_FLIGHT) requests at a time.
 ///
 /// # Panics
 /// When the server refuses a create.
@@ -455,42 +373,8 @@ pub async fn create_configmaps(
     count: usize,
     labels: &[(&str, &str)],
 ) {
-    create_configmaps_of_size(api, prefix, count, labels, 512).await;
-}
-
-/// Like [`create_configmaps`], with about `bytes` bytes of data in each.
-///
-/// # Panics
-/// When the server refuses a create.
-pub async fn create_configmaps_of_size(
-    api: &Api<ConfigMap>,
-    prefix: &str,
-    count: usize,
-    labels: &[(&str, &str)],
-    bytes: usize,
-) {
-    futures::stream::iter(0..count)
-        .map(|i| {
-            let cm = configmap_of_size(&format!("{prefix}-{i}"), labels, bytes);
-            async move { api.create(&PostParams::default(), &cm).await }
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await
-        .expect("create configmaps");
-}
-
-/// Deletes the named objects.
-///
-/// # Panics
-/// When the server refuses a delete.
-pub async fn delete_configmaps(api: &Api<ConfigMap>, names: impl IntoIterator<Item = String>) {
-    futures::stream::iter(names)
-        .map(|name| async move { api.delete(&name, &DeleteParams::default()).await })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await
-        .expect("delete configmaps");
+    let objects = (0..count).map(|i| configmap(&format!("{prefix}-{i}"), labels, 512));
+    create_all(api, objects).await.expect("create configmaps");
 }
 
 /// `(namespace/name, resourceVersion)` of every object a fresh, unpaginated LIST returns.
@@ -511,6 +395,11 @@ pub use kache_store::testing::{key_of, stored_versions, version_of};
 
 /// The partition tool: cuts a client off from the API server while the server keeps running.
 pub use kache_testenv::Proxy;
+
+/// Seeding and request recording, as any user of kache-testenv has them.
+pub use kache_testenv::{
+    RecordedRequest, RequestKind, RequestLog, configmap, create_all, delete_all,
+};
 
 /// A subscriber's view of the store: kache-store's one replay of subscriber events
 /// ([`Replay`]), the keys of the deletes it heard, and whether its stream ended. Cheap to
@@ -927,7 +816,7 @@ pub async fn churn(
                     .unwrap_or_else(|e| panic!("update {name}: {e}"));
             }
         } else {
-            let cm = configmap(&name, &[("worker", &worker.to_string())]);
+            let cm = configmap(&name, &[("worker", &worker.to_string())], 512);
             match retry("a create", || api.create(&post, &cm)).await {
                 Ok(_) => {}
                 Err(kube_client::Error::Api(s)) if s.code == 409 => {}
@@ -940,9 +829,9 @@ pub async fn churn(
     ops
 }
 
-// The code of the README and of docs/observability.md, compiled and checked as doctests here,
-// in a crate that is never published (a library's package holds only its own folder). The
-// design notes that were in docs/ (consistency, architecture) are kache-store's rustdoc now.
+// The code of the README and of the docs below, compiled and checked as doctests here, in a
+// crate that is never published (a library's package holds only its own folder). The design
+// notes that were in docs/ (consistency, architecture) are kache-store's rustdoc now.
 
 /// The README's code.
 #[cfg(doctest)]
@@ -963,6 +852,11 @@ pub struct ShardingDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/warm-restart.md")]
 pub struct WarmRestartDoctests;
+
+/// The code of docs/testing.md: kache-testenv in a user's own tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/testing.md")]
+pub struct TestingDoctests;
 
 /// The code of docs/protobuf.md (kache-watch's `protobuf` feature is on in this crate).
 #[cfg(doctest)]

@@ -20,8 +20,8 @@ use kache_store::{Delivery, ReflectExt, Store, Writer};
 use kache_testenv::TestEnv;
 use kache_tests::{
     Counters, Proxy, Reflector, View, Wire, churn, configmap_watcher, converges, create_configmaps,
-    cut_off, delete_configmaps, eventually, follow, key_of, listed_versions,
-    on_each_server_and_wire, own_env, private_env, within,
+    cut_off, delete_all, eventually, follow, key_of, listed_versions, on_each_server_and_wire,
+    own_env, private_env, within,
 };
 use kache_watch::{Backoff, Config, Error, Event, InitialListStrategy, WatchStreamExt};
 use kube_client::{
@@ -89,7 +89,7 @@ fn names(range: std::ops::Range<usize>) -> impl Iterator<Item = String> {
 /// Deletes `cm-0..10`, creates `late-0..10`, and changes `cm-50..55`: done while the watcher
 /// cannot see it.
 async fn change_while_away(api: &Api<ConfigMap>) {
-    delete_configmaps(api, names(0..10)).await;
+    delete_all(api, names(0..10)).await.unwrap();
     create_configmaps(api, "late", 10, &[]).await;
     let patch = Patch::Merge(json!({"data": {"changed": "yes"}}));
     for name in names(50..55) {
@@ -213,7 +213,7 @@ on_each_server_and_wire! {
         }
         // Between pages: change the world and compact the list's version away.
         assert!(first_attempt.contains(&format!("{ns}/cm-0")));
-        delete_configmaps(&api, names(0..1).chain(names(40..45))).await;
+        delete_all(&api, names(0..1).chain(names(40..45))).await.unwrap();
         create_configmaps(&api, "late", 3, &[]).await;
         env.compact_etcd().await.unwrap();
 

@@ -19,7 +19,7 @@ use kache_examples::{
 use kache_store::{Error, Metrics, ReflectExt, Store, Writer};
 use kache_testenv::TestEnv;
 use kache_tests::{
-    Reflector, converges, create_configmaps, cut_off, delete_configmaps, follow, on_each_server,
+    Reflector, converges, create_configmaps, cut_off, delete_all, follow, on_each_server,
     private_env, quick_backoff, within,
 };
 use kache_watch::{Config, ErrorClass, WatchStreamExt, watcher};
@@ -201,7 +201,7 @@ on_each_server! {
 
         // 5 creates and 3 deletes: 5 applies and 3 deletes, nothing else.
         create_configmaps(&api, "new", 5, &[]).await;
-        delete_configmaps(&api, (0..3).map(|i| format!("cm-{i}"))).await;
+        delete_all(&api, (0..3).map(|i| format!("cm-{i}"))).await.unwrap();
         let changed = scrape_until(addr, "5 creates and 3 deletes", |f| {
             f.event("apply") >= 5.0 && f.event("delete") >= 3.0
         })
@@ -213,7 +213,7 @@ on_each_server! {
 
         // Cut off, 2 deletes and a create, etcd compacted: a real 410 and one relist of 21.
         proxy.cut();
-        delete_configmaps(&api, (3..5).map(|i| format!("cm-{i}"))).await;
+        delete_all(&api, (3..5).map(|i| format!("cm-{i}"))).await.unwrap();
         create_configmaps(&api, "late", 1, &[]).await;
         env.compact_etcd().await.unwrap();
         proxy.restore();

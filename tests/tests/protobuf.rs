@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_pb::api::core::v1::ConfigMap as PbConfigMap;
 use kache_store::{ReflectExt, Store, Writer};
 use kache_tests::{
-    create_configmaps, cut_off, delete_configmaps, eventually, on_each_server, private_env,
-    proto_api, quick_backoff, shared_env, within,
+    create_configmaps, cut_off, delete_all, eventually, on_each_server, private_env, proto_api,
+    quick_backoff, shared_env, within,
 };
 use kache_watch::{
     Config, Error, Event, InitialListStrategy, Proto, WatchStreamExt, protobuf_watcher, watcher,
@@ -132,7 +132,7 @@ on_each_server! {
             create_configmaps(&api, &format!("new{round}"), 1, &[("app", "web")]).await;
             let patch = Patch::Merge(json!({"data": {"changed": format!("round {round}")}}));
             api.patch("cm-7", &PatchParams::default(), &patch).await.unwrap();
-            delete_configmaps(&api, [format!("cm-{}", 10 + round)]).await;
+            delete_all(&api, [format!("cm-{}", 10 + round)]).await.unwrap();
             let mut live = Vec::new();
             while live.len() < 3 {
                 match next(&mut events).await.expect("live event") {
@@ -192,7 +192,7 @@ on_each_server! {
         assert_eq!(stored(&store), json_list(&api).await);
 
         proxy.cut();
-        delete_configmaps(&api, (0..5).map(|i| format!("cm-{i}"))).await;
+        delete_all(&api, (0..5).map(|i| format!("cm-{i}"))).await.unwrap();
         create_configmaps(&api, "late", 3, &[]).await;
         env.compact_etcd().await.unwrap();
         proxy.restore();

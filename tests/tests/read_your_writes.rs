@@ -48,7 +48,7 @@ impl Watched {
     ) -> Self {
         api.create(
             &PostParams::default(),
-            &configmap("target", &[("ryw", "yes")]),
+            &configmap("target", &[("ryw", "yes")], 512),
         )
         .await
         .expect("create target");
@@ -78,7 +78,7 @@ impl Watched {
     /// server answered.
     async fn create(&self, name: &str) -> ConfigMap {
         self.api
-            .create(&PostParams::default(), &configmap(name, &[]))
+            .create(&PostParams::default(), &configmap(name, &[], 512))
             .await
             .expect("create")
     }

@@ -200,7 +200,7 @@ async fn kill_one_of_three(server: Server, server_side: bool) -> Vec<u64> {
             let mut i = 0;
             while churning.load(Ordering::Relaxed) {
                 let writing = churn_lock.read().await;
-                let cm = kache_tests::configmap(&format!("live-{i}"), &[]);
+                let cm = kache_tests::configmap(&format!("live-{i}"), &[], 512);
                 let _ = api.create(&PostParams::default(), &cm).await;
                 let _ = api
                     .delete(&format!("cm-{i}"), &DeleteParams::default())

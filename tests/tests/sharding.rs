@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_store::Writer;
 use kache_tests::{
-    Reflector, Server, TestEnv, create_configmaps, delete_configmaps, eventually, key_of,
-    listed_versions, on_each_server, stored_versions, version_of, within,
+    Reflector, Server, TestEnv, create_configmaps, delete_all, eventually, key_of, listed_versions,
+    on_each_server, stored_versions, version_of, within,
 };
 use kache_watch::{Config, InitialListStrategy, Shard, uid_hash};
 use kube_client::{Api, api::ListParams};
@@ -118,7 +118,9 @@ async fn shards_hold_exactly_their_objects(env: &TestEnv, strategy: InitialListS
     eventually("each shard to hold exactly its objects", check).await;
 
     create_configmaps(&api, "late", 30, &[]).await;
-    delete_configmaps(&api, (0..20).map(|i| format!("cm-{i}"))).await;
+    delete_all(&api, (0..20).map(|i| format!("cm-{i}")))
+        .await
+        .unwrap();
     eventually("each shard to follow creates and deletes", check).await;
     for (_, _, reflector) in &replicas {
         assert_eq!(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_store::Writer;
 use kache_tests::{
-    Reflector, create_configmaps, cut_off_recorded, delete_configmaps, eventually, listed_versions,
+    Reflector, create_configmaps, cut_off_recorded, delete_all, eventually, listed_versions,
     on_each_server_and_wire, private_env, shared_env, stored_versions, within,
 };
 use kache_watch::Config;
@@ -80,11 +80,11 @@ on_each_server_and_wire! {
             .await
             .unwrap();
         let before: Vec<Arc<ConfigMap>> = store.state();
-        let lists = || log.kinds().into_iter().filter(|k| *k != "WATCH").count();
+        let lists = || log.kinds().into_iter().filter(|k| k.is_list()).count();
         let lists_before = lists();
 
         proxy.cut();
-        delete_configmaps(&api, (0..40).map(|i| format!("cm-{i}"))).await;
+        delete_all(&api, (0..40).map(|i| format!("cm-{i}"))).await.unwrap();
         create_configmaps(&api, "late", 10, &[]).await;
         let patch = Patch::Merge(json!({"data": {"changed": "yes"}}));
         api.patch("cm-100", &PatchParams::default(), &patch)

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_store::{Delivery, SubscriberHandle, Writer};
 use kache_tests::{
-    Reflector, converges, create_configmaps, cut_off, delete_configmaps, follow, on_each_server,
+    Reflector, converges, create_configmaps, cut_off, delete_all, follow, on_each_server,
     private_env, within,
 };
 use kache_watch::Config;
@@ -57,7 +57,7 @@ on_each_server! {
         // A forced relist: while the watcher is cut off, delete and add objects and compact the
         // history away, so that it must relist and find out what was deleted.
         proxy.cut();
-        delete_configmaps(&api, (0..50).map(|i| format!("seed-{i}"))).await;
+        delete_all(&api, (0..50).map(|i| format!("seed-{i}"))).await.unwrap();
         create_configmaps(&api, "late", 20, &[]).await;
         env.compact_etcd().await.unwrap();
         proxy.restore();
@@ -106,5 +106,7 @@ async fn burst(api: &Api<ConfigMap>) {
             }
         })
         .await;
-    delete_configmaps(api, (500..1000).map(|i| format!("burst-{i}"))).await;
+    delete_all(api, (500..1000).map(|i| format!("burst-{i}")))
+        .await
+        .unwrap();
 }

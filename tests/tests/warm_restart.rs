@@ -14,8 +14,8 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_store::{Event, ReflectExt, Rejected, SnapshotFile, WatchIdentity, Writer};
 use kache_tests::{
-    Reflector, TestEnv, converges, create_configmaps, cut_off_recorded, delete_configmaps, follow,
-    key_of, listed_versions, on_each_server, own_env, private_env, shared_env, within,
+    Reflector, RequestKind, TestEnv, converges, create_configmaps, cut_off_recorded, delete_all,
+    follow, key_of, listed_versions, on_each_server, own_env, private_env, shared_env, within,
 };
 use kache_watch::{Config, watcher};
 use kube_client::{
@@ -89,7 +89,9 @@ async fn change_while_down(api: &Api<ConfigMap>) {
             .await
             .unwrap();
     }
-    delete_configmaps(api, (20..25).map(|i| format!("cm-{i}"))).await;
+    delete_all(api, (20..25).map(|i| format!("cm-{i}")))
+        .await
+        .unwrap();
 }
 
 on_each_server! {
@@ -102,7 +104,7 @@ on_each_server! {
         create_configmaps(&api, "new", 1, &[]).await;
         let patch = Patch::Merge(json!({"data": {"v": "2"}}));
         api.patch("cm-1", &PatchParams::default(), &patch).await.unwrap();
-        delete_configmaps(&api, ["cm-2".to_owned()]).await;
+        delete_all(&api, ["cm-2"]).await.unwrap();
 
         let mut events = Box::pin(watcher(api, Config::default().resume_from(&version)));
         let mut seen = Vec::new();
@@ -139,9 +141,9 @@ on_each_server! {
         let converged = converges(&api, &store, std::slice::from_ref(&view)).await;
         assert_eq!(converged.objects, 30);
         let kinds = log.kinds();
-        assert!(!kinds.is_empty() && kinds.iter().all(|k| *k == "WATCH"), "{kinds:?}");
+        assert!(!kinds.is_empty() && kinds.iter().all(|k| *k == RequestKind::Watch), "{kinds:?}");
         let first = &log.requests()[0];
-        assert!(first.contains(&format!("resourceVersion={}", restored.resource_version)), "{first}");
+        assert_eq!(first.param("resourceVersion"), Some(restored.resource_version.clone()), "{first}");
         assert!(view.deleted().iter().filter(|k| k.contains("/cm-2")).count() == 5, "{:?}", view.deleted());
     }
 }
@@ -165,8 +167,8 @@ on_each_server! {
         converges(&api, &store, std::slice::from_ref(&view)).await;
         assert!(reflector.counters.gone.load(Ordering::Relaxed) >= 1);
         let kinds = log.kinds();
-        assert_eq!(kinds[0], "WATCH", "{kinds:?}");
-        assert!(kinds.iter().any(|k| *k == "LIST" || *k == "STREAM"), "{kinds:?}");
+        assert_eq!(kinds[0], RequestKind::Watch, "{kinds:?}");
+        assert!(kinds.iter().any(|k| k.is_list()), "{kinds:?}");
         assert!(
             Arc::ptr_eq(&unchanged, &store.get(Some(&ns), "cm-0").unwrap()),
             "an unchanged object keeps its restored copy through the relist"
@@ -245,7 +247,7 @@ on_each_server! {
             let (_proxy, log, watched) = cut_off_recorded(env, &ns).await;
             let _reflector = Reflector::start(watched, Config::default(), writer);
             converges(&api, &store, &[]).await;
-            assert!(log.kinds().iter().any(|k| *k == "LIST" || *k == "STREAM"), "{case}: a cold start lists");
+            assert!(log.kinds().iter().any(|k| k.is_list()), "{case}: a cold start lists");
         }
     }
 }
@@ -357,9 +359,8 @@ on_each_server! {
         let restored = writer.restore(&file, &dynamic).await.unwrap().expect("a snapshot");
         let store = writer.as_reader();
         let (proxy, log, _) = cut_off_recorded(env, &ns).await;
-        let mut config = env.config().clone();
-        config.cluster_url = proxy.url().parse().unwrap();
-        let watched: Api<DynamicObject> = Api::namespaced_with(log.client(&config), &ns, &resource);
+        let client = log.client(&proxy.config(env.config())).unwrap();
+        let watched: Api<DynamicObject> = Api::namespaced_with(client, &ns, &resource);
         let _second = AbortOnDrop(tokio::spawn(
             drive(watcher(watched, restored.resume(Config::default())), writer),
         ));
@@ -368,7 +369,7 @@ on_each_server! {
         })
         .await;
         let kinds = log.kinds();
-        assert!(kinds.iter().all(|k| *k == "WATCH"), "{kinds:?}");
+        assert!(kinds.iter().all(|k| *k == RequestKind::Watch), "{kinds:?}");
     }
 }
 
@@ -463,7 +464,7 @@ on_each_server! {
             folder.0.join("no-uid.snapshot"),
             WatchIdentity::of::<ConfigMap>(Some(&ns), &Config::default()),
         ));
-        delete_configmaps(&a, ["tick-0".to_owned()]).await;
+        delete_all(&a, ["tick-0"]).await.unwrap();
         create_configmaps(&a, "a", 30, &[]).await;
         assert_eq!(first_run(&a, &file).await, 30);
         let snapshot_version = saved_without_cluster(&a, &unknown).await;
@@ -529,8 +530,8 @@ on_each_server! {
         assert!(expected.parse::<u64>().unwrap() < listed + 1_000_000);
         let requests = log.requests();
         assert_eq!(requests.len(), 2, "{requests:?}");
-        assert!(requests.iter().any(|r| r.starts_with("GET /api/v1/namespaces/kube-system")), "{requests:?}");
-        assert!(requests.iter().any(|r| r.contains("/configmaps?") && r.contains("limit=1")), "{requests:?}");
+        assert!(requests.iter().any(|r| r.method() == "GET" && r.path() == "/api/v1/namespaces/kube-system"), "{requests:?}");
+        assert!(requests.iter().any(|r| r.path().ends_with("/configmaps") && r.param("limit").as_deref() == Some("1")), "{requests:?}");
         let store = writer.as_reader();
         assert!(store.is_empty() && !store.is_synced());
         let _reflector = Reflector::start(watched, Config::default(), writer);
@@ -563,8 +564,8 @@ on_each_server! {
         let _reflector = Reflector::start(watched, config, writer);
         converges(&api, &store, &[]).await;
         let kinds = log.kinds();
-        assert_eq!(kinds[0], "WATCH", "{kinds:?}");
-        assert!(kinds.iter().any(|k| *k == "LIST" || *k == "STREAM"), "{kinds:?}");
+        assert_eq!(kinds[0], RequestKind::Watch, "{kinds:?}");
+        assert!(kinds.iter().any(|k| k.is_list()), "{kinds:?}");
         let version = store.resource_version().unwrap().unwrap().as_u64().unwrap();
         assert!(version < listed + 1_000_000, "the list's version is the store's");
     }

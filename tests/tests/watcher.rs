@@ -15,9 +15,9 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_store::Writer;
 use kache_tests::{
-    TestEnv, Wire, configmap_watcher, create_configmaps, create_configmaps_of_size, cut_off,
-    cut_off_recorded, delete_configmaps, listed_versions, on_each_server, on_each_server_and_wire,
-    private_env, quick_backoff, shared_env, stored_versions, within,
+    RequestKind, TestEnv, Wire, configmap, configmap_watcher, create_all, create_configmaps,
+    cut_off, cut_off_recorded, delete_all, listed_versions, on_each_server,
+    on_each_server_and_wire, private_env, quick_backoff, shared_env, stored_versions, within,
 };
 use kache_watch::{Config, Error, Event, InitialListStrategy, WatchStreamExt, watch_object};
 use kube_client::{
@@ -158,13 +158,13 @@ on_each_server_and_wire! {
         assert_eq!(initial_sync(&mut auto).await, names("cm", 10));
         create_configmaps(&api, "live", 1, &[]).await;
         assert!(matches!(next(&mut auto).await, Ok(Event::Apply(cm)) if name(&cm) == "live-0"));
-        assert_eq!(log.kinds(), ["STREAM", "LIST", "WATCH"]);
+        assert_eq!(log.kinds(), [RequestKind::StreamingList, RequestKind::List, RequestKind::Watch]);
 
         // A real 410: the history the watcher would resume from is compacted away.
         // (Several changes, so that the compacted revision is past the resume point's next
         // one: a watch may start at exactly the compacted revision.)
         proxy.cut();
-        delete_configmaps(&api, ["cm-0".to_owned()]).await;
+        delete_all(&api, ["cm-0"]).await.unwrap();
         create_configmaps(&api, "late", 3, &[]).await;
         env.compact_etcd().await.unwrap();
         proxy.restore();
@@ -173,8 +173,9 @@ on_each_server_and_wire! {
         expected.extend(["live-0", "late-0", "late-1", "late-2"].map(String::from));
         assert_eq!(initial_sync(&mut auto).await, expected);
         let kinds = log.kinds();
-        assert_eq!(kinds.iter().filter(|k| **k == "STREAM").count(), 1, "{kinds:?}");
-        assert_eq!(kinds.iter().filter(|k| **k == "LIST").count(), 2, "{kinds:?}");
+        let count = |kind| kinds.iter().filter(|k| **k == kind).count();
+        assert_eq!(count(RequestKind::StreamingList), 1, "{kinds:?}");
+        assert_eq!(count(RequestKind::List), 2, "{kinds:?}");
     }
 }
 
@@ -204,7 +205,7 @@ on_each_server_and_wire! {
 
         // While the watcher is cut off: delete some, add some, and compact away the history.
         proxy.cut();
-        delete_configmaps(&api, (0..5).map(|i| format!("cm-{i}"))).await;
+        delete_all(&api, (0..5).map(|i| format!("cm-{i}"))).await.unwrap();
         create_configmaps(&api, "late", 3, &[]).await;
         env.compact_etcd().await.unwrap();
         proxy.restore();
@@ -306,8 +307,8 @@ on_each_server_and_wire! {
         // After a streaming list, the resume point is its end bookmark's version; after a
         // LIST, the list's: either way a WATCH from at least the newest listed object.
         let resumed = &log.requests()[synced..];
-        assert!(resumed.iter().all(|r| r.contains("watch=true") && !r.contains("sendInitialEvents")), "{resumed:?}");
-        let from = resumed.last().and_then(|r| r.split("resourceVersion=").nth(1)).and_then(|v| v.split('&').next()).map(|v| v.parse::<u64>().unwrap());
+        assert!(resumed.iter().all(|r| r.kind() == RequestKind::Watch && r.param("sendInitialEvents").is_none()), "{resumed:?}");
+        let from = resumed.last().and_then(|r| r.param("resourceVersion")).map(|v| v.parse::<u64>().unwrap());
         assert!(from >= newest_listed, "resumed from {from:?}, listed up to {newest_listed:?}");
     }
 }
@@ -418,10 +419,10 @@ on_each_server_and_wire! {
             assert_eq!(live(next(&mut events).await), format!("Apply live{round}-0"));
             expected.insert(format!("live{round}-0"));
             let kinds = log.kinds();
-            let want: &[&str] = match (strategy, server.serves_streaming_lists()) {
-                (InitialListStrategy::ListWatch, _) => &["LIST", "WATCH"],
-                (_, true) => &["STREAM"],
-                (_, false) => &["STREAM", "LIST", "WATCH"],
+            let want: &[RequestKind] = match (strategy, server.serves_streaming_lists()) {
+                (InitialListStrategy::ListWatch, _) => &[RequestKind::List, RequestKind::Watch],
+                (_, true) => &[RequestKind::StreamingList],
+                (_, false) => &[RequestKind::StreamingList, RequestKind::List, RequestKind::Watch],
             };
             assert_eq!(kinds, want, "{strategy:?}: {:?}", log.requests());
         }
@@ -436,7 +437,8 @@ on_each_server_and_wire! {
         let (env, ns, api) = shared_env(server, "watch-cut-sync").await;
         // 32 MB, more than the socket buffers between the server and the watcher hold, so
         // the cut lands while the server is still sending.
-        create_configmaps_of_size(&api, "cm", 4000, &[], 8 * 1024).await;
+        let big = (0..4000).map(|i| configmap(&format!("cm-{i}"), &[], 8 * 1024));
+        create_all(&api, big).await.unwrap();
         let (proxy, _log, watched) = cut_off_recorded(env, &ns).await;
         let mut writer = Writer::new();
         let mut events = watch(watched, Config::default(), wire);
@@ -464,7 +466,7 @@ on_each_server_and_wire! {
         }
         assert!(first_attempt.len() < 4000, "the cut landed after the whole list had arrived");
         let deleted: Vec<String> = first_attempt.iter().take(50).cloned().collect();
-        delete_configmaps(&api, deleted.clone()).await;
+        delete_all(&api, deleted.clone()).await.unwrap();
         create_configmaps(&api, "late", 5, &[]).await;
         proxy.restore();
         loop {
@@ -577,15 +579,15 @@ on_each_server_and_wire! {
         // The delete is the first revision after the resume point, and the compaction is at
         // exactly that revision.
         proxy.cut();
-        delete_configmaps(&api, ["cm-0".to_owned()]).await;
+        delete_all(&api, ["cm-0"]).await.unwrap();
         env.compact_etcd().await.unwrap();
         proxy.restore();
 
         let relisted = initial_sync(&mut events).await;
         assert_eq!(relisted, ["cm-1", "cm-2"].map(String::from).into());
         let kinds = log.kinds();
-        assert_eq!(kinds.first(), Some(&"STREAM"));
-        assert_eq!(kinds.iter().filter(|k| **k == "STREAM").count(), 2, "{kinds:?}");
+        assert_eq!(kinds.first(), Some(&RequestKind::StreamingList));
+        assert_eq!(kinds.iter().filter(|k| **k == RequestKind::StreamingList).count(), 2, "{kinds:?}");
     }
 }
 
@@ -654,7 +656,7 @@ on_each_server! {
     /// immutability and metadata alike, managed fields included when kept.
     async fn a_configmap_reads_the_same_in_both_wires(server: Server) {
         let (_, _, api) = shared_env(server, "watch-wires").await;
-        let mut cm = kache_tests::configmap("both", &[("app", "web")]);
+        let mut cm = kache_tests::configmap("both", &[("app", "web")], 512);
         cm.binary_data = Some(BTreeMap::from([("blob".to_owned(), ByteString(vec![0, 1, 254, 255]))]));
         cm.immutable = Some(true);
         api.create(&PostParams::default(), &cm).await.unwrap();

@@ -20,6 +20,37 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Test utilities
+//!
+//! Beside the control plane, the chores every test of a cache repeats:
+//!
+//! - Seeding: [`create_all`] and [`delete_all`] send many creates or deletes, [`IN_FLIGHT`]
+//!   at a time, and [`run_all`] any other requests the same way; [`configmap`] builds a small
+//!   `ConfigMap` of a chosen size to seed with.
+//! - Counting requests: a client from [`RequestLog::client`] records every request it sends,
+//!   and [`RequestKind`] says which were lists, watches and streaming lists.
+//! - Partitions: a [`Proxy`] cuts a client off from the server while the server keeps running.
+//!
+//! ```no_run
+//! use k8s_openapi::api::core::v1::ConfigMap;
+//! use kache_testenv::{Proxy, RequestKind, RequestLog, TestEnv, configmap, create_all};
+//! use kube_client::{Api, api::ListParams};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let env = TestEnv::shared().await?;
+//! let ns = env.create_namespace("seeded").await?;
+//! let api: Api<ConfigMap> = Api::namespaced(env.client(), &ns);
+//! create_all(&api, (0..500).map(|i| configmap(&format!("cm-{i}"), &[], 1024))).await?;
+//!
+//! // The code under test gets a client through a proxy, recorded.
+//! let proxy = Proxy::start(env.server_url()).await?;
+//! let log = RequestLog::new();
+//! let watched: Api<ConfigMap> = Api::namespaced(log.client(&proxy.config(env.config()))?, &ns);
+//! watched.list(&ListParams::default().limit(100)).await?;
+//! assert_eq!(log.count(RequestKind::List), 1);
+//! # Ok(()) }
+//! ```
+//!
 //! # What runs
 //!
 //! [`TestEnv::start`] creates a fresh folder under the system temp folder, generates an admin
@@ -81,15 +112,19 @@ mod assets;
 mod env;
 mod error;
 mod etcd;
+mod objects;
 mod process;
 mod proxy;
+mod requests;
 pub mod scripted;
 mod server;
 mod workdir;
 
 pub use env::{Builder, TestEnv};
 pub use error::{Error, Result};
+pub use objects::{IN_FLIGHT, configmap, create_all, delete_all, run_all};
 pub use proxy::Proxy;
+pub use requests::{RecordedRequest, RequestKind, RequestLog};
 pub use server::{Server, UnknownServer};
 
 #[cfg(test)]
@@ -97,4 +132,6 @@ mod tests {
     const fn assert_send_sync<T: Send + Sync>() {}
     const _: () = assert_send_sync::<crate::TestEnv>();
     const _: () = assert_send_sync::<crate::Error>();
+    const _: () = assert_send_sync::<crate::RequestLog>();
+    const _: () = assert_send_sync::<crate::RecordedRequest>();
 }

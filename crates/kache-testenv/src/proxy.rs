@@ -144,12 +144,34 @@ impl Proxy {
     /// # Panics
     /// Never: a socket address always makes a valid URL.
     pub fn client(&self, config: &kube_client::Config) -> Result<Client> {
+        Client::try_from(self.config(config)).map_err(|source| Error::Client { source })
+    }
+
+    /// `config` (such as [`TestEnv::config`](crate::TestEnv::config)) with its cluster URL
+    /// pointing at this proxy, for clients built another way, such as
+    /// [`RequestLog::client`](crate::RequestLog::client):
+    ///
+    /// ```no_run
+    /// use kache_testenv::{Proxy, RequestLog, TestEnv};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::shared().await?;
+    /// let proxy = Proxy::start(env.server_url()).await?;
+    /// let log = RequestLog::new();
+    /// let cut_off = log.client(&proxy.config(env.config()))?; // recorded, and cut off by `cut()`
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Panics
+    /// Never: a socket address always makes a valid URL.
+    #[must_use]
+    pub fn config(&self, config: &kube_client::Config) -> kube_client::Config {
         let mut config = config.clone();
         config.cluster_url = self
             .url()
             .parse()
             .expect("a socket address makes a valid URL");
-        Client::try_from(config).map_err(|source| Error::Client { source })
+        config
     }
 
     /// Cuts every open connection and refuses new ones until [`restore`](Self::restore).

@@ -138,9 +138,17 @@ impl Scripted {
     /// Never in practice: the URL is well formed.
     #[must_use]
     pub fn client(&self) -> kube_client::Client {
-        let url = format!("http://{}", self.addr).parse().expect("url");
-        let config = kube_client::Config::new(url);
-        kube_client::Client::try_from(config).expect("client")
+        kube_client::Client::try_from(self.config()).expect("client")
+    }
+
+    /// A client configuration for this responder, for clients built another way (such as
+    /// [`RequestLog::client`](crate::RequestLog::client)).
+    ///
+    /// # Panics
+    /// Never in practice: the URL is well formed.
+    #[must_use]
+    pub fn config(&self) -> kube_client::Config {
+        kube_client::Config::new(format!("http://{}", self.addr).parse().expect("url"))
     }
 
     /// The requests received so far.
@@ -185,14 +193,7 @@ async fn serve(mut socket: TcpStream, shared: &Shared) -> Option<TcpStream> {
     let head = String::from_utf8_lossy(&head);
     let target = head.lines().next()?.split(' ').nth(1)?.to_owned();
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    let query = query
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (decode(k), decode(v))
-        })
-        .collect();
+    let query = crate::requests::query_params(query).collect();
     shared.requests.lock().unwrap().push(Request {
         path: path.to_owned(),
         query,
@@ -238,25 +239,6 @@ async fn stream(mut socket: TcpStream, lines: &[String], end: End) -> Option<Tcp
         }
         End::Hang => Some(socket),
     }
-}
-
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A `ConfigMap` in namespace `ns`.
