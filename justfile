@@ -30,8 +30,8 @@ lint:
 # kache-watch with and without `protobuf`; then the loom models of kache-store's fan-out, in
 # their own target folder (the cfg changes every crate's build).
 test:
-    cargo test -p kache-watch -p kache-store
-    cargo test -p kache --features metrics,protobuf
+    cargo test -p kache-watch -p kache-store -p kache-controller
+    cargo test -p kache --features metrics,protobuf,controller
     cargo test -p kache-watch --features protobuf
     cargo test -p kache-store --features metrics
     RUSTFLAGS="--cfg kache_loom" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/loom" cargo test --release -p kache-store --lib loom
@@ -47,11 +47,12 @@ test:
 package:
     #!/usr/bin/env bash
     set -euo pipefail
-    rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/kache-{watch,store,testenv}-* \
+    rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/kache-{watch,store,testenv,controller}-* \
         "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/kache-0.*
     verify="${CARGO_TARGET_DIR:-target}/package-verify"
     rm -rf "$verify"
-    cargo package --allow-dirty --target-dir "$verify" -p kache-watch -p kache-store -p kache-testenv -p kache
+    cargo package --allow-dirty --target-dir "$verify" -p kache-watch -p kache-store -p kache-testenv \
+        -p kache-controller -p kache
     rm -rf "$verify"
 
 # End-to-end and fault tests against both local control planes (provisioned on first use):
@@ -79,8 +80,8 @@ examples: control-plane
 doc:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
     K8S_OPENAPI_ENABLED_VERSION= RUSTDOCFLAGS="-D warnings" cargo doc --no-deps \
-        -p kache-watch -p kache-store -p kache-testenv -p kache \
-        --features k8s-openapi/latest,kache-watch/protobuf,kache/metrics,kache/protobuf
+        -p kache-watch -p kache-store -p kache-testenv -p kache-controller -p kache \
+        --features k8s-openapi/latest,kache-watch/protobuf,kache/metrics,kache/protobuf,kache/controller
 
 # Provision both control planes, each built once and then cached: etcd and kube-apiserver
 # v1.20.2 from Debian's source, and etcd 3.5 with the modern server from Debian sid's packages.
@@ -116,3 +117,4 @@ soak: control-plane
 bench-instructions objects="10000":
     cargo build --profile bench -p kache-benches --bin reflect-instructions
     "${CARGO_TARGET_DIR:-target}/release/reflect-instructions" {{objects}}
+

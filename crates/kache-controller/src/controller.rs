@@ -20,7 +20,7 @@ use tracing::{Instrument, debug, info, warn};
 use crate::action::Action;
 use crate::config::Config;
 use crate::error::Error;
-use crate::fence::{self, FenceStore, Written};
+use crate::fence::{self, Fenced, Written};
 use crate::queue::{Outcome, Popped, Priority, Queue};
 
 /// What made a key due.
@@ -54,7 +54,7 @@ pub struct Controller<K> {
     store: Store<K>,
     config: Config,
     triggers: Vec<BoxStream<'static, Trigger>>,
-    fence_stores: Vec<Arc<dyn FenceStore>>,
+    fence_stores: Vec<Fenced>,
     shutdown: Option<BoxFuture<'static, ()>>,
 }
 
@@ -93,7 +93,10 @@ where
             })
             .boxed();
         Self {
-            fence_stores: vec![Arc::new(store.clone())],
+            fence_stores: vec![Fenced {
+                store: Arc::new(store.clone()),
+                owner: None,
+            }],
             store,
             config,
             triggers: vec![triggers],
@@ -153,7 +156,13 @@ where
             };
             Some(key)
         };
-        self.related(store, move |child| mapper(child).into_iter().collect())
+        let owner = Some((
+            K::api_version(dyntype).into_owned(),
+            K::kind(dyntype).into_owned(),
+        ));
+        self.related(store, owner, move |child| {
+            mapper(child).into_iter().collect()
+        })
     }
 
     /// Reconciles the objects `mapper` names for each object of `store` that changes or is
@@ -164,12 +173,15 @@ where
         O: Resource + Send + Sync + 'static,
         I: IntoIterator<Item = ObjectKey>,
     {
-        self.related(store, move |object| mapper(object).into_iter().collect())
+        self.related(store, None, move |object| {
+            mapper(object).into_iter().collect()
+        })
     }
 
     fn related<O>(
         mut self,
         store: Store<O>,
+        owner: Option<(String, String)>,
         mapper: impl Fn(&O) -> Vec<ObjectKey> + Send + 'static,
     ) -> Self
     where
@@ -192,7 +204,10 @@ where
             })
             .boxed();
         self.triggers.push(triggers);
-        self.fence_stores.push(Arc::new(store));
+        self.fence_stores.push(Fenced {
+            store: Arc::new(store),
+            owner,
+        });
         self
     }
 
@@ -296,7 +311,7 @@ struct Run<K, Ctx, R, E, P> {
     store: Store<K>,
     triggers: SelectAll<BoxStream<'static, Trigger>>,
     triggers_open: bool,
-    fence_stores: Arc<[Arc<dyn FenceStore>]>,
+    fence_stores: Arc<[Fenced]>,
     running: FuturesUnordered<BoxFuture<'static, Ended<E>>>,
     fences: FuturesUnordered<BoxFuture<'static, (ObjectKey, bool)>>,
     /// The writes of each object's last reconcile, until the caches show them.

@@ -25,6 +25,8 @@ pub(crate) struct Written {
     type_id: TypeId,
     object: Arc<dyn Any + Send + Sync>,
     deleted: bool,
+    /// The `(apiVersion, kind)` of the object's controller, from its ownerReferences.
+    owner: Option<(String, String)>,
 }
 
 impl fmt::Debug for Written {
@@ -48,13 +50,21 @@ pub(crate) async fn recording<F: Future>(writes: Writes, future: F) -> F::Output
     WRITES.scope(writes, future).await
 }
 
-fn push<K: Clone + Send + Sync + 'static>(object: &K, deleted: bool) -> bool {
+fn push<K: Resource + Clone + Send + Sync + 'static>(object: &K, deleted: bool) -> bool {
+    let owner = object
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|owner| owner.controller == Some(true))
+        .map(|owner| (owner.api_version.clone(), owner.kind.clone()));
     WRITES
         .try_with(|writes| {
             writes.lock().push(Written {
                 type_id: TypeId::of::<K>(),
                 object: Arc::new(object.clone()),
                 deleted,
+                owner: owner.clone(),
             });
         })
         .is_ok()
@@ -62,8 +72,9 @@ fn push<K: Clone + Send + Sync + 'static>(object: &K, deleted: bool) -> bool {
 
 /// Records, for the reconcile running in this task, that it wrote `object`: pass what the
 /// create, replace or patch returned (its resourceVersion is the write's). The object's next
-/// reconcile waits until every store of the controller holding `K` shows it at that version or
-/// newer. `false` (and nothing recorded) outside a reconcile.
+/// reconcile waits until the controller's stores show it at that version or newer: those that
+/// hold the object; for a new object, the stores of `owns` if this controller's kind is its
+/// controller, else every store of `K`. `false` (and nothing recorded) outside a reconcile.
 ///
 /// ```no_run
 /// use k8s_openapi::api::core::v1::ConfigMap;
@@ -194,7 +205,9 @@ where
 
 /// A store a fence looks in, whatever its type.
 pub(crate) trait FenceStore: Send + Sync {
-    /// The wait for `written`, if this store holds its kind.
+    /// Whether this store holds the written object's key now; `None` if it is of another kind.
+    fn holds(&self, written: &Written) -> Option<bool>;
+    /// The wait for `written`, if this store is of its kind.
     fn wait(&self, written: &Written) -> Option<BoxFuture<'static, ()>>;
 }
 
@@ -202,6 +215,14 @@ impl<K> FenceStore for Store<K>
 where
     K: Resource + Send + Sync + 'static,
 {
+    fn holds(&self, written: &Written) -> Option<bool> {
+        let object = written.object.downcast_ref::<K>()?;
+        Some(
+            self.get_key(&kache_store::ObjectKey::from_object(object))
+                .is_some(),
+        )
+    }
+
     fn wait(&self, written: &Written) -> Option<BoxFuture<'static, ()>> {
         if written.type_id != TypeId::of::<K>() {
             return None;
@@ -227,23 +248,69 @@ where
     }
 }
 
-/// The wait until every store in `stores` holding a kind of `writes` shows them; `true` if
-/// it timed out.
+/// A store of the controller, as fences see it.
+pub(crate) struct Fenced {
+    pub(crate) store: Arc<dyn FenceStore>,
+    /// For a store of owned objects (`owns`): the `(apiVersion, kind)` of their controller.
+    pub(crate) owner: Option<(String, String)>,
+}
+
+/// The waits that show one write.
+///
+/// Several stores may hold one kind, each with its own selector, and a wait in a store that
+/// does not select the object resolves only when that store's version passes the write's, at
+/// whatever event or bookmark comes next: it shows nothing. So the stores that hold the
+/// object's key now must show the write (for a delete, drop the object); a write to an object
+/// no store holds yet (a create) must be shown by the stores of the objects this controller
+/// owns if the object names this controller's kind as its controller, and otherwise by every
+/// store of its kind.
+fn waits(stores: &[Fenced], written: &Written) -> Vec<BoxFuture<'static, ()>> {
+    let of_kind = || {
+        stores
+            .iter()
+            .filter(|fenced| fenced.store.holds(written).is_some())
+    };
+    let holders: Vec<_> = of_kind()
+        .filter(|fenced| fenced.store.holds(written) == Some(true))
+        .collect();
+    let chosen: Vec<_> = if !holders.is_empty() {
+        holders
+    } else if written.deleted {
+        // No store holds it: already gone from every cache.
+        Vec::new()
+    } else {
+        let owned: Vec<_> = of_kind()
+            .filter(|fenced| fenced.owner.is_some() && fenced.owner == written.owner)
+            .collect();
+        if owned.is_empty() {
+            of_kind().collect()
+        } else {
+            owned
+        }
+    };
+    chosen
+        .into_iter()
+        .filter_map(|fenced| fenced.store.wait(written))
+        .collect()
+}
+
+/// The wait until the stores show every write of `writes` (see [`waits`]); `true` if it
+/// timed out. `None` when there is nothing to wait for.
 pub(crate) fn fence(
-    stores: &[Arc<dyn FenceStore>],
+    stores: &[Fenced],
     writes: &[Written],
     timeout: Duration,
 ) -> Option<BoxFuture<'static, bool>> {
-    let waits: Vec<_> = writes
+    let shown: Vec<BoxFuture<'static, ()>> = writes
         .iter()
-        .flat_map(|written| stores.iter().filter_map(|store| store.wait(written)))
+        .flat_map(|written| waits(stores, written))
         .collect();
-    if waits.is_empty() {
+    if shown.is_empty() {
         return None;
     }
     Some(
         async move {
-            tokio::time::timeout(timeout, futures::future::join_all(waits))
+            tokio::time::timeout(timeout, futures::future::join_all(shown))
                 .await
                 .is_err()
         }
@@ -253,11 +320,10 @@ pub(crate) fn fence(
 
 /// Whether the stores show `writes` already: a reconcile that starts otherwise acts on a
 /// cache older than its object's last writes (counted, fences on or off).
-pub(crate) fn visible(stores: &[Arc<dyn FenceStore>], writes: &[Written]) -> bool {
+pub(crate) fn visible(stores: &[Fenced], writes: &[Written]) -> bool {
     writes.iter().all(|written| {
-        stores
-            .iter()
-            .filter_map(|store| store.wait(written))
+        waits(stores, written)
+            .into_iter()
             .all(|mut wait| wait.as_mut().now_or_never().is_some())
     })
 }

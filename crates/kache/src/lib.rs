@@ -58,9 +58,13 @@
 //!   ([`store`]'s `metrics` feature).
 //! - `protobuf`: `protobuf_watcher`, which reads the API in protobuf instead of JSON
 //!   ([`watch`]'s `protobuf` feature).
+//! - `controller`: `kache::controller`, reconcile loops on the stores with a fair, bounded
+//!   queue and read-your-writes fences (the kache-controller crate).
 //!
 //! Both crates' errors keep their own names: [`watch::Error`] and [`store::Error`].
 
+#[cfg(feature = "controller")]
+pub use kache_controller as controller;
 pub use kache_store as store;
 pub use kache_watch as watch;
 
