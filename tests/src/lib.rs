@@ -862,3 +862,8 @@ pub struct TestingDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/protobuf.md")]
 pub struct ProtobufDoctests;
+
+/// The code of docs/controller.md.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/controller.md")]
+pub struct ControllerDoctests;
