@@ -10,12 +10,15 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kache_controller::{Action, Config as ControllerConfig, Controller, Recorded, Retry};
+use kache_controller::{Action, Config as ControllerConfig, Controller, Metrics, Recorded, Retry};
+use kache_examples::exposition::Exposition;
+use kache_examples::probes::{self, ProbeServer, Probes};
 use kache_store::{ReflectExt, Store, Writer};
 use kache_tests::{cut_off, eventually, on_each_server, private_env, quick_backoff, shared_env};
 use kache_watch::{Config, WatchStreamExt, watcher};
 use kube_client::Api;
 use kube_client::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use prometheus_client::registry::Registry;
 use serde_json::json;
 
 const PARENT: &str = "role=parent";
@@ -107,6 +110,15 @@ impl Drop for Running {
 }
 
 fn start(watch: &Api<ConfigMap>, write: &Api<ConfigMap>, fences: bool) -> Running {
+    start_reporting(watch, write, fences, None)
+}
+
+fn start_reporting(
+    watch: &Api<ConfigMap>,
+    write: &Api<ConfigMap>,
+    fences: bool,
+    metrics: Option<&Metrics>,
+) -> Running {
     let (parents, children) = (Writer::<ConfigMap>::new(), Writer::<ConfigMap>::new());
     let (parents_store, children_store) = (parents.as_reader(), children.as_reader());
     let feed = |writer: Writer<ConfigMap>, labels: &str| {
@@ -119,10 +131,13 @@ fn start(watch: &Api<ConfigMap>, write: &Api<ConfigMap>, fences: bool) -> Runnin
         children: children_store.clone(),
         api: Recorded::new(write.clone()),
     });
-    let config = ControllerConfig::default()
+    let mut config = ControllerConfig::default()
         .concurrency(16)
         .fences(fences, Duration::from_secs(10))
         .name("one-child");
+    if let Some(metrics) = metrics {
+        config = config.metrics(metrics);
+    }
     let controller = Controller::new(parents_store.clone(), config)
         .owns(children_store.clone())
         .run(reconcile, error_policy, operator);
@@ -250,7 +265,9 @@ on_each_server! {
     async fn an_operator_converges_through_deletes_restarts_and_relists(server: Server) {
         let (env, ns, admin) = private_env(server, "ctl-faults").await;
         let (proxy, watched) = cut_off(&env, &ns).await;
-        let operator = start(&watched, &admin, true);
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let operator = start_reporting(&watched, &admin, true, Some(&metrics));
         create_parents(&admin, "p", 50).await;
         let settled = || async {
             let (state, orphans) = on_server(&admin).await;
@@ -281,5 +298,24 @@ on_each_server! {
         proxy.restore();
         eventually("converged after the relist", settled).await;
         assert_eq!(operator.parents.len(), 50);
+
+        // Its metrics, scraped over HTTP as Prometheus would.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = ProbeServer::start(listener, Probes { registry, health: Vec::new() }).unwrap();
+        let answer = probes::get(server.addr(), "/metrics").await.unwrap();
+        assert_eq!(answer.status, 200);
+        let scrape = Exposition::parse(&answer.body).unwrap();
+        let of = |name: &str, extra: &[(&str, &str)]| {
+            let mut labels = vec![("controller", "one-child")];
+            labels.extend_from_slice(extra);
+            scrape.value(name, &labels).unwrap_or_else(|| panic!("{name} {extra:?}:\n{}", answer.body))
+        };
+        let successes = of("kache_controller_reconciles_total", &[("result", "success")]);
+        assert!(successes >= 50.0, "every parent reconciled: {successes}");
+        assert!(of("workqueue_adds_total", &[]) >= successes);
+        assert!(of("kache_controller_fence_waits_total", &[]) >= 50.0, "each create fenced");
+        assert_eq!(of("kache_controller_stale_reconciles_total", &[]), 0.0);
+        assert_eq!(of("workqueue_depth", &[]), 0.0);
+        assert!(of("workqueue_work_duration_seconds_count", &[]) >= successes);
     }
 }

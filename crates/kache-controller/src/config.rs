@@ -31,6 +31,8 @@ pub struct Config {
     pub(crate) resync: Option<Duration>,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) name: String,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Default for Config {
@@ -51,6 +53,8 @@ impl Default for Config {
             resync: None,
             shutdown_timeout: Duration::from_secs(30),
             name: String::new(),
+            #[cfg(feature = "metrics")]
+            metrics: None,
         }
     }
 }
@@ -119,6 +123,26 @@ impl Config {
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
         self
+    }
+
+    /// Reports this controller's queue, reconciles and fences through `metrics`, under its
+    /// [`name`](Self::name) (the `controller` label).
+    #[cfg(feature = "metrics")]
+    #[must_use]
+    pub fn metrics(mut self, metrics: &crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics.clone());
+        self
+    }
+
+    #[cfg(feature = "metrics")]
+    pub(crate) fn reporter(&self) -> Option<crate::metrics::Reporter> {
+        self.metrics.as_ref().map(|metrics| metrics.of(&self.name))
+    }
+
+    #[cfg(not(feature = "metrics"))]
+    #[allow(clippy::unused_self, reason = "the same call as with the feature")]
+    pub(crate) fn reporter<T>(&self) -> Option<T> {
+        None
     }
 
     /// The controller's name, in its logs, spans and metrics (`controller` label).

@@ -21,7 +21,39 @@ use crate::action::Action;
 use crate::config::Config;
 use crate::error::Error;
 use crate::fence::{self, Fenced, Written};
+#[cfg(feature = "metrics")]
+use crate::metrics::Reporter;
 use crate::queue::{Outcome, Popped, Priority, Queue};
+
+/// Without the `metrics` feature, nothing is reported.
+#[cfg(not(feature = "metrics"))]
+#[derive(Debug)]
+enum Reporter {}
+
+#[cfg(not(feature = "metrics"))]
+impl Reporter {
+    fn added(&self, _: usize) {
+        match *self {}
+    }
+    fn depth(&self, _: usize) {
+        match *self {}
+    }
+    fn started(&self, _: Duration, _: usize, _: bool) {
+        match *self {}
+    }
+    fn finished(&self, _: Duration, _: &'static str, _: bool, _: usize) {
+        match *self {}
+    }
+    fn running(&self, _: Duration, _: Duration) {
+        match *self {}
+    }
+    fn fenced(&self) {
+        match *self {}
+    }
+    fn fence_timed_out(&self) {
+        match *self {}
+    }
+}
 
 /// What made a key due.
 enum Trigger {
@@ -195,7 +227,11 @@ where
                     Event::Apply(object) | Event::Delete(object) => (object, Priority::Live),
                     Event::Init | Event::InitDone => return stream::iter(Vec::new()),
                 };
-                let keys = mapper(&object);
+                let keys = std::panic::catch_unwind(AssertUnwindSafe(|| mapper(&object)))
+                    .unwrap_or_else(|panic| {
+                        warn!(message = %panic_message(&*panic), "a trigger mapper panicked; the change triggers nothing");
+                        Vec::new()
+                    });
                 stream::iter(
                     keys.into_iter()
                         .map(|key| Trigger::Key(key, priority))
@@ -275,7 +311,8 @@ where
             writes: HashMap::new(),
             shutdown: shutdown.unwrap_or_else(|| futures::future::pending().boxed()),
             stopping: None,
-            stale_starts: 0,
+            starts: HashMap::new(),
+            reporter: config.reporter(),
             reconcile,
             error_policy,
             context,
@@ -319,8 +356,9 @@ struct Run<K, Ctx, R, E, P> {
     shutdown: BoxFuture<'static, ()>,
     /// Set once shutting down: when running reconciles are abandoned.
     stopping: Option<Instant>,
-    /// Reconciles that started on a cache older than their object's last writes.
-    stale_starts: u64,
+    /// When each running reconcile started.
+    starts: HashMap<ObjectKey, Instant>,
+    reporter: Option<Reporter>,
     reconcile: R,
     error_policy: P,
     context: Arc<Ctx>,
@@ -354,6 +392,9 @@ where
                 };
             }
             self.start_ready();
+            self.report_running();
+            // While reconciles run, the gauges of their running time move every second.
+            let gauges = tokio::time::sleep(Duration::from_secs(1));
             let wakeup = self.queue.next_wakeup();
             let sleep = async move {
                 match wakeup {
@@ -369,6 +410,9 @@ where
                 Some((key, timed_out)) = self.fences.next(), if !self.fences.is_empty() => {
                     if timed_out {
                         debug!(controller = %self.config.name, object = %key, "fence timed out; the reconcile runs");
+                        if let Some(reporter) = &self.reporter {
+                            reporter.fence_timed_out();
+                        }
                     }
                     self.queue.unfence(&key, Instant::now());
                 }
@@ -377,6 +421,7 @@ where
                     None => self.triggers_open = false,
                 },
                 () = sleep => {}
+                () = gauges, if self.reporter.is_some() && !self.running.is_empty() => {}
                 () = &mut self.shutdown => {
                     info!(controller = %self.config.name, running = self.running.len(), "shutting down: no new reconciles");
                     self.stopping = Some(Instant::now() + self.config.shutdown_timeout);
@@ -389,14 +434,38 @@ where
         }
     }
 
+    fn report_running(&self) {
+        let Some(reporter) = &self.reporter else {
+            return;
+        };
+        let now = Instant::now();
+        let (total, longest) = self.starts.values().fold(
+            (Duration::ZERO, Duration::ZERO),
+            |(total, longest), started| {
+                let ran = now.saturating_duration_since(*started);
+                (total + ran, longest.max(ran))
+            },
+        );
+        reporter.running(total, longest);
+        reporter.depth(self.queue.depth());
+    }
+
     fn trigger(&mut self, trigger: Trigger) {
         let now = Instant::now();
         match trigger {
-            Trigger::Key(key, priority) => self.queue.add(key, priority, now),
+            Trigger::Key(key, priority) => {
+                self.queue.add(key, priority, now);
+                if let Some(reporter) = &self.reporter {
+                    reporter.added(self.queue.depth());
+                }
+            }
             Trigger::All(priority) => {
                 for object in self.store.state() {
                     self.queue
                         .add(ObjectKey::from_object(&*object), priority, now);
+                    if let Some(reporter) = &self.reporter {
+                        reporter.added(self.queue.depth());
+                    }
                 }
             }
         }
@@ -426,20 +495,32 @@ where
             self.queue.done(&key, Outcome::Success(None), false, now);
             return;
         };
+        let mut stale = false;
         if let Some(writes) = self.writes.remove(&key)
             && !fence::visible(&self.fence_stores, &writes)
         {
             // Only with fences off, or after a fence timed out.
-            self.stale_starts += 1;
+            stale = true;
             debug!(controller = %self.config.name, object = %key, "reconcile starts on a cache older than its last writes");
+        }
+        self.starts.insert(key.clone(), now);
+        if let Some(reporter) = &self.reporter {
+            reporter.started(
+                now.saturating_duration_since(queued_at),
+                self.running.len() + 1,
+                stale,
+            );
         }
         let recorded: fence::Writes = Arc::new(Mutex::new(Vec::new()));
         let span = tracing::info_span!("reconcile", controller = %self.config.name, object = %key, attempt = failures + 1, ?priority, queued = ?now.saturating_duration_since(queued_at));
-        let future = (self.reconcile)(Arc::clone(&object), Arc::clone(&self.context));
-        let run = fence::recording(
-            Arc::clone(&recorded),
-            AssertUnwindSafe(future).catch_unwind(),
-        );
+        let made = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            (self.reconcile)(Arc::clone(&object), Arc::clone(&self.context))
+        }));
+        let future = match made {
+            Ok(future) => AssertUnwindSafe(future).catch_unwind().boxed(),
+            Err(panic) => futures::future::ready(Err(panic)).boxed(),
+        };
+        let run = fence::recording(Arc::clone(&recorded), future);
         let erased: Arc<dyn std::any::Any + Send + Sync> = object;
         self.running.push(
             async move {
@@ -490,7 +571,15 @@ where
                     attempt,
                     backoff: self.queue.backoff(attempt),
                 };
-                let action = (self.error_policy)(object, &err, Arc::clone(&self.context), retry);
+                let context = Arc::clone(&self.context);
+                let policy = &self.error_policy;
+                let action = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    policy(object, &err, context, retry)
+                }))
+                .unwrap_or_else(|panic| {
+                    warn!(controller = %self.config.name, object = %key, message = %panic_message(&*panic), "the error policy panicked; retried with backoff");
+                    Action::requeue(retry.backoff)
+                });
                 (
                     Outcome::Failure(action.requeue_after()),
                     Err(Error::ReconcileFailed {
@@ -512,6 +601,24 @@ where
             }
         };
         self.queue.done(&key, outcome, fenced, now);
+        let started = self.starts.remove(&key).unwrap_or(now);
+        if let Some(reporter) = &self.reporter {
+            let result = match &item {
+                Ok(_) => "success",
+                Err(Error::ReconcilePanicked { .. }) => "panic",
+                Err(_) => "error",
+            };
+            let retry = matches!(outcome, Outcome::Failure(Some(_)));
+            reporter.finished(
+                now.saturating_duration_since(started),
+                result,
+                retry,
+                self.running.len(),
+            );
+            if fenced {
+                reporter.fenced();
+            }
+        }
         if let Some(fence) = fence {
             self.fences
                 .push(fence.map(move |timed_out| (key, timed_out)).boxed());

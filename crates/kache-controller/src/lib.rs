@@ -95,6 +95,8 @@ mod config;
 mod controller;
 mod error;
 mod fence;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod queue;
 
 pub use action::Action;
@@ -102,6 +104,8 @@ pub use config::Config;
 pub use controller::{Controller, Retry};
 pub use error::Error;
 pub use fence::{Recorded, record, record_deletion};
+#[cfg(feature = "metrics")]
+pub use metrics::Metrics;
 pub use queue::Priority;
 
 #[cfg(test)]
