@@ -17,13 +17,15 @@ fmt:
 fmt-check:
     cargo fmt --all -- --check
 
-# Clippy on every target, warnings as errors; kache-store also without its `metrics` feature
-# and kache-watch without `protobuf` (the workspace build turns them on for the tests). Then the
-# library crates' modules: no module may reach itself through the `crate::` paths of its code.
+# Clippy on every target, warnings as errors; kache-store also without its `metrics` feature,
+# kache-watch without `protobuf` and kache-controller without `metrics` (the workspace build
+# turns them on for the tests). Then the library crates' modules: no module may reach itself
+# through the `crate::` paths of its code.
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
     cargo clippy -p kache-store --all-targets -- -D warnings
     cargo clippy -p kache-watch --all-targets -- -D warnings
+    cargo clippy -p kache-controller --all-targets -- -D warnings
     cargo test -p kache-tests --test module_cycles
 
 # Unit, property and doc tests (no cluster needed), kache-store with and without `metrics`,
@@ -34,6 +36,7 @@ test:
     cargo test -p kache --features metrics,protobuf,controller
     cargo test -p kache-watch --features protobuf
     cargo test -p kache-store --features metrics
+    cargo test -p kache-controller --features metrics
     RUSTFLAGS="--cfg kache_loom" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/loom" cargo test --release -p kache-store --lib loom
 
 # Package the library crates as crates.io would get them, and build each from its package alone.
@@ -81,7 +84,7 @@ doc:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
     K8S_OPENAPI_ENABLED_VERSION= RUSTDOCFLAGS="-D warnings" cargo doc --no-deps \
         -p kache-watch -p kache-store -p kache-testenv -p kache-controller -p kache \
-        --features k8s-openapi/latest,kache-watch/protobuf,kache/metrics,kache/protobuf,kache/controller
+        --features k8s-openapi/latest,kache-watch/protobuf,kache/metrics,kache/protobuf,kache/controller,kache-controller/metrics
 
 # Provision both control planes, each built once and then cached: etcd and kube-apiserver
 # v1.20.2 from Debian's source, and etcd 3.5 with the modern server from Debian sid's packages.
