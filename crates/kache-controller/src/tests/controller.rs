@@ -352,3 +352,47 @@ async fn a_graceful_shutdown_starts_nothing_new_and_lets_running_reconciles_fini
     );
     assert!(started.try_recv().is_err(), "nothing new started");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_new_child_is_awaited_in_the_owns_store_not_in_another_store_of_its_kind() {
+    // Parents and children of one kind: the parents' store passes the child's version (other
+    // parents change), which must not lift the fence.
+    let mut parents = synced(&[cm("a", 1), cm("b", 2)]);
+    let mut children = Writer::<ConfigMap>::new();
+    children.apply(Event::Init);
+    children.apply(Event::InitDone);
+    let mut child = cm("a-child", 10);
+    child.metadata.owner_references = child_of("a", 10).metadata.owner_references;
+    let created = child.clone();
+    let (tx, mut started) = starts();
+    let controller = Controller::new(parents.as_reader(), Config::default())
+        .owns(children.as_reader())
+        .run(
+            move |object: Arc<ConfigMap>, _ctx: Arc<()>| {
+                let (tx, created) = (tx.clone(), created.clone());
+                async move {
+                    let name = object.metadata.name.clone().unwrap();
+                    if name == "a" {
+                        record(&created);
+                        tx.send(object.metadata.resource_version.clone().unwrap())
+                            .unwrap();
+                    }
+                    Ok::<_, Failed>(Action::await_change())
+                }
+            },
+            no_retry,
+            Arc::new(()),
+        );
+    tokio::spawn(controller.for_each(|_| async {}));
+    assert_eq!(next_start(&mut started).await, "1");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    parents.apply(Event::Apply(cm("b", 20)));
+    parents.apply(Event::Apply(cm("a", 21)));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        started.try_recv().is_err(),
+        "the parents' store passing 10 shows no child"
+    );
+    children.apply(Event::Apply(child));
+    assert_eq!(next_start(&mut started).await, "21");
+}
