@@ -121,3 +121,6 @@ bench-instructions objects="10000":
     cargo build --profile bench -p kache-benches --bin reflect-instructions
     "${CARGO_TARGET_DIR:-target}/release/reflect-instructions" {{objects}}
 
+# Regenerate docs/benchmarks.md and docs/charts/ from the benches' results in benches/results/.
+bench-report:
+    cargo run -p kache-benches --bin bench-report

@@ -23,8 +23,8 @@ use std::thread;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
-    BoxError, Table, config_map, config_map_key, env_usize, kache_events, kube_runtime_events,
-    world,
+    BoxError, Results, Table, config_map, config_map_key, env_usize, kache_events,
+    kube_runtime_events, world,
 };
 use kube_runtime::reflector::{self, ObjectRef};
 
@@ -181,6 +181,9 @@ fn main() -> Result<(), BoxError> {
     let n = env_usize("KACHE_BENCH_OBJECTS", 100_000);
     let runs = env_usize("KACHE_BENCH_RUNS", 3).max(1);
     let objects = world(n, 1, config_map);
+    let mut results = Results::new("blocking", "cargo bench -p kache-benches --bench blocking");
+    results.setting("objects", n);
+    results.setting("runs", runs);
     let mut table = Table::new(&[
         "relisted objects",
         "store read",
@@ -203,6 +206,17 @@ fn main() -> Result<(), BoxError> {
                 ours.push(kache(&objects, &fresh, control)?);
                 theirs.push(kube_runtime(&objects, &fresh, control)?);
             }
+            let total =
+                |runs: &[Seen], what: fn(&Seen) -> u64| -> u64 { runs.iter().map(what).sum() };
+            results.data(serde_json::json!({
+                "changed": changed,
+                "control": control,
+                "runs": runs,
+                "kache_voluntary": total(&ours, |s| s.voluntary),
+                "kube_runtime_voluntary": total(&theirs, |s| s.voluntary),
+                "kache_reads": total(&ours, |s| s.reads),
+                "kube_runtime_reads": total(&theirs, |s| s.reads),
+            }));
             #[expect(
                 clippy::cast_precision_loss,
                 reason = "a count of reads shown in millions to one decimal"
@@ -237,10 +251,13 @@ fn main() -> Result<(), BoxError> {
             ]);
         }
     }
-    println!(
-        "\nblocking waits of a reader thread (get in a loop, precomputed keys) during a relist \
-         of {n} ConfigMaps into a full store; {runs} runs per library, alternating\n"
+    let title = format!(
+        "blocking waits of a reader thread (get in a loop, precomputed keys) during a relist \
+         of {n} ConfigMaps into a full store; {runs} runs per library, alternating"
     );
+    println!("\n{title}\n");
     println!("{}", table.render());
+    results.table("waits", &title, &table);
+    results.write();
     Ok(())
 }

@@ -32,11 +32,12 @@ use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
-    Table, config_map, criterion_dir, criterion_median, fmt_ns, kache_events, kube_runtime_events,
-    ratio, world,
+    Results, Table, config_map, criterion_dir, criterion_median, fmt_ns, kache_events,
+    kube_runtime_events, ratio, world,
 };
 use kache_store::{Delivery, ReflectExt};
 use kube_runtime::{reflector, watcher};
+use serde_json::json;
 use tokio::runtime::Runtime;
 
 const OBJECTS: usize = 5_000;
@@ -171,6 +172,10 @@ fn kube_once(
 }
 
 fn main() {
+    let mut results = Results::new("fanout", "cargo bench -p kache-benches --bench fanout");
+    results.setting("objects", OBJECTS);
+    results.setting("subscribers", json!(SUBSCRIBERS));
+    results.setting("buffer", BUFFER);
     let out = criterion_dir();
     let mut c = Criterion::default()
         .output_directory(&out)
@@ -252,15 +257,42 @@ fn main() {
             ratio(kb, kr),
         ]);
     }
-    println!(
-        "\nfan-out: writer time per Apply event ({OBJECTS} events into a {OBJECTS}-object store, \
-         subscribers drained by tasks on 2 tokio workers, buffer {BUFFER}); criterion medians\n"
+    let title = format!(
+        "fan-out: writer time per Apply event ({OBJECTS} events into a {OBJECTS}-object store, \
+         subscribers drained by tasks on 2 tokio workers, buffer {BUFFER}); criterion medians"
     );
+    println!("\n{title}\n");
     println!("{}", table.render());
+    results.table("wall", &title, &table);
+    record(&mut results, &busy, per_event);
     print_scaling("", per_event);
-    print_busy(&busy);
-    for line in resyncs {
+    print_busy(&busy, &mut results);
+    for line in &resyncs {
         println!("{line}");
+    }
+    results.setting("resyncs", json!(resyncs));
+    results.write();
+}
+
+/// Records each function's wall and busy time per event, by subscribers, in `results`.
+fn record(
+    results: &mut Results,
+    busy: &[(&str, usize, f64)],
+    per_event: impl Fn(&str, usize) -> Option<f64>,
+) {
+    for s in SUBSCRIBERS {
+        for function in FUNCTIONS {
+            let busy = busy
+                .iter()
+                .find(|(f, n, _)| *f == function && *n == s)
+                .map(|(_, _, secs)| *secs);
+            results.data(json!({
+                "function": function,
+                "subscribers": s,
+                "wall_secs_per_event": per_event(function, s),
+                "busy_secs_per_event": busy,
+            }));
+        }
     }
 }
 
@@ -275,7 +307,7 @@ fn busy_per_event() -> f64 {
 }
 
 /// Prints the writer's busy time per event: `busy` holds (function, subscribers, seconds).
-fn print_busy(busy: &[(&str, usize, f64)]) {
+fn print_busy(busy: &[(&str, usize, f64)], results: &mut Results) {
     let busy_of = |function: &str, s: usize| {
         busy.iter()
             .find(|(f, n, _)| *f == function && *n == s)
@@ -300,11 +332,11 @@ fn print_busy(busy: &[(&str, usize, f64)]) {
             cell("kube-runtime"),
         ]);
     }
-    println!(
-        "\nfan-out: writer busy time per Apply event (inside the writer stream's polls, waits \
-         excluded); means over the iterations\n"
-    );
+    let title = "fan-out: writer busy time per Apply event (inside the writer stream's polls, \
+                 waits excluded); means over the iterations";
+    println!("\n{title}\n");
     println!("{}", table.render());
+    results.table("busy", title, &table);
     print_scaling(" in busy time", busy_of);
 }
 

@@ -21,11 +21,12 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
-    Rng, Table, clock_overhead, config_map, config_map_key, fmt_ns, median, percentile, ratio,
-    world,
+    Results, Rng, Table, clock_overhead, config_map, config_map_key, fmt_ns, median, percentile,
+    ratio, world,
 };
 use kube_runtime::reflector::{self, ObjectRef};
 use kube_runtime::watcher;
+use serde_json::json;
 
 /// One library under test, reduced to what these measurements need.
 trait Side {
@@ -264,12 +265,28 @@ fn relist<S: Side>(objects: &[ConfigMap], changed: bool) -> RelistResult {
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not supported.
     let overhead = clock_overhead();
+    let mut results = Results::new("latency", "cargo bench -p kache-benches --bench latency");
+    results.setting("objects", json!([10_000, 100_000]));
+    results.setting("relist_runs", RUNS);
+    results.setting("clock_overhead_secs", overhead.as_secs_f64());
     println!("\nlatency: kache vs kube-runtime 5.x, ConfigMaps, same run");
     println!(
         "clock overhead subtracted from each timed get: {}",
         fmt_ns(overhead)
     );
 
+    gets(&mut results, overhead);
+    relists(&mut results);
+    println!(
+        "{} and {} were measured in this order, one after the other, for every row.",
+        Kache::NAME,
+        KubeRuntime::NAME
+    );
+    results.write();
+}
+
+/// Times single `get`s, alone and beside a writer, and prints and records the table.
+fn gets(results: &mut Results, overhead: Duration) {
     let mut table = Table::new(&[
         "objects",
         "concurrent writer",
@@ -284,6 +301,15 @@ fn main() {
         for with_writer in [false, true] {
             let kache = get_latency::<Kache>(&objects, with_writer, overhead);
             let kube = get_latency::<KubeRuntime>(&objects, with_writer, overhead);
+            results.data(json!({
+                "what": "get",
+                "objects": n,
+                "writer": with_writer,
+                "kache_p50_secs": kache.median.as_secs_f64(),
+                "kache_p99_secs": kache.p99.as_secs_f64(),
+                "kube_runtime_p50_secs": kube.median.as_secs_f64(),
+                "kube_runtime_p99_secs": kube.p99.as_secs_f64(),
+            }));
             table.row(vec![
                 n.to_string(),
                 if with_writer { "yes" } else { "no" }.to_owned(),
@@ -303,9 +329,14 @@ fn main() {
             ]);
         }
     }
-    println!("\n`get` latency (single thread, 300,000 timed calls each)\n");
+    let title = "`get` latency (single thread, 300,000 timed calls each)";
+    println!("\n{title}\n");
     println!("{}", table.render());
+    results.table("get", title, &table);
+}
 
+/// Times relists and the reader's longest stall, and prints and records the table.
+fn relists(results: &mut Results) {
     let mut table = Table::new(&[
         "objects",
         "relisted objects",
@@ -331,6 +362,17 @@ fn main() {
             let (kw, kuw) = (med(&kache, |r| r.wall), med(&kube, |r| r.wall));
             let (ks, kus) = (med(&kache, |r| r.stall), med(&kube, |r| r.stall));
             let (kf, kuf) = (med(&kache, |r| r.floor), med(&kube, |r| r.floor));
+            results.data(json!({
+                "what": "relist",
+                "objects": n,
+                "changed": changed,
+                "kache_wall_secs": kw.as_secs_f64(),
+                "kube_runtime_wall_secs": kuw.as_secs_f64(),
+                "kache_stall_secs": ks.as_secs_f64(),
+                "kube_runtime_stall_secs": kus.as_secs_f64(),
+                "kache_control_secs": kf.as_secs_f64(),
+                "kube_runtime_control_secs": kuf.as_secs_f64(),
+            }));
             table.row(vec![
                 n.to_string(),
                 if changed {
@@ -349,14 +391,11 @@ fn main() {
             ]);
         }
     }
-    println!(
-        "\nrelist (Init + N InitApply + InitDone into a full store; median of {RUNS} runs, \
-         alternating)\n"
+    let title = format!(
+        "relist (Init + N InitApply + InitDone into a full store; median of {RUNS} runs, \
+         alternating)"
     );
+    println!("\n{title}\n");
     println!("{}", table.render());
-    println!(
-        "{} and {} were measured in this order, one after the other, for every row.",
-        Kache::NAME,
-        KubeRuntime::NAME
-    );
+    results.table("relist", &title, &table);
 }

@@ -25,11 +25,12 @@ use futures::{FutureExt, StreamExt};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kache_benches::{
-    Kind, Table, config_map, config_map_managed, fmt_bytes, kache_events, kube_runtime_events, pod,
-    ratio, world,
+    Kind, Results, Table, config_map, config_map_managed, fmt_bytes, kache_events,
+    kube_runtime_events, pod, ratio, world,
 };
 use kube_client::Resource;
 use kube_runtime::{reflector, watcher};
+use serde_json::json;
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
@@ -167,6 +168,7 @@ fn compare<K>(
     make: fn(usize, u64) -> K,
     store: &mut Table,
     relist: &mut Table,
+    results: &mut Results,
 ) where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
@@ -174,6 +176,17 @@ fn compare<K>(
         for changed in [false, true] {
             let kache = measure::<K, Kache>(n, make, changed);
             let kube = measure::<K, KubeRuntime>(n, make, changed);
+            results.data(json!({
+                "kind": kind.label(),
+                "objects": n,
+                "changed": changed,
+                "kache_store_bytes": kache.store,
+                "kube_runtime_store_bytes": kube.store,
+                "kache_allocations": kache.allocations,
+                "kube_runtime_allocations": kube.allocations,
+                "kache_relist_extra_bytes": kache.relist_extra,
+                "kube_runtime_relist_extra_bytes": kube.relist_extra,
+            }));
             if !changed {
                 store.row(vec![
                     kind.label().to_owned(),
@@ -275,15 +288,42 @@ fn main() {
         "peak / store (kache / kube-runtime)",
         "extra ratio",
     ]);
-    compare::<ConfigMap>(&sizes, Kind::ConfigMap, config_map, &mut store, &mut relist);
+    let mut results = Results::new("memory", "cargo bench -p kache-benches --bench memory");
+    results.setting("objects", json!(sizes));
+    compare::<ConfigMap>(
+        &sizes,
+        Kind::ConfigMap,
+        config_map,
+        &mut store,
+        &mut relist,
+        &mut results,
+    );
     compare::<ConfigMap>(
         &sizes,
         Kind::ConfigMapManaged,
         config_map_managed,
         &mut store,
         &mut relist,
+        &mut results,
     );
-    compare::<Pod>(&sizes, Kind::Pod, pod, &mut store, &mut relist);
+    compare::<Pod>(
+        &sizes,
+        Kind::Pod,
+        pod,
+        &mut store,
+        &mut relist,
+        &mut results,
+    );
+    results.table(
+        "store",
+        "store heap per object (objects, map, keys, indexes; fixtures excluded)",
+        &store,
+    );
+    results.table(
+        "relist",
+        "peak live heap during a relist of a full store (fresh copies made one at a time)",
+        &relist,
+    );
 
     println!("\nmemory: kache vs kube-runtime 5.x, dhat heap profiler, same objects, same run\n");
     println!("store heap per object (objects, map, keys, indexes; fixtures excluded)\n");
@@ -291,6 +331,12 @@ fn main() {
     println!("peak live heap during a relist of a full store (fresh copies made one at a time)\n");
     println!("{}", relist.render());
 
+    stalled(&mut results);
+    results.write();
+}
+
+/// Measures what a stalled subscriber pins during a burst, and prints and records the table.
+fn stalled(results: &mut Results) {
     let (objects, events) = (10_000, 100_000);
     let mut stalled = Table::new(&[
         "store objects",
@@ -304,6 +350,14 @@ fn main() {
         ("1 stalled after its snapshot (buffer 1024)", 1),
     ] {
         let (peak, end) = burst(objects, events, count);
+        results.data(json!({
+            "what": "burst",
+            "objects": objects,
+            "events": events,
+            "stalled_subscribers": count,
+            "peak_above_store_bytes": peak,
+            "end_above_store_bytes": end,
+        }));
         stalled.row(vec![
             objects.to_string(),
             events.to_string(),
@@ -316,4 +370,9 @@ fn main() {
         "kache: a {events}-event burst on 100 hot objects with a stalled subscriber (ConfigMap)\n"
     );
     println!("{}", stalled.render());
+    results.table(
+        "stalled",
+        &format!("kache: a {events}-event burst on 100 hot objects with a stalled subscriber"),
+        &stalled,
+    );
 }

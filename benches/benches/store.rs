@@ -23,13 +23,14 @@ use std::time::Duration;
 use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
-    Kind, Table, app_of, config_map, config_map_managed, criterion_dir, criterion_median, fmt_ns,
-    kache_events, kache_reflect, kube_runtime_events, kube_runtime_reflect, namespace_of, pod,
-    ratio, shuffled_config_map_keys, world,
+    Kind, Results, Table, app_of, config_map, config_map_managed, criterion_dir, criterion_median,
+    fmt_ns, kache_events, kache_reflect, kube_runtime_events, kube_runtime_reflect, namespace_of,
+    pod, ratio, shuffled_config_map_keys, world,
 };
 use kube_client::{Resource, ResourceExt as _};
 use kube_runtime::reflector::{self, ObjectRef};
 use kube_runtime::watcher;
+use serde_json::json;
 
 const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
 
@@ -55,6 +56,8 @@ impl Row {
 }
 
 fn main() {
+    let mut results = Results::new("store", "cargo bench -p kache-benches --bench store");
+    results.setting("objects", json!(SIZES));
     let out = criterion_dir();
     let mut c = Criterion::default()
         .output_directory(&out)
@@ -73,7 +76,8 @@ fn main() {
     reads(&mut c, &mut rows);
 
     c.final_summary();
-    summarize(&out, &rows);
+    summarize(&out, &rows, &mut results);
+    results.write();
 }
 
 fn group_id(kind: Kind) -> &'static str {
@@ -384,7 +388,7 @@ fn finds(c: &mut Criterion, rows: &mut Vec<Row>, stores: &[(usize, Stores)]) {
     }
 }
 
-fn summarize(out: &Path, rows: &[Row]) {
+fn summarize(out: &Path, rows: &[Row], results: &mut Results) {
     let mut table = Table::new(&[
         "benchmark",
         "objects",
@@ -420,7 +424,17 @@ fn summarize(out: &Path, rows: &[Row]) {
             cell(kube),
             ratio(kache, kube),
         ]);
+        results.data(json!({
+            "group": row.group,
+            "objects": row.param,
+            "per_iter": row.per_iter,
+            "unit": row.unit,
+            "kache_secs": kache,
+            "kube_runtime_secs": kube,
+        }));
     }
-    println!("\nstore: criterion medians, kache vs kube-runtime 5.x, same objects, same run\n");
+    let title = "store: criterion medians, kache vs kube-runtime 5.x, same objects, same run";
+    println!("\n{title}\n");
     println!("{}", table.render());
+    results.table("medians", title, &table);
 }

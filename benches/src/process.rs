@@ -26,6 +26,22 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The numbers in environment variable `name`, comma-separated (`1000,10000`), or `default`
+/// when it is unset or holds no number.
+#[must_use]
+pub fn env_sizes(name: &str, default: &[usize]) -> Vec<usize> {
+    let sizes: Vec<usize> = std::env::var(name)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    if sizes.is_empty() {
+        default.to_vec()
+    } else {
+        sizes
+    }
+}
+
 /// The servers of `KACHE_BENCH_SERVERS` (comma-separated), both when unset.
 ///
 /// # Errors

@@ -75,13 +75,30 @@ pub fn fmt_bytes(bytes: f64) -> String {
     }
 }
 
-/// `kache / kube-runtime` as `0.23x`.
+/// `kache / kube-runtime` as `0.23x`; below 0.1 with two significant digits (`0.00027x`),
+/// so that an index against a scan does not read `0.00x`.
 #[must_use]
 pub fn ratio(kache: f64, kube_runtime: f64) -> String {
     if kube_runtime == 0.0 {
         "n/a".to_owned()
     } else {
-        format!("{:.2}x", kache / kube_runtime)
+        times(kache / kube_runtime)
+    }
+}
+
+/// A ratio as `0.23x`, or with two significant digits below 0.1.
+#[must_use]
+pub fn times(ratio: f64) -> String {
+    if ratio > 0.0 && ratio < 0.1 {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a small count of decimals"
+        )]
+        let decimals = (-ratio.log10()).ceil() as usize + 1;
+        format!("{ratio:.decimals$}x")
+    } else {
+        format!("{ratio:.2}x")
     }
 }
 
@@ -105,6 +122,18 @@ impl Table {
     /// Adds a row (one cell per column).
     pub fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
+    }
+
+    /// The column names.
+    #[must_use]
+    pub fn header(&self) -> &[String] {
+        &self.header
+    }
+
+    /// The rows, one cell per column.
+    #[must_use]
+    pub fn rows(&self) -> &[Vec<String>] {
+        &self.rows
     }
 
     /// The table as Markdown.

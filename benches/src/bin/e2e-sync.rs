@@ -9,7 +9,7 @@
 //!
 //! Per server and kind: seeds the objects once (32 creates in flight), runs one untimed round,
 //! then `RUNS` rounds in which every variant runs once, the order rotating each round; time is
-//! from creating the watcher to `wait_until_ready` (or to the end of the list). client-go runs in
+//! from creating the watcher to `wait_synced` (or to the end of the list). client-go runs in
 //! its own process each time and times itself, from starting the informer to `HasSynced`. Then,
 //! for memory, each variant syncs once in a fresh child process (this binary re-executed with a
 //! hidden argument, or the client-go runner), which reports its peak RSS during the sync and its
@@ -18,7 +18,9 @@
 //!
 //! Run: `just bench-e2e` or `cargo run --release -p kache-benches --bin e2e-sync`.
 //! Environment: `KACHE_BENCH_SERVERS` (`legacy,modern` by default), `KACHE_BENCH_KINDS`
-//! (`configmaps,pods` by default), `KACHE_BENCH_OBJECTS` (default 10000), `KACHE_BENCH_RUNS`
+//! (`configmaps,pods` by default), `KACHE_BENCH_OBJECTS` (default 10000; a comma-separated
+//! list such as `1000,10000` benches each size in turn, each in a namespace of its own),
+//! `KACHE_BENCH_RUNS`
 //! (timed rounds, default 7), `KACHE_BENCH_MEMORY_RUNS` (child processes per variant, default
 //! 3), `KACHE_CLIENTGO` (the client-go runner; built with `benches/clientgo/build.sh` when
 //! unset).
@@ -35,8 +37,8 @@ use http_body::Body as _;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kache_benches::{
-    BoxError, ChildReport, Encoding, Table, bench_servers, config_map, env_usize, fmt_bytes,
-    fmt_ns, median, percentile, pod, proc_status_bytes, ratio,
+    BoxError, ChildReport, Encoding, Results, Table, bench_servers, config_map, env_sizes,
+    env_usize, fmt_bytes, fmt_ns, median, percentile, pod, proc_status_bytes, ratio,
 };
 use kache_store::ReflectExt;
 use kache_testenv::{Server, TestEnv};
@@ -402,7 +404,7 @@ async fn sync<K: Object>(variant: Variant, target: &Target<'_, K>) -> Result<Syn
             };
             let (store, driver) = kache(config);
             let synced = Synced::Kache(store.clone(), driver);
-            store.wait_until_ready().await?;
+            store.wait_synced().await?;
             synced
         }
         Variant::KacheProtobufAuto | Variant::KacheProtobufListWatch(_) => {
@@ -414,7 +416,7 @@ async fn sync<K: Object>(variant: Variant, target: &Target<'_, K>) -> Result<Syn
                 Api::namespaced(api.clone().into_client(), target.namespace);
             let (store, driver) = reflect_in_task(kache_watch::protobuf_watcher(api, config));
             let synced = Synced::KacheProtobuf(store.clone(), driver);
-            store.wait_until_ready().await?;
+            store.wait_synced().await?;
             synced
         }
         Variant::KubeRuntimeListWatch(_) | Variant::KubeRuntimeStreamingList => {
@@ -427,6 +429,7 @@ async fn sync<K: Object>(variant: Variant, target: &Target<'_, K>) -> Result<Syn
             };
             let (store, driver) = kube_runtime(config);
             let synced = Synced::KubeRuntime(store.clone(), driver);
+            // kube-runtime's own name for the wait.
             store.wait_until_ready().await?;
             synced
         }
@@ -667,9 +670,10 @@ async fn bench_kind<K: Object>(
     n: usize,
     (runs, memory_runs): (usize, usize),
     runner: &Path,
+    results: &mut Results,
 ) -> Result<String, BoxError> {
     let namespace = env
-        .create_namespace(&format!("bench-{}", kind.plural()))
+        .create_namespace(&format!("bench-{}-{n}", kind.plural()))
         .await?;
     let api: Api<K> = Api::namespaced(env.client(), &namespace);
     let seeding = Instant::now();
@@ -758,37 +762,64 @@ async fn bench_kind<K: Object>(
             }
         })
         .collect();
+    record(results, server, kind, n, &rows);
     let table = table(server, &rows)?;
-    Ok(format!(
+    let title = format!(
         "e2e-sync, {server}, {}: start to ready for {n} {} from {} on loopback; time: median \
          of {runs} runs per variant, order rotating; memory: median of {memory_runs} fresh \
-         processes per variant, RSS above the process's RSS just before the sync\n\n{}",
+         processes per variant, RSS above the process's RSS just before the sync",
         kind.label(),
         kind.label(),
         describe(server, env),
-        table.render()
-    ))
+    );
+    results.table(&format!("{server}-{}-{n}", kind.plural()), &title, &table);
+    Ok(format!("{title}\n\n{}", table.render()))
+}
+
+/// Records each row's figures in `results`.
+fn record(results: &mut Results, server: Server, kind: Kind, n: usize, rows: &[Row]) {
+    for row in rows {
+        results.data(serde_json::json!({
+            "server": server.to_string(),
+            "kind": kind.plural(),
+            "objects": n,
+            "variant": row.variant.id(),
+            "label": row.variant.label(),
+            "median_secs": row.median.as_secs_f64(),
+            "min_secs": row.times[0].as_secs_f64(),
+            "max_secs": row.times[row.times.len() - 1].as_secs_f64(),
+            "peak_rss_bytes": row.memory.peak,
+            "synced_rss_bytes": row.memory.synced,
+            "go_heap_bytes": row.memory.heap,
+            "bytes_read": row.bytes,
+        }));
+    }
 }
 
 /// Starts `server` and benches each kind on it.
 async fn bench_server(
     server: Server,
     kinds: &[Kind],
-    n: usize,
+    sizes: &[usize],
     rounds: (usize, usize),
     runner: &Path,
+    results: &mut Results,
 ) -> Result<(), BoxError> {
     eprintln!("[{server}] starting a local control plane...");
     let env = TestEnv::builder().server(server).start().await?;
     for &kind in kinds {
-        let report = match kind {
-            Kind::ConfigMaps => {
-                bench_kind::<ConfigMap>(server, &env, kind, n, rounds, runner).await?
-            }
-            Kind::Pods => bench_kind::<Pod>(server, &env, kind, n, rounds, runner).await?,
-        };
-        // Printed at once, so a failure later keeps this table.
-        println!("\n{report}");
+        for &n in sizes {
+            let report = match kind {
+                Kind::ConfigMaps => {
+                    bench_kind::<ConfigMap>(server, &env, kind, n, rounds, runner, results).await?
+                }
+                Kind::Pods => {
+                    bench_kind::<Pod>(server, &env, kind, n, rounds, runner, results).await?
+                }
+            };
+            // Printed at once, so a failure later keeps this table.
+            println!("\n{report}");
+        }
     }
     Ok(())
 }
@@ -866,14 +897,32 @@ async fn main() -> Result<(), BoxError> {
     if args.get(1).map(String::as_str) == Some(CHILD_ARG) {
         return child(&args[2..]).await;
     }
-    let n = env_usize("KACHE_BENCH_OBJECTS", 10_000);
+    let sizes = env_sizes("KACHE_BENCH_OBJECTS", &[10_000]);
     let runs = env_usize("KACHE_BENCH_RUNS", 7).max(1);
     let memory_runs = env_usize("KACHE_BENCH_MEMORY_RUNS", 3).max(1);
     let kinds = Kind::from_env()?;
     // Built (or found) once, before any server starts; the runs read it from the environment.
     let runner = client_go_binary()?;
+    let mut results = Results::new("e2e-sync", "just bench-e2e");
+    results.setting("objects", serde_json::json!(sizes));
+    results.setting("runs", runs);
+    results.setting("memory_runs", memory_runs);
+    results.setting(
+        "kinds",
+        kinds.iter().map(|k| k.plural()).collect::<Vec<_>>(),
+    );
     for server in bench_servers()? {
-        bench_server(server, &kinds, n, (runs, memory_runs), &runner).await?;
+        bench_server(
+            server,
+            &kinds,
+            &sizes,
+            (runs, memory_runs),
+            &runner,
+            &mut results,
+        )
+        .await?;
+        // Written after each server, so a failure on the next keeps these figures.
+        results.write();
     }
     Ok(())
 }

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
-    Rng, Table, clock_overhead, config_map, fmt_ns, kache_events, kube_runtime_events, median,
-    shuffled_config_map_keys, world,
+    Results, Rng, Table, clock_overhead, config_map, fmt_ns, kache_events, kube_runtime_events,
+    median, shuffled_config_map_keys, world,
 };
 use kube_runtime::reflector::{self, ObjectRef};
 
@@ -46,13 +46,20 @@ fn main() {
         .nth(1)
         .and_then(|arg| arg.parse().ok())
         .unwrap_or(100_000);
+    let mut results = Results::new(
+        "get-floor",
+        "cargo run --release -p kache-benches --bin get-floor",
+    );
+    results.setting("objects", n);
 
     let mut table = Table::new(&["working set", "dependent load, per step"]);
     for mib in [1, 4, 8, 16, 32, 64, 256] {
         table.row(vec![format!("{mib} MiB"), fmt_ns(chase(mib))]);
     }
-    println!("\nmemory latency (a dependent walk over one cache line in each step)\n");
+    let title = "memory latency (a dependent walk over one cache line in each step)";
+    println!("\n{title}\n");
     println!("{}", table.render());
+    results.table("memory-latency", title, &table);
 
     let objects = world(n, 1, config_map);
     let (kache, mut writer) = kache_store::store::<ConfigMap>();
@@ -84,7 +91,7 @@ fn main() {
         .iter()
         .map(|(ns, name)| ObjectRef::new(name).within(ns))
         .collect();
-    print_least(&kache_arcs, &names, &packed);
+    print_least(&kache_arcs, &names, &packed, &mut results);
 
     let mut table = Table::new(&["what is timed", "kache", "kube-runtime"]);
     for round in 1..=3 {
@@ -127,15 +134,23 @@ fn main() {
             fmt_ns(single_p50(n, kube_get)),
         ]);
     }
-    println!(
-        "\n{n} ConfigMaps, keys in random order (those of `--bench store` and `--bench latency`)\n"
+    let title = format!(
+        "{n} ConfigMaps, keys in random order (those of `--bench store` and `--bench latency`)"
     );
+    println!("\n{title}\n");
     println!("{}", table.render());
+    results.table("get", &title, &table);
+    results.write();
 }
 
 /// Prints the time per call of the least a `get` can do (see [`Skeleton`]), in a loop over
 /// `keys` and over `packed`, the same keys copied into fresh memory.
-fn print_least(arcs: &[Arc<ConfigMap>], keys: &[(String, String)], packed: &[(String, String)]) {
+fn print_least(
+    arcs: &[Arc<ConfigMap>],
+    keys: &[(String, String)],
+    packed: &[(String, String)],
+    results: &mut Results,
+) {
     let n = keys.len();
     let skeleton = Skeleton::new(arcs);
     println!(
@@ -161,10 +176,12 @@ fn print_least(arcs: &[Arc<ConfigMap>], keys: &[(String, String)], packed: &[(St
             fmt_ns(per_call(n, |i| skeleton.get(&packed[i]))),
         ]);
     }
-    println!(
-        "\nthe least a `get` can do, in a loop over {n} objects (keys of `--bench store`), per call\n"
+    let title = format!(
+        "the least a `get` can do, in a loop over {n} objects (keys of `--bench store`), per call"
     );
+    println!("\n{title}\n");
     println!("{}", floor.render());
+    results.table("floor", &title, &floor);
 }
 
 /// Less than any correct lookup: a read lock, the caller's key hashed, one slot read at the

@@ -8,7 +8,7 @@
 //! Per server: seeds the objects once (32 creates in flight), runs one untimed round, then
 //! `RUNS` rounds in which every variant runs once, the order rotating each round; time is from
 //! starting the request (or the watcher) to the end bookmark, the whole body, or the store's
-//! `wait_until_ready`. Prints one Markdown table per server.
+//! `wait_synced`. Prints one Markdown table per server.
 //!
 //! Run: `cargo run --release -p kache-benches --bin proto-sync`.
 //! Environment: `KACHE_BENCH_SERVERS` (`legacy,modern` by default), `KACHE_BENCH_OBJECTS`
@@ -23,7 +23,7 @@ use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_pb::api::core::v1::{ConfigMap as PbConfigMap, ConfigMapList as PbConfigMapList};
 use kache_benches::{
-    BoxError, Encoding, Table, bench_servers, env_usize, fmt_ns, percentile, seeded_server,
+    BoxError, Encoding, Results, Table, bench_servers, env_usize, fmt_ns, percentile, seeded_server,
 };
 use kache_store::ReflectExt;
 use kache_testenv::Server;
@@ -170,7 +170,7 @@ where
 {
     let (store, writer) = kache_store::store::<K>();
     let driver = tokio::spawn(events.reflect(writer).for_each(|_| ready(())));
-    store.wait_until_ready().await?;
+    store.wait_synced().await?;
     let n = store.len();
     driver.abort();
     Ok(n)
@@ -267,7 +267,12 @@ fn decode_times(
     })
 }
 
-async fn bench_server(server: Server, n: usize, runs: usize) -> Result<String, BoxError> {
+async fn bench_server(
+    server: Server,
+    n: usize,
+    runs: usize,
+    results: &mut Results,
+) -> Result<String, BoxError> {
     let (env, _, api) = seeded_server(server, "bench-proto", n).await?;
 
     let variants: Vec<Variant> = Variant::ALL
@@ -325,6 +330,14 @@ async fn bench_server(server: Server, n: usize, runs: usize) -> Result<String, B
             Variant::RawStream(_) | Variant::RawList(_) => megabytes(sizes[v]),
             _ => "-".to_owned(),
         };
+        results.data(serde_json::json!({
+            "server": server.to_string(),
+            "objects": n,
+            "variant": variant.label(),
+            "median_secs": medians[v].as_secs_f64(),
+            "bytes": matches!(variant, Variant::RawStream(_) | Variant::RawList(_))
+                .then_some(sizes[v]),
+        }));
         table.row(vec![
             variant.label(),
             fmt_ns(medians[v]),
@@ -338,27 +351,53 @@ async fn bench_server(server: Server, n: usize, runs: usize) -> Result<String, B
     let json = raw_list(&client, &api, Encoding::Json).await?;
     let proto = raw_list(&client, &api, Encoding::Protobuf).await?;
     let decode = decode_times(&json, &proto, n, runs.max(5))?;
-    let report = format!(
+    let title = format!(
         "proto-sync, {server}: {n} ConfigMaps (about 400 bytes of data, 4 labels, 2 \
          annotations, one managedFields entry) on loopback; median of {runs} runs per variant, \
-         order rotating\n\n{}\nDecoding the same unpaginated list in memory, median of {} runs, \
-         alternating: serde_json into k8s-openapi {} ({}); prost into k8s-pb alone {} ({}), \
-         {:.2}x JSON's time; prost plus Proto's metadata conversion, managedFields kept \
-         (the watcher's path with keep_managed_fields) {}, \
-         {:.2}x JSON's time, of which parsing managedFields' fieldsV1 JSON alone takes {}",
-        table.render(),
-        runs.max(5),
-        fmt_ns(decode.json),
+         order rotating"
+    );
+    results.table(&format!("{server}-sync"), &title, &table);
+    let decode_title = format!(
+        "decoding the same unpaginated list in memory ({} JSON, {} protobuf), median of {} \
+         runs, alternating",
         megabytes(json.len()),
-        fmt_ns(decode.prost),
         megabytes(proto.len()),
-        decode.prost.as_secs_f64() / decode.json.as_secs_f64(),
-        fmt_ns(decode.proto),
-        decode.proto.as_secs_f64() / decode.json.as_secs_f64(),
-        fmt_ns(decode.fields_v1),
+        runs.max(5)
+    );
+    let decoding = decode_table(&decode);
+    results.table(&format!("{server}-decode"), &decode_title, &decoding);
+    let report = format!(
+        "{title}\n\n{}\n{decode_title}\n\n{}",
+        table.render(),
+        decoding.render()
     );
     drop(env);
     Ok(report)
+}
+
+/// The decoding times as a table, each beside JSON's.
+fn decode_table(decode: &DecodeTimes) -> Table {
+    let mut table = Table::new(&["decoding the unpaginated list in memory", "time", "/ JSON"]);
+    let json_secs = decode.json.as_secs_f64();
+    for (what, time) in [
+        ("serde_json into k8s-openapi", decode.json),
+        ("prost into k8s-pb alone", decode.prost),
+        (
+            "prost plus the metadata conversion, managedFields kept",
+            decode.proto,
+        ),
+        (
+            "of which parsing managedFields' fieldsV1 JSON",
+            decode.fields_v1,
+        ),
+    ] {
+        table.row(vec![
+            what.to_owned(),
+            fmt_ns(time),
+            format!("{:.2}x", time.as_secs_f64() / json_secs),
+        ]);
+    }
+    table
 }
 
 #[expect(
@@ -373,9 +412,16 @@ fn megabytes(bytes: usize) -> String {
 async fn main() -> Result<(), BoxError> {
     let n = env_usize("KACHE_BENCH_OBJECTS", 10_000);
     let runs = env_usize("KACHE_BENCH_RUNS", 7).max(1);
+    let mut results = Results::new(
+        "proto-sync",
+        "cargo run --release -p kache-benches --bin proto-sync",
+    );
+    results.setting("objects", n);
+    results.setting("runs", runs);
     for server in bench_servers()? {
-        let report = bench_server(server, n, runs).await?;
+        let report = bench_server(server, n, runs, &mut results).await?;
         println!("\n{report}");
     }
+    results.write();
     Ok(())
 }

@@ -30,8 +30,8 @@ use std::process::Command;
 use futures::{FutureExt, Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
-    Table, config_map, kache_events, kache_reflect, kube_runtime_events, kube_runtime_reflect,
-    shuffled_config_map_keys, world,
+    Results, Table, config_map, kache_events, kache_reflect, kube_runtime_events,
+    kube_runtime_reflect, shuffled_config_map_keys, world,
 };
 use kache_store::ReflectExt;
 use kube_runtime::reflector::{self, ObjectRef};
@@ -85,6 +85,9 @@ fn usage() -> ! {
 
 /// Runs every path of both libraries under cachegrind and prints the table.
 fn drive(objects: usize) {
+    // The recipe builds the binary and runs it with its argument, which the command repeats.
+    let mut results = Results::new("reflect-instructions", "just bench-instructions");
+    results.setting("objects", objects);
     let exe = std::env::current_exe().expect("the path of this binary");
     let count = |library: &str, path: &str, run: bool| -> u64 {
         let output = Command::new("valgrind")
@@ -138,12 +141,21 @@ fn drive(objects: usize) {
             format!("{kube:.0}"),
             format!("{:.2}x", kache / kube),
         ]);
+        results.data(serde_json::json!({
+            "path": path,
+            "objects": objects,
+            "kache_instructions": kache,
+            "kube_runtime_instructions": kube,
+        }));
     }
-    println!(
-        "\ninstructions (cachegrind), {objects} ConfigMaps, kache vs kube-runtime 5.x: \
-         one run of each path minus its fixtures\n"
+    let title = format!(
+        "instructions (cachegrind), {objects} ConfigMaps, kache vs kube-runtime 5.x: one run of \
+         each path minus its fixtures"
     );
+    println!("\n{title}\n");
     println!("{}", table.render());
+    results.table("instructions", &title, &table);
+    results.write();
 }
 
 /// The total from cachegrind's summary line `==pid== I   refs:      1,234,567`.

@@ -28,8 +28,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
-    BoxError, ChildReport, Table, bench_servers, connected_api, env_usize, fmt_bytes, median,
-    proc_status_bytes, ratio, seeded_server,
+    BoxError, ChildReport, Results, Table, bench_servers, connected_api, env_usize, fmt_bytes,
+    median, proc_status_bytes, ratio, seeded_server,
 };
 use kache_store::ReflectExt;
 use kache_testenv::{Server, TestEnv};
@@ -176,7 +176,7 @@ async fn sync(variant: Variant, api: &Api<ConfigMap>) -> Result<Synced, BoxError
                     .reflect(writer)
                     .for_each(|_| ready(())),
             );
-            store.wait_until_ready().await?;
+            store.wait_synced().await?;
             Synced::Kache(store, driver)
         }
         Variant::KubeRuntime | Variant::KubeRuntimeStripped | Variant::KubeRuntimeStreaming => {
@@ -197,6 +197,7 @@ async fn sync(variant: Variant, api: &Api<ConfigMap>) -> Result<Synced, BoxError
             );
             let driver =
                 tokio::spawn(kube_runtime::reflector(writer, events).for_each(|_| ready(())));
+            // kube-runtime's own name for the wait.
             store.wait_until_ready().await?;
             Synced::KubeRuntime(store, driver)
         }
@@ -298,7 +299,12 @@ fn as_f64(bytes: u64) -> f64 {
     bytes as f64
 }
 
-async fn bench_server(server: Server, n: usize, runs: usize) -> Result<String, BoxError> {
+async fn bench_server(
+    server: Server,
+    n: usize,
+    runs: usize,
+    results: &mut Results,
+) -> Result<String, BoxError> {
     let (env, namespace, _) = seeded_server(server, "bench-memory", n).await?;
     let variants: Vec<Variant> = Variant::ALL
         .into_iter()
@@ -345,6 +351,15 @@ async fn bench_server(server: Server, n: usize, runs: usize) -> Result<String, B
         "process peak RSS",
     ]);
     for (variant, heap, rss) in &rows {
+        results.data(serde_json::json!({
+            "server": server.to_string(),
+            "objects": n,
+            "variant": variant.id(),
+            "heap_held_bytes": heap.held,
+            "heap_peak_bytes": heap.peak,
+            "rss_held_bytes": rss.held,
+            "rss_peak_bytes": rss.peak,
+        }));
         table.row(vec![
             variant.label(server).to_owned(),
             fmt_bytes(as_f64(heap.held)),
@@ -362,12 +377,13 @@ async fn bench_server(server: Server, n: usize, runs: usize) -> Result<String, B
         _ => "an API server",
     };
     drop(env);
-    Ok(format!(
+    let title = format!(
         "sync-memory, {server}: {n} ConfigMaps from {name}; median of {runs} fresh processes \
          per cell; heap: dhat, bytes allocated since just before the sync and still live \
-         (held) or at most live at once (peak)\n\n{}",
-        table.render()
-    ))
+         (held) or at most live at once (peak)"
+    );
+    results.table(&server.to_string(), &title, &table);
+    Ok(format!("{title}\n\n{}", table.render()))
 }
 
 #[tokio::main]
@@ -378,9 +394,16 @@ async fn main() -> Result<(), BoxError> {
     }
     let n = env_usize("KACHE_BENCH_OBJECTS", 10_000);
     let runs = env_usize("KACHE_BENCH_MEMORY_RUNS", 3).max(1);
+    let mut results = Results::new(
+        "sync-memory",
+        "cargo run --release -p kache-benches --bin sync-memory",
+    );
+    results.setting("objects", n);
+    results.setting("processes_per_cell", runs);
     for server in bench_servers()? {
-        let report = bench_server(server, n, runs).await?;
+        let report = bench_server(server, n, runs, &mut results).await?;
         println!("\n{report}");
     }
+    results.write();
     Ok(())
 }

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kache_benches::{
-    BoxError, ChildReport, Table, bench_servers, env_usize, fmt_bytes, fmt_ns, median, percentile,
-    pod, proc_status_bytes, ratio,
+    BoxError, ChildReport, Results, Table, bench_servers, env_usize, fmt_bytes, fmt_ns, median,
+    percentile, pod, proc_status_bytes, ratio,
 };
 use kache_store::{ReflectExt, SnapshotFile, Store, WatchIdentity, Writer};
 use kache_testenv::{Proxy, Server, TestEnv};
@@ -123,7 +123,7 @@ fn format_rows<K: Serialize + DeserializeOwned + PartialEq>(objects: &[K]) -> Ve
     clippy::cast_precision_loss,
     reason = "byte counts far below 2^52, shown as a size or a ratio"
 )]
-fn format_table() -> String {
+fn format_table(results: &mut Results) -> String {
     let config_maps: Vec<ConfigMap> = (0..10_000)
         .map(|i| {
             let mut cm = config_map(&format!("cm-{i}"));
@@ -166,10 +166,9 @@ fn format_table() -> String {
             ]);
         }
     }
-    format!(
-        "snapshot format: median of 9 encodes and decodes of the whole set, in memory\n\n{}",
-        table.render()
-    )
+    let title = "snapshot format: median of 9 encodes and decodes of the whole set, in memory";
+    results.table("format", title, &table);
+    format!("{title}\n\n{}", table.render())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -471,6 +470,7 @@ async fn bench_server(
     runs: usize,
     changes: usize,
     down: Duration,
+    results: &mut Results,
 ) -> Result<String, BoxError> {
     eprintln!("[{server}] starting a local control plane...");
     let env = TestEnv::builder().server(server).start().await?;
@@ -536,13 +536,29 @@ async fn bench_server(
         Server::Modern => "the Kubernetes 1.36 apiserver library (streaming list)",
         _ => "an API server",
     };
-    Ok(format!(
+    for (start, r) in [("cold", &cold), ("warm", &warm)] {
+        results.data(serde_json::json!({
+            "server": server.to_string(),
+            "objects": n,
+            "start": start,
+            "secs": r.time.as_secs_f64(),
+            "bytes": r.bytes,
+            "lists": r.lists,
+            "streams": r.streams,
+            "watches": r.watches,
+            "peak_rss_bytes": r.peak,
+            "snapshot_bytes": saved_bytes,
+        }));
+    }
+    let title = format!(
         "warm-restart, {server}: {n} ConfigMaps on {describe}; down {down:?} with {changes} \
          changes; snapshot file {}; median of {runs} run(s), each a fresh process, timed from \
-         its main\n\n{}",
+         its main",
         fmt_bytes(saved_bytes as f64),
-        table(&cold, &warm).render()
-    ))
+    );
+    let table = table(&cold, &warm);
+    results.table(&server.to_string(), &title, &table);
+    Ok(format!("{title}\n\n{}", table.render()))
 }
 
 #[expect(
@@ -592,17 +608,27 @@ async fn main() -> Result<(), BoxError> {
     if args.get(1).map(String::as_str) == Some(CHILD_ARG) {
         return child(&args[2..], started).await;
     }
-    println!("\n{}", format_table());
+    let mut results = Results::new(
+        "warm-restart",
+        "cargo run --release -p kache-benches --bin warm-restart",
+    );
+    println!("\n{}", format_table(&mut results));
     if std::env::var("KACHE_BENCH_FORMAT_ONLY").is_ok_and(|v| v == "1") {
+        results.write();
         return Ok(());
     }
     let n = env_usize("KACHE_BENCH_OBJECTS", 10_000);
     let runs = env_usize("KACHE_BENCH_RUNS", 1).max(1);
     let changes = env_usize("KACHE_BENCH_CHANGES", 300);
     let down = Duration::from_secs(env_usize("KACHE_BENCH_DOWN_SECS", 30) as u64);
+    results.setting("objects", n);
+    results.setting("runs", runs);
+    results.setting("changes", changes);
+    results.setting("down_secs", down.as_secs());
     for server in bench_servers()? {
-        let report = bench_server(server, n, runs, changes, down).await?;
+        let report = bench_server(server, n, runs, changes, down, &mut results).await?;
         println!("\n{report}");
     }
+    results.write();
     Ok(())
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_benches::{
-    Table, config_map, fmt_ns, kache_events, kache_reflect, kube_runtime_events,
+    Results, Table, config_map, fmt_ns, kache_events, kache_reflect, kube_runtime_events,
     kube_runtime_reflect, median, world,
 };
 use kache_store::{Event, ObjectKey};
@@ -40,6 +40,12 @@ fn main() {
         .nth(1)
         .and_then(|arg| arg.parse().ok())
         .unwrap_or(15);
+    let mut results = Results::new(
+        "write-floor",
+        "cargo run --release -p kache-benches --bin write-floor",
+    );
+    results.setting("objects", serde_json::json!(SIZES));
+    results.setting("rounds", rounds);
     let mut sync = table();
     let mut apply = table();
     for n in SIZES {
@@ -72,15 +78,19 @@ fn main() {
                 .map(kube_runtime::watcher::Event::Apply);
             apply_times.kube.push(kube(&before, events.collect()));
         }
-        times.row(&mut sync, n, n + 2);
-        apply_times.row(&mut apply, n, n);
+        times.row(&mut sync, n, n + 2, ("sync", &mut results));
+        apply_times.row(&mut apply, n, n, ("apply", &mut results));
     }
-    println!("\ninitial sync of ConfigMaps, median of {rounds} rounds, per event\n");
+    let title = format!("initial sync of ConfigMaps, median of {rounds} rounds, per event");
+    println!("\n{title}\n");
     println!("{}", sync.render());
-    println!(
-        "\n`Apply` of every ConfigMap of a full store, median of {rounds} rounds, per event\n"
-    );
+    results.table("sync", &title, &sync);
+    let title =
+        format!("`Apply` of every ConfigMap of a full store, median of {rounds} rounds, per event");
+    println!("\n{title}\n");
     println!("{}", apply.render());
+    results.table("apply", &title, &apply);
+    results.write();
 }
 
 fn table() -> Table {
@@ -104,12 +114,25 @@ struct Times {
 }
 
 impl Times {
-    fn row(mut self, table: &mut Table, n: usize, events: usize) {
+    fn row(
+        mut self,
+        table: &mut Table,
+        n: usize,
+        events: usize,
+        (path, results): (&str, &mut Results),
+    ) {
         let per_event =
             |all: &mut Vec<Duration>| median(all) / u32::try_from(events).unwrap_or(u32::MAX);
         let skeleton = per_event(&mut self.skeleton);
         let kache = per_event(&mut self.kache);
         let kube = per_event(&mut self.kube);
+        results.data(serde_json::json!({
+            "path": path,
+            "objects": n,
+            "skeleton_secs_per_event": skeleton.as_secs_f64(),
+            "kache_secs_per_event": kache.as_secs_f64(),
+            "kube_runtime_secs_per_event": kube.as_secs_f64(),
+        }));
         let over = |a: Duration, b: Duration| format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64());
         table.row(vec![
             n.to_string(),

@@ -71,8 +71,8 @@ pub use kache_watch as watch;
 #[cfg(feature = "metrics")]
 pub use kache_store::Metrics;
 pub use kache_store::{
-    Event, Health, ObjectKey, ReflectExt, ResourceVersion, SnapshotFile, SourceSet, Sources,
-    Store, Subscriber, SubscriberHandle, WatchIdentity, Writer,
+    Event, Health, ObjectKey, ReflectExt, ResourceVersion, SnapshotFile, SourceSet, Sources, Store,
+    Subscriber, SubscriberHandle, WatchIdentity, Writer,
 };
 #[cfg(feature = "protobuf")]
 pub use kache_watch::protobuf_watcher;
