@@ -3,12 +3,11 @@
 
 use std::path::Path;
 
-use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kache_testenv::{Server, TestEnv};
 use kube_client::{
     Api, Client,
-    api::{ListParams, PostParams},
+    api::ListParams,
     config::{KubeConfigOptions, Kubeconfig},
 };
 
@@ -73,8 +72,9 @@ pub async fn connected_api(kubeconfig: &Path, namespace: &str) -> Result<Api<Con
     Ok(api)
 }
 
-/// Creates `n` of the benches' `ConfigMap`s ([`config_map`]) in `namespace`, 32 creates in
-/// flight. The server records one `managedFields` entry for each.
+/// Creates `n` of the benches' `ConfigMap`s ([`config_map`]) in `namespace`,
+/// [`IN_FLIGHT`](kache_testenv::IN_FLIGHT) creates at a time. The server records one
+/// `managedFields` entry for each.
 ///
 /// # Errors
 /// When a create fails.
@@ -83,18 +83,15 @@ pub async fn seed_config_maps(
     namespace: &str,
     n: usize,
 ) -> Result<(), BoxError> {
-    stream::iter(0..n)
-        .map(|i| {
-            let mut cm = config_map(i, 0);
-            cm.metadata.namespace = Some(namespace.to_owned());
-            cm.metadata.resource_version = None;
-            cm.metadata.uid = None;
-            cm.metadata.creation_timestamp = None;
-            async move { api.create(&PostParams::default(), &cm).await }
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await?;
+    let objects = (0..n).map(|i| {
+        let mut cm = config_map(i, 0);
+        cm.metadata.namespace = Some(namespace.to_owned());
+        cm.metadata.resource_version = None;
+        cm.metadata.uid = None;
+        cm.metadata.creation_timestamp = None;
+        cm
+    });
+    kache_testenv::create_all(api, objects).await?;
     Ok(())
 }
 

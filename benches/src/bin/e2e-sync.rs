@@ -32,7 +32,7 @@ use std::pin::Pin;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::StreamExt;
 use http_body::Body as _;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -43,7 +43,7 @@ use kache_benches::{
 use kache_store::ReflectExt;
 use kache_testenv::{Server, TestEnv};
 use kache_watch::{InitialListStrategy, Proto};
-use kube_client::api::{ListParams, ObjectList, ObjectMeta, PostParams};
+use kube_client::api::{ListParams, ObjectList, ObjectMeta};
 use kube_client::config::{KubeConfigOptions, Kubeconfig};
 use kube_client::{Api, Client, Resource};
 use serde::Serialize;
@@ -529,20 +529,17 @@ fn describe(server: Server, env: &TestEnv) -> &'static str {
 
 /// Creates `n` objects in `namespace` (the server adds their `managedFields`).
 async fn seed<K: Object>(api: &Api<K>, namespace: &str, n: usize) -> Result<(), BoxError> {
-    stream::iter(0..n)
-        .map(|i| {
-            let mut object = K::fixture(i);
-            let meta: &mut ObjectMeta = object.meta_mut();
-            meta.namespace = Some(namespace.to_owned());
-            meta.resource_version = None;
-            meta.uid = None;
-            meta.creation_timestamp = None;
-            meta.managed_fields = None;
-            async move { api.create(&PostParams::default(), &object).await }
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await?;
+    let objects = (0..n).map(|i| {
+        let mut object = K::fixture(i);
+        let meta: &mut ObjectMeta = object.meta_mut();
+        meta.namespace = Some(namespace.to_owned());
+        meta.resource_version = None;
+        meta.uid = None;
+        meta.creation_timestamp = None;
+        meta.managed_fields = None;
+        object
+    });
+    kache_testenv::create_all(api, objects).await?;
     Ok(())
 }
 

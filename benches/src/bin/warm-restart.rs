@@ -18,22 +18,21 @@
 //! (10000), `KACHE_BENCH_RUNS` (1), `KACHE_BENCH_DOWN_SECS` (30), `KACHE_BENCH_CHANGES` (300),
 //! `KACHE_BENCH_FORMAT_ONLY=1` for the format table alone.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kache_benches::{
     BoxError, ChildReport, Results, Table, bench_servers, env_usize, fmt_bytes, fmt_ns, median,
     percentile, pod, proc_status_bytes, ratio,
 };
 use kache_store::{ReflectExt, SnapshotFile, Store, WatchIdentity, Writer};
-use kache_testenv::{Proxy, Server, TestEnv};
+use kache_testenv::{Proxy, RecordedRequest, RequestKind, RequestLog, Server, TestEnv};
 use kache_watch::{Config, Event, watcher};
-use kube_client::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube_client::api::{ListParams, Patch, PatchParams};
 use kube_client::config::{KubeConfigOptions, Kubeconfig};
 use kube_client::{Api, Client};
 use serde::Serialize;
@@ -46,18 +45,14 @@ const CHILD_REPORT: &str = "warm-restart-child:";
 
 /// A `ConfigMap` of the shape: 512 bytes of data, 5 labels.
 fn config_map(name: &str) -> ConfigMap {
-    let labels = (0..5)
-        .map(|l| (format!("label-{l}"), format!("value-{l}")))
-        .collect();
-    ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            labels: Some(labels),
-            ..ObjectMeta::default()
-        },
-        data: Some(BTreeMap::from([("payload".to_owned(), "x".repeat(512))])),
-        ..ConfigMap::default()
-    }
+    let labels = [
+        ("label-0", "value-0"),
+        ("label-1", "value-1"),
+        ("label-2", "value-2"),
+        ("label-3", "value-3"),
+        ("label-4", "value-4"),
+    ];
+    kache_testenv::configmap(name, &labels, 512)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -221,21 +216,21 @@ impl Mismatch {
 
 /// The requests a child made, by kind: lists (pages), streaming lists, watches, and the
 /// restore's checks (the cluster's uid and one object's metadata, not lists of the objects).
-fn count_requests(requests: &[String]) -> (usize, usize, usize, usize) {
-    let is_check = |r: &String| r.contains("/namespaces/kube-system") || r.contains("limit=1");
+fn count_requests(requests: &[RecordedRequest]) -> (usize, usize, usize, usize) {
+    let is_check = |r: &RecordedRequest| {
+        r.path().ends_with("/namespaces/kube-system") || r.param("limit").as_deref() == Some("1")
+    };
+    let count = |kind| {
+        requests
+            .iter()
+            .filter(|r| r.kind() == kind && !is_check(r))
+            .count()
+    };
     let checks = requests.iter().filter(|r| is_check(r)).count();
-    let lists = requests
-        .iter()
-        .filter(|r| !r.contains("watch=true") && !is_check(r))
-        .count();
-    let streams = requests
-        .iter()
-        .filter(|r| r.contains("sendInitialEvents=true"))
-        .count();
     (
-        lists,
-        streams,
-        requests.len() - lists - streams - checks,
+        count(RequestKind::List),
+        count(RequestKind::StreamingList),
+        count(RequestKind::Watch),
         checks,
     )
 }
@@ -258,28 +253,16 @@ async fn child(args: &[String], started: Instant) -> Result<(), BoxError> {
         return Err("usage: warm-restart --child MODE KUBECONFIG NS SNAPSHOT EXPECTED".into());
     };
     let rss_start = proc_status_bytes("VmRSS")?;
-    let mut config = kube_client::Config::from_custom_kubeconfig(
+    let config = kube_client::Config::from_custom_kubeconfig(
         Kubeconfig::read_from(Path::new(kubeconfig))?,
         &KubeConfigOptions::default(),
     )
     .await?;
-    // Every byte the server sends this process goes through the proxy, which counts it.
+    // Every byte the server sends this process goes through the proxy, which counts it;
+    // every request the process makes is recorded.
     let proxy = Proxy::start(config.cluster_url.to_string().trim_end_matches('/')).await?;
-    config.cluster_url = proxy.url().parse()?;
-    let requests: Arc<Mutex<Vec<String>>> = Arc::default();
-    let record = {
-        let requests = requests.clone();
-        tower::util::MapRequestLayer::new(
-            move |request: http::Request<kube_client::client::Body>| {
-                requests.lock().unwrap().push(request.uri().to_string());
-                request
-            },
-        )
-    };
-    let client = kube_client::client::ClientBuilder::try_from(config)?
-        .with_layer(&record)
-        .build();
-    let api: Api<ConfigMap> = Api::namespaced(client, namespace);
+    let requests = RequestLog::new();
+    let api: Api<ConfigMap> = Api::namespaced(requests.client(&proxy.config(&config))?, namespace);
     let file = SnapshotFile::new(
         snapshot,
         WatchIdentity::of::<ConfigMap>(Some(namespace), &Config::default()),
@@ -335,7 +318,7 @@ async fn child(args: &[String], started: Instant) -> Result<(), BoxError> {
     let elapsed = started.elapsed();
     let peak = proc_status_bytes("VmHWM")?.saturating_sub(rss_start);
     let bytes = proxy.bytes_from_server();
-    let (lists, streams, watches, checks) = count_requests(&requests.lock().unwrap());
+    let (lists, streams, watches, checks) = count_requests(&requests.requests());
     if mode == "prime" {
         file.save(&store)?;
     }
@@ -403,11 +386,7 @@ fn run_child(
 }
 
 async fn seed(api: &Api<ConfigMap>, names: impl Iterator<Item = String>) -> Result<(), BoxError> {
-    stream::iter(names)
-        .map(|name| async move { api.create(&PostParams::default(), &config_map(&name)).await })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await?;
+    kache_testenv::create_all(api, names.map(|name| config_map(&name))).await?;
     Ok(())
 }
 
@@ -423,24 +402,17 @@ async fn downtime(
     let start = Instant::now();
     let third = changes / 3;
     seed(api, (0..third).map(|i| format!("new-{run}-{i}"))).await?;
-    let patch = Patch::Merge(serde_json::json!({"data": {"run": run.to_string()}}));
-    stream::iter(0..third)
-        .map(|i| {
-            let name = format!("cm-{}", (n / 2 + run * third + i) % n);
-            let patch = &patch;
-            async move { api.patch(&name, &PatchParams::default(), patch).await }
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await?;
-    stream::iter(0..third)
-        .map(|i| {
-            let name = format!("cm-{}", run * third + i);
-            async move { api.delete(&name, &DeleteParams::default()).await }
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await?;
+    let (patch, params) = (
+        Patch::Merge(serde_json::json!({"data": {"run": run.to_string()}})),
+        PatchParams::default(),
+    );
+    kache_testenv::run_all((0..third).map(|i| {
+        let name = format!("cm-{}", (n / 2 + run * third + i) % n);
+        let (patch, params) = (&patch, &params);
+        async move { api.patch(&name, params, patch).await }
+    }))
+    .await?;
+    kache_testenv::delete_all(api, (0..third).map(|i| format!("cm-{}", run * third + i))).await?;
     tokio::time::sleep(down.saturating_sub(start.elapsed())).await;
     Ok(())
 }
