@@ -314,8 +314,8 @@ on_each_server! {
         assert!(successes >= 50.0, "every parent reconciled: {successes}");
         assert!(of("workqueue_adds_total", &[]) >= successes);
         assert!(of("kache_controller_fence_waits_total", &[]) >= 50.0, "each create fenced");
-        assert_eq!(of("kache_controller_stale_reconciles_total", &[]), 0.0);
-        assert_eq!(of("workqueue_depth", &[]), 0.0);
+        assert!(of("kache_controller_stale_reconciles_total", &[]) < 0.5, "no stale reconcile");
+        assert!(of("workqueue_depth", &[]) < 0.5, "an empty queue");
         assert!(of("workqueue_work_duration_seconds_count", &[]) >= successes);
     }
 }
