@@ -55,6 +55,9 @@ impl Reporter {
     }
 }
 
+/// Triggers taken in one pass of the driver beyond the first.
+const TRIGGER_BATCH: usize = 255;
+
 /// What made a key due.
 enum Trigger {
     Key(ObjectKey, Priority),
@@ -219,13 +222,32 @@ where
     where
         O: Resource + Send + Sync + 'static,
     {
+        // A snapshot after the first (the subscriber fell a buffer behind and resynced) does not
+        // say what was deleted meanwhile, and a deleted child's owner must still be reconciled:
+        // such a snapshot reconciles every object of the controller, once, at its end.
+        let (mut synced, mut resyncing) = (false, false);
         let triggers = store
             .subscribe()
             .flat_map(move |event| {
                 let (object, priority) = match event {
+                    Event::InitApply(_) if resyncing => return stream::iter(Vec::new()),
                     Event::InitApply(object) => (object, Priority::Background),
                     Event::Apply(object) | Event::Delete(object) => (object, Priority::Live),
-                    Event::Init | Event::InitDone => return stream::iter(Vec::new()),
+                    Event::Init => {
+                        resyncing = synced;
+                        return stream::iter(Vec::new());
+                    }
+                    Event::InitDone => {
+                        let all = std::mem::take(&mut resyncing);
+                        synced = true;
+                        let triggers = if all {
+                            debug!("a related store's subscriber resynced: every object is reconciled");
+                            vec![Trigger::All(Priority::Background)]
+                        } else {
+                            Vec::new()
+                        };
+                        return stream::iter(triggers);
+                    }
                 };
                 let keys = std::panic::catch_unwind(AssertUnwindSafe(|| mapper(&object)))
                     .unwrap_or_else(|panic| {
@@ -394,7 +416,16 @@ where
             self.start_ready();
             self.report_running();
             // While reconciles run, the gauges of their running time move every second.
-            let gauges = tokio::time::sleep(Duration::from_secs(1));
+            // Timers only when something waits on them: creating one per pass costs more than
+            // the rest of a pass.
+            let ticking = self.reporter.is_some() && !self.running.is_empty();
+            let gauges = async move {
+                if ticking {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                } else {
+                    futures::future::pending::<()>().await;
+                }
+            };
             let wakeup = self.queue.next_wakeup();
             let sleep = async move {
                 match wakeup {
@@ -417,11 +448,25 @@ where
                     self.queue.unfence(&key, Instant::now());
                 }
                 trigger = self.triggers.next(), if self.triggers_open => match trigger {
-                    Some(trigger) => self.trigger(trigger),
+                    Some(trigger) => {
+                        self.trigger(trigger);
+                        // The triggers already waiting, in one pass (a bounded batch, so that
+                        // completions and starts keep their turn).
+                        for _ in 0..TRIGGER_BATCH {
+                            match self.triggers.next().now_or_never() {
+                                Some(Some(trigger)) => self.trigger(trigger),
+                                Some(None) => {
+                                    self.triggers_open = false;
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                    }
                     None => self.triggers_open = false,
                 },
                 () = sleep => {}
-                () = gauges, if self.reporter.is_some() && !self.running.is_empty() => {}
+                () = gauges => {}
                 () = &mut self.shutdown => {
                     info!(controller = %self.config.name, running = self.running.len(), "shutting down: no new reconciles");
                     self.stopping = Some(Instant::now() + self.config.shutdown_timeout);

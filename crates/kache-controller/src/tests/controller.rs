@@ -396,3 +396,45 @@ async fn a_new_child_is_awaited_in_the_owns_store_not_in_another_store_of_its_ki
     children.apply(Event::Apply(child));
     assert_eq!(next_start(&mut started).await, "21");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_child_deleted_while_its_store_overflowed_still_reconciles_its_owner() {
+    let parents = synced(&[cm("a", 1)]);
+    let mut children = Writer::<Secret>::new().with_buffer(2);
+    children.apply(Event::Init);
+    children.apply(Event::InitApply(child_of("a", 5)));
+    children.apply(Event::InitDone);
+    let (tx, mut started) = starts();
+    let controller = Controller::new(parents.as_reader(), Config::default())
+        .owns(children.as_reader())
+        .run(
+            move |object: Arc<ConfigMap>, _ctx: Arc<()>| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(object.metadata.name.clone().unwrap()).unwrap();
+                    Ok::<_, Failed>(Action::await_change())
+                }
+            },
+            no_retry,
+            Arc::new(()),
+        );
+    tokio::spawn(controller.for_each(|_| async {}));
+    assert_eq!(next_start(&mut started).await, "a");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(started.try_recv().is_err());
+    // While the controller's task does not run: the child goes, then unrelated secrets come,
+    // more than the subscriber's buffer holds.
+    children.apply(Event::Delete(child_of("a", 6)));
+    for i in 0..10 {
+        let mut other = Secret::default();
+        other.metadata.name = Some(format!("other-{i}"));
+        other.metadata.namespace = Some("ns".into());
+        other.metadata.resource_version = Some((10 + i).to_string());
+        children.apply(Event::Apply(other));
+    }
+    assert_eq!(
+        next_start(&mut started).await,
+        "a",
+        "the deleted child's owner"
+    );
+}
