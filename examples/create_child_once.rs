@@ -10,26 +10,24 @@
 //!
 //! `cargo run -p kache-examples --example create_child_once [-- --without-fences]`
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kache_controller::{Action, Config as ControllerConfig, Controller, Recorded, Retry};
+use kache_examples::one_child::{
+    CHILD, OnServer, PARENT, child_of, create_parents, follow, owner_uid, value_of,
+};
 use kache_examples::{BoxError, start};
 use kache_store::{ReflectExt, Store, Writer};
 use kache_watch::{Config, WatchStreamExt, watcher};
 use kube_client::{
     Api, ResourceExt,
-    api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{PatchParams, PostParams},
 };
-use serde_json::json;
 
 const PARENTS: usize = 20;
-/// Changes to each parent right after its creation: each one reconciles it again.
-const CHANGES: usize = 3;
 
 /// What every reconcile shares: the children's cache, and an `Api` whose writes are recorded
 /// for the fences.
@@ -38,38 +36,23 @@ struct Context {
     api: Recorded<ConfigMap>,
 }
 
-fn child_of(parent: &ConfigMap) -> ConfigMap {
-    let name = parent.name_any();
-    ConfigMap {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{name}-child-")),
-            labels: Some([("role".to_owned(), "child".to_owned())].into()),
-            owner_references: Some(vec![OwnerReference {
-                api_version: "v1".into(),
-                kind: "ConfigMap".into(),
-                name,
-                uid: parent.uid().unwrap_or_default(),
-                controller: Some(true),
-                ..OwnerReference::default()
-            }]),
-            ..ObjectMeta::default()
-        },
-        ..ConfigMap::default()
-    }
-}
-
-/// Gives `parent` a child if the cache shows none.
+/// Gives `parent` a child if the cache shows none; brings its child's value to the parent's.
 async fn reconcile(parent: Arc<ConfigMap>, ctx: Arc<Context>) -> kube_client::Result<Action> {
-    let mine = |child: &ConfigMap| {
-        child
-            .owner_references()
-            .iter()
-            .any(|o| o.uid == parent.uid().unwrap_or_default())
-    };
-    if ctx.children.find(mine).is_none() {
-        ctx.api
-            .create(&PostParams::default(), &child_of(&parent))
-            .await?;
+    let uid = parent.uid();
+    let mine = |child: &ConfigMap| owner_uid(child) == uid.as_deref();
+    match ctx.children.find(mine) {
+        None => {
+            ctx.api
+                .create(&PostParams::default(), &child_of(&parent))
+                .await?;
+        }
+        Some(child) if value_of(&child) != value_of(&parent) => {
+            let name = child.name_any();
+            ctx.api
+                .patch(&name, &PatchParams::default(), &follow(&parent))
+                .await?;
+        }
+        Some(_) => {}
     }
     Ok(Action::await_change())
 }
@@ -105,8 +88,8 @@ async fn main() -> Result<(), BoxError> {
     let (parents, children) = (Writer::new(), Writer::new());
     let (parent_store, child_store) = (parents.as_reader(), children.as_reader());
     let watches = [
-        reflect(&api, "role=parent", parents),
-        reflect(&api, "role=child", children),
+        reflect(&api, PARENT, parents),
+        reflect(&api, CHILD, children),
     ];
     let ctx = Arc::new(Context {
         children: child_store.clone(),
@@ -122,37 +105,15 @@ async fn main() -> Result<(), BoxError> {
     let operator = tokio::spawn(controller.for_each(|_| async {}));
 
     // Parents appear and change in quick succession.
-    let names: Vec<String> = (0..PARENTS).map(|i| format!("parent-{i}")).collect();
-    for name in &names {
-        let mut parent = ConfigMap::default();
-        parent.metadata.name = Some(name.clone());
-        parent.metadata.labels = Some([("role".to_owned(), "parent".to_owned())].into());
-        api.create(&PostParams::default(), &parent).await?;
-        for change in 0..CHANGES {
-            let patch = Patch::Merge(json!({"data": {"change": change.to_string()}}));
-            api.patch(name, &PatchParams::default(), &patch).await?;
-        }
-    }
+    create_parents(&api, "parent", PARENTS).await?;
 
-    // The server's word, not the cache's: how many children each parent got, once each has one
-    // and nothing has changed for a second.
-    let count = || async {
-        let listed = api
-            .list(&ListParams::default().labels("role=child"))
-            .await?;
-        let mut per_parent: BTreeMap<String, usize> = BTreeMap::new();
-        for child in &listed.items {
-            for owner in child.owner_references() {
-                *per_parent.entry(owner.name.clone()).or_default() += 1;
-            }
-        }
-        Ok::<_, kube_client::Error>(per_parent)
-    };
-    let mut last = count().await?;
+    // The server's word, not the cache's: each parent's children, once each has one and nothing
+    // has changed for a second.
+    let mut last = OnServer::list(&api).await?;
     for _ in 0..120 {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = count().await?;
-        if now.len() == PARENTS && now == last {
+        let now = OnServer::list(&api).await?;
+        if now.each_has_a_current_child() && now == last {
             break;
         }
         last = now;
@@ -161,13 +122,12 @@ async fn main() -> Result<(), BoxError> {
     for watch in watches {
         watch.abort(); // stop watching before the control plane goes away
     }
-    let twice = last.values().filter(|children| **children > 1).count();
+    let (parents, twice) = (last.by_parent.len(), last.duplicates());
     println!(
-        "{} fences: {} parents with a child, {twice} with more than one",
+        "{} fences: {parents} parents, {twice} with more than one child",
         if fences { "with" } else { "without" },
-        last.len()
     );
-    if fences && (last.len() != PARENTS || twice > 0) {
+    if fences && (parents != PARENTS || twice > 0 || !last.converged()) {
         return Err(format!("expected one child per parent, got {last:?}").into());
     }
     Ok(())

@@ -4,10 +4,12 @@
 //! Run one with `cargo run -p kache-examples --example <name>`.
 //!
 //! [`probes`] serves an operator's `/metrics` and `/readyz` and scrapes them, and
-//! [`exposition`] reads a scrape; the end-to-end tests use both. [`replicas`] splits a
+//! [`exposition`] reads a scrape; the end-to-end tests use both. [`one_child`] holds the objects of
+//! the one-child operator (its example, test and benchmark). [`replicas`] splits a
 //! collection between replicas through Leases.
 
 pub mod exposition;
+pub mod one_child;
 pub mod probes;
 pub mod replicas;
 

@@ -3,84 +3,44 @@
 //! with `generateName`, as many operators do, so a reconcile that acts on a cache without its
 //! own last create makes a second child: read-your-writes fences are what prevent it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kache_controller::{Action, Config as ControllerConfig, Controller, Metrics, Recorded, Retry};
 use kache_examples::exposition::Exposition;
+use kache_examples::one_child::{
+    CHILD, OnServer, PARENT, child_of, create_parents, follow, owner_uid, value_of,
+};
 use kache_examples::probes::{self, ProbeServer, Probes};
 use kache_store::{ReflectExt, Store, Writer};
 use kache_tests::{cut_off, eventually, on_each_server, private_env, quick_backoff, shared_env};
 use kache_watch::{Config, WatchStreamExt, watcher};
 use kube_client::Api;
-use kube_client::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube_client::api::{DeleteParams, Patch, PatchParams, PostParams};
 use prometheus_client::registry::Registry;
 use serde_json::json;
-
-const PARENT: &str = "role=parent";
-const CHILD: &str = "role=child";
 
 struct Operator {
     children: Store<ConfigMap>,
     api: Recorded<ConfigMap>,
 }
 
-fn value_of(cm: &ConfigMap) -> Option<&String> {
-    cm.data.as_ref().and_then(|data| data.get("value"))
-}
-
-fn owner_uid(cm: &ConfigMap) -> Option<&str> {
-    cm.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|owner| owner.controller == Some(true))
-        .map(|owner| owner.uid.as_str())
-}
-
 /// Creates the parent's child if the cache shows none; brings its data to the parent's.
 async fn reconcile(parent: Arc<ConfigMap>, op: Arc<Operator>) -> kube_client::Result<Action> {
     let uid = parent.metadata.uid.as_deref().unwrap_or_default();
-    let namespace = parent.metadata.namespace.clone();
-    let children: Vec<_> = op
-        .children
-        .state()
-        .into_iter()
-        .filter(|child| owner_uid(child) == Some(uid))
-        .collect();
-    let Some(child) = children.first() else {
-        let child = ConfigMap {
-            metadata: ObjectMeta {
-                generate_name: Some(format!(
-                    "{}-",
-                    parent.metadata.name.as_deref().unwrap_or_default()
-                )),
-                namespace,
-                labels: Some([("role".to_owned(), "child".to_owned())].into()),
-                owner_references: Some(vec![OwnerReference {
-                    api_version: "v1".into(),
-                    kind: "ConfigMap".into(),
-                    name: parent.metadata.name.clone().unwrap_or_default(),
-                    uid: uid.to_owned(),
-                    controller: Some(true),
-                    ..OwnerReference::default()
-                }]),
-                ..ObjectMeta::default()
-            },
-            data: parent.data.clone(),
-            ..ConfigMap::default()
-        };
-        op.api.create(&PostParams::default(), &child).await?;
+    let Some(child) = op.children.find(|child| owner_uid(child) == Some(uid)) else {
+        op.api
+            .create(&PostParams::default(), &child_of(&parent))
+            .await?;
         return Ok(Action::await_change());
     };
-    if value_of(child) != value_of(&parent) {
-        let patch = Patch::Merge(json!({ "data": { "value": value_of(&parent) } }));
+    if value_of(&child) != value_of(&parent) {
         let name = child.metadata.name.clone().unwrap_or_default();
-        op.api.patch(&name, &PatchParams::default(), &patch).await?;
+        op.api
+            .patch(&name, &PatchParams::default(), &follow(&parent))
+            .await?;
     }
     Ok(Action::await_change())
 }
@@ -149,73 +109,6 @@ fn start_reporting(
     }
 }
 
-/// Creates `count` parents, 16 at a time, each changed three times right after its creation.
-async fn create_parents(api: &Api<ConfigMap>, prefix: &str, count: usize) {
-    futures::stream::iter(0..count)
-        .map(|i| async move {
-            let mut parent = ConfigMap::default();
-            parent.metadata.name = Some(format!("{prefix}-{i}"));
-            parent.metadata.labels = Some([("role".to_owned(), "parent".to_owned())].into());
-            parent.data = Some([("value".to_owned(), "0".to_owned())].into());
-            let name = parent.metadata.name.clone().unwrap();
-            api.create(&PostParams::default(), &parent).await?;
-            for value in 1..=3 {
-                let patch = Patch::Merge(json!({ "data": { "value": value.to_string() } }));
-                api.patch(&name, &PatchParams::default(), &patch).await?;
-            }
-            Ok::<_, kube_client::Error>(())
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<_>>()
-        .await
-        .expect("create and change the parents");
-}
-
-/// Each parent's children on the server, by parent uid, and the parents' values.
-async fn on_server(api: &Api<ConfigMap>) -> (BTreeMap<String, (String, Vec<String>)>, usize) {
-    let parents = api
-        .list(&ListParams::default().labels(PARENT))
-        .await
-        .unwrap();
-    let children = api
-        .list(&ListParams::default().labels(CHILD))
-        .await
-        .unwrap();
-    let mut by_parent: BTreeMap<String, (String, Vec<String>)> = parents
-        .items
-        .iter()
-        .map(|parent| {
-            let uid = parent.metadata.uid.clone().unwrap();
-            (
-                uid,
-                (value_of(parent).cloned().unwrap_or_default(), Vec::new()),
-            )
-        })
-        .collect();
-    let mut orphans = 0;
-    for child in &children.items {
-        match owner_uid(child).and_then(|uid| by_parent.get_mut(uid)) {
-            Some((_, values)) => values.push(value_of(child).cloned().unwrap_or_default()),
-            None => orphans += 1,
-        }
-    }
-    (by_parent, orphans)
-}
-
-/// Whether every parent has children that all hold its value, and at least one.
-fn converged(state: &BTreeMap<String, (String, Vec<String>)>) -> bool {
-    state.values().all(|(value, children)| {
-        !children.is_empty() && children.iter().all(|child| child == value)
-    })
-}
-
-fn duplicates(state: &BTreeMap<String, (String, Vec<String>)>) -> usize {
-    state
-        .values()
-        .filter(|(_, children)| children.len() > 1)
-        .count()
-}
-
 on_each_server! {
     /// Fences on, 1,000 parents, each changed three times right after its creation: exactly
     /// one child each. The same run with fences off makes duplicates (within three tries): the
@@ -224,16 +117,16 @@ on_each_server! {
         let (_, _, api) = shared_env(server, "ctl-fenced").await;
         let operator = start(&api, &api, true);
         let started = std::time::Instant::now();
-        create_parents(&api, "p", 1_000).await;
+        create_parents(&api, "p", 1_000).await.unwrap();
         eventually("every parent to have its child, with its value", || async {
-            converged(&on_server(&api).await.0)
+            OnServer::list(&api).await.unwrap().converged()
         })
         .await;
         // Quiet for a while: nothing more is created.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let (state, orphans) = on_server(&api).await;
-        assert_eq!(state.len(), 1_000);
-        assert_eq!((duplicates(&state), orphans), (0, 0), "one child per parent");
+        let state = OnServer::list(&api).await.unwrap();
+        assert_eq!(state.by_parent.len(), 1_000);
+        assert_eq!((state.duplicates(), state.orphans), (0, 0), "one child per parent");
         assert_eq!(operator.children.len(), 1_000);
         drop(operator);
         eprintln!("{server:?}: 1,000 parents settled with fences in {:?}", started.elapsed());
@@ -242,14 +135,14 @@ on_each_server! {
         for attempt in 0..3 {
             let (_, _, api) = shared_env(server, &format!("ctl-unfenced-{attempt}")).await;
             let operator = start(&api, &api, false);
-            create_parents(&api, "p", 1_000).await;
+            create_parents(&api, "p", 1_000).await.unwrap();
             // Duplicates stay behind (the reconcile keeps the first child): wait until every
             // parent has a child with its value.
             eventually("every parent to have a child with its value", || async {
-                on_server(&api).await.0.values().all(|(value, children)| children.contains(value))
+                OnServer::list(&api).await.unwrap().each_has_a_current_child()
             })
             .await;
-            let dups = duplicates(&on_server(&api).await.0);
+            let dups = OnServer::list(&api).await.unwrap().duplicates();
             drop(operator);
             seen.push(dups);
             if dups > 0 {
@@ -268,10 +161,13 @@ on_each_server! {
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
         let operator = start_reporting(&watched, &admin, true, Some(&metrics));
-        create_parents(&admin, "p", 50).await;
+        create_parents(&admin, "p", 50).await.unwrap();
         let settled = || async {
-            let (state, orphans) = on_server(&admin).await;
-            converged(&state) && duplicates(&state) == 0 && orphans == 0 && state.len() == 50
+            let state = OnServer::list(&admin).await.unwrap();
+            state.converged()
+                && state.duplicates() == 0
+                && state.orphans == 0
+                && state.by_parent.len() == 50
         };
         eventually("50 parents with one child each", settled).await;
 

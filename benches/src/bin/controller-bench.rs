@@ -29,7 +29,7 @@
 //! second, 200), `KACHE_BENCH_CHURN_SECS` (20), `KACHE_BENCH_SERVERS` (the first one named is
 //! used; `modern` by default).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::ready;
 use std::path::Path;
@@ -39,18 +39,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::stream::{self, BoxStream};
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kache_benches::{
     BoxError, ChildReport, Results, Table, config_map, connected_api, env_sizes, env_usize,
     fmt_bytes, fmt_ns, percentile, proc_status_bytes, ratio, seed_config_maps, world,
 };
 use kache_controller::{Action, Config as KacheConfig, Controller, Recorded, Retry};
+use kache_examples::one_child::{
+    CHILD, OnServer, PARENT, child_of, create_parents, follow, owner_uid, value_of,
+};
 use kache_store::{ReflectExt, Writer};
 use kache_testenv::{Server, TestEnv};
 use kube_client::Api;
-use kube_client::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube_client::api::{Patch, PatchParams, PostParams};
 use kube_runtime::controller::{
     Action as KrAction, Config as KrConfig, Controller as KrController,
 };
@@ -423,9 +425,6 @@ async fn bench_queue(sizes: &[usize], results: &mut Results) -> Result<String, B
 // ---------------------------------------------------------------------------------------------
 // 2. Stale reconciles: the one-child operator of tests/tests/controller.rs.
 
-const PARENT: &str = "role=parent";
-const CHILD: &str = "role=child";
-
 /// The children's cache, whichever library keeps it.
 enum Children {
     Kache(kache_store::Store<ConfigMap>),
@@ -503,19 +502,6 @@ impl Operator {
     }
 }
 
-fn value_of(cm: &ConfigMap) -> Option<&String> {
-    cm.data.as_ref().and_then(|data| data.get("value"))
-}
-
-fn owner_uid(cm: &ConfigMap) -> Option<&str> {
-    cm.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|owner| owner.controller == Some(true))
-        .map(|owner| owner.uid.as_str())
-}
-
 /// The test's reconcile: creates the parent's child if the cache shows none; brings its data
 /// to the parent's. Before it, the bench's bookkeeping: does the cache show this parent's
 /// last write?
@@ -539,29 +525,10 @@ async fn one_child(parent: &ConfigMap, op: &Operator) -> kube_client::Result<()>
         if value_of(child) == value_of(parent) {
             return Ok(());
         }
-        let patch = Patch::Merge(json!({ "data": { "value": value_of(parent) } }));
         let name = child.metadata.name.clone().unwrap_or_default();
-        op.patch(&name, &patch).await?
+        op.patch(&name, &follow(parent)).await?
     } else {
-        let child = ConfigMap {
-            metadata: ObjectMeta {
-                generate_name: Some(format!("{parent_name}-")),
-                namespace,
-                labels: Some([("role".to_owned(), "child".to_owned())].into()),
-                owner_references: Some(vec![OwnerReference {
-                    api_version: "v1".into(),
-                    kind: "ConfigMap".into(),
-                    name: parent_name.clone(),
-                    uid: uid.to_owned(),
-                    controller: Some(true),
-                    ..OwnerReference::default()
-                }]),
-                ..ObjectMeta::default()
-            },
-            data: parent.data.clone(),
-            ..ConfigMap::default()
-        };
-        op.create(&child).await?
+        op.create(&child_of(parent)).await?
     };
     if let (Some(name), Some(rv)) = (written.metadata.name.clone(), version(&written)) {
         op.last_write.lock().insert(parent_name, (name, rv));
@@ -686,52 +653,6 @@ fn start_operator(variant: StaleVariant, api: &Api<ConfigMap>) -> (Arc<Operator>
     }
 }
 
-/// Creates `count` parents, 16 at a time, each changed three times right after its creation.
-async fn create_parents(api: &Api<ConfigMap>, count: usize) -> Result<(), BoxError> {
-    stream::iter(0..count)
-        .map(|i| async move {
-            let mut parent = ConfigMap::default();
-            parent.metadata.name = Some(format!("p-{i}"));
-            parent.metadata.labels = Some([("role".to_owned(), "parent".to_owned())].into());
-            parent.data = Some([("value".to_owned(), "0".to_owned())].into());
-            let name = parent.metadata.name.clone().unwrap_or_default();
-            api.create(&PostParams::default(), &parent).await?;
-            for value in 1..=3 {
-                let patch = Patch::Merge(json!({ "data": { "value": value.to_string() } }));
-                api.patch(&name, &PatchParams::default(), &patch).await?;
-            }
-            Ok::<_, kube_client::Error>(())
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<_>>()
-        .await?;
-    Ok(())
-}
-
-/// Each parent's value and its children's values, by parent uid.
-type OnServer = BTreeMap<String, (String, Vec<String>)>;
-
-async fn on_server(api: &Api<ConfigMap>) -> Result<OnServer, BoxError> {
-    let parents = api.list(&ListParams::default().labels(PARENT)).await?;
-    let children = api.list(&ListParams::default().labels(CHILD)).await?;
-    let mut by_parent: OnServer = parents
-        .items
-        .iter()
-        .map(|parent| {
-            (
-                parent.metadata.uid.clone().unwrap_or_default(),
-                (value_of(parent).cloned().unwrap_or_default(), Vec::new()),
-            )
-        })
-        .collect();
-    for child in &children.items {
-        if let Some((_, values)) = owner_uid(child).and_then(|uid| by_parent.get_mut(uid)) {
-            values.push(value_of(child).cloned().unwrap_or_default());
-        }
-    }
-    Ok(by_parent)
-}
-
 struct StaleRun {
     settled: Duration,
     reconciles: usize,
@@ -749,16 +670,12 @@ async fn stale_run(
     let api: Api<ConfigMap> = Api::namespaced(env.client(), &namespace);
     let (op, tasks) = start_operator(variant, &api);
     let started = Instant::now();
-    create_parents(&api, parents).await?;
+    create_parents(&api, "p", parents).await?;
     // Settled: every parent has a child holding its value (duplicates stay behind: the
     // reconcile keeps the first child it finds).
     loop {
-        let state = on_server(&api).await?;
-        if state.len() == parents
-            && state
-                .values()
-                .all(|(value, children)| children.contains(value))
-        {
+        let state = OnServer::list(&api).await?;
+        if state.by_parent.len() == parents && state.each_has_a_current_child() {
             break;
         }
         if started.elapsed() > PHASE_BOUND {
@@ -769,14 +686,14 @@ async fn stale_run(
     let settled = started.elapsed();
     // Quiet for a while: late reconciles would show up.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let state = on_server(&api).await?;
+    let state = OnServer::list(&api).await?;
     drop(tasks);
     Ok(StaleRun {
         settled,
         reconciles: op.reconciles.load(Ordering::Relaxed),
         stale: op.stale.load(Ordering::Relaxed),
         creates: op.creates.load(Ordering::Relaxed),
-        duplicates: state.values().filter(|(_, c)| c.len() > 1).count(),
+        duplicates: state.duplicates(),
     })
 }
 
