@@ -1,7 +1,8 @@
 //! The controller: triggers from kache stores, the queue, the reconciles and their fences.
 
 use std::any::TypeId;
-use std::collections::HashMap;
+/// The driver's maps hash with ahash, as the queue's.
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -13,7 +14,6 @@ use futures::{FutureExt, Stream, StreamExt};
 use kache_store::{Event, ObjectKey, Store};
 use kube_client::Resource;
 use kube_client::core::{ClusterResourceScope, NamespaceResourceScope};
-use parking_lot::Mutex;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
@@ -330,10 +330,10 @@ where
             fence_stores: fence_stores.into(),
             running: FuturesUnordered::new(),
             fences: FuturesUnordered::new(),
-            writes: HashMap::new(),
+            writes: HashMap::default(),
             shutdown: shutdown.unwrap_or_else(|| futures::future::pending().boxed()),
             stopping: None,
-            starts: HashMap::new(),
+            starts: HashMap::default(),
             reporter: config.reporter(),
             reconcile,
             error_policy,
@@ -548,15 +548,14 @@ where
             stale = true;
             debug!(controller = %self.config.name, object = %key, "reconcile starts on a cache older than its last writes");
         }
-        self.starts.insert(key.clone(), now);
         if let Some(reporter) = &self.reporter {
+            self.starts.insert(key.clone(), now);
             reporter.started(
                 now.saturating_duration_since(queued_at),
                 self.running.len() + 1,
                 stale,
             );
         }
-        let recorded: fence::Writes = Arc::new(Mutex::new(Vec::new()));
         let span = tracing::info_span!("reconcile", controller = %self.config.name, object = %key, attempt = failures + 1, ?priority, queued = ?now.saturating_duration_since(queued_at));
         let made = std::panic::catch_unwind(AssertUnwindSafe(|| {
             (self.reconcile)(Arc::clone(&object), Arc::clone(&self.context))
@@ -565,12 +564,12 @@ where
             Ok(future) => AssertUnwindSafe(future).catch_unwind().boxed(),
             Err(panic) => futures::future::ready(Err(panic)).boxed(),
         };
-        let run = fence::recording(Arc::clone(&recorded), future);
+        let run = fence::recording(future);
         let erased: Arc<dyn std::any::Any + Send + Sync> = object;
         self.running.push(
             async move {
-                let result = run.await.map_err(|panic| panic_message(&*panic));
-                let writes = std::mem::take(&mut *recorded.lock());
+                let (result, writes) = run.await;
+                let result = result.map_err(|panic| panic_message(&*panic));
                 Ended {
                     key,
                     result,

@@ -7,6 +7,7 @@
 //! controller that holds their kind shows them, or the fence times out.
 
 use std::any::{Any, TypeId};
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,6 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use kache_store::Store;
 use kube_client::Resource;
-use parking_lot::Mutex;
 use tracing::debug;
 
 /// One write a reconcile made: the object the server returned (or, for a delete, the object
@@ -37,17 +37,22 @@ impl fmt::Debug for Written {
     }
 }
 
-/// The writes of the reconcile that runs in this task, shared with the controller so that
-/// they outlive a panic.
-pub(crate) type Writes = Arc<Mutex<Vec<Written>>>;
-
 tokio::task_local! {
-    static WRITES: Writes;
+    /// The writes of the reconcile that runs in this task.
+    static WRITES: RefCell<Vec<Written>>;
 }
 
-/// Runs `future` with `writes` as the place [`record`] writes to.
-pub(crate) async fn recording<F: Future>(writes: Writes, future: F) -> F::Output {
-    WRITES.scope(writes, future).await
+/// Runs `future` with a place for [`record`] to write to; its output and what was recorded.
+/// (The controller's futures catch their panics inside: the writes made before one are kept.)
+pub(crate) async fn recording<F: Future>(future: F) -> (F::Output, Vec<Written>) {
+    let mut scoped = std::pin::pin!(WRITES.scope(RefCell::new(Vec::new()), future));
+    let output = scoped.as_mut().await;
+    let writes = scoped
+        .as_mut()
+        .take_value()
+        .map(RefCell::into_inner)
+        .unwrap_or_default();
+    (output, writes)
 }
 
 fn push<K: Resource + Clone + Send + Sync + 'static>(object: &K, deleted: bool) -> bool {
@@ -60,7 +65,7 @@ fn push<K: Resource + Clone + Send + Sync + 'static>(object: &K, deleted: bool) 
         .map(|owner| (owner.api_version.clone(), owner.kind.clone()));
     WRITES
         .try_with(|writes| {
-            writes.lock().push(Written {
+            writes.borrow_mut().push(Written {
                 type_id: TypeId::of::<K>(),
                 object: Arc::new(object.clone()),
                 deleted,

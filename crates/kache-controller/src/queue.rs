@@ -18,11 +18,14 @@
 //!   it keeps its entry and becomes ready again when its fence lifts.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::hash::Hash;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// The queue's maps hash with ahash: several lookups per reconcile, on the hot path.
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 
 /// Why a key is queued: live changes before the rest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -126,10 +129,10 @@ impl<Q: Clone + Eq + Hash> Queue<Q> {
         let tokens = f64::from(config.rate_limit_burst);
         Self {
             config,
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             delayed: BinaryHeap::new(),
             ready: BinaryHeap::new(),
-            by_seq: HashMap::new(),
+            by_seq: HashMap::default(),
             seq: 0,
             bucket: Bucket { tokens, at: now },
             running: 0,
