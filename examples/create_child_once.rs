@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kache_controller::{Action, Config as ControllerConfig, Controller, Recorded, Retry};
+use kache_controller::{Action, Config as ControllerConfig, Controller, Recorded};
 use kache_examples::one_child::{
     CHILD, OnServer, PARENT, child_of, create_parents, follow, owner_uid, value_of,
 };
@@ -57,15 +57,6 @@ async fn reconcile(parent: Arc<ConfigMap>, ctx: Arc<Context>) -> kube_client::Re
     Ok(Action::await_change())
 }
 
-fn error_policy(
-    _: Arc<ConfigMap>,
-    _: &kube_client::Error,
-    _: Arc<Context>,
-    retry: Retry,
-) -> Action {
-    Action::requeue(retry.backoff)
-}
-
 /// Starts a watch of the `ConfigMap`s labelled `selector` into `writer`; returns the task.
 fn reflect(
     api: &Api<ConfigMap>,
@@ -98,10 +89,11 @@ async fn main() -> Result<(), BoxError> {
     let config = ControllerConfig::default()
         .fences(fences, Duration::from_secs(10))
         .name("children");
-    let controller =
-        Controller::new(parent_store, config)
-            .owns(child_store)
-            .run(reconcile, error_policy, ctx);
+    let controller = Controller::new(parent_store, config).owns(child_store).run(
+        reconcile,
+        kache_controller::backoff,
+        ctx,
+    );
     let operator = tokio::spawn(controller.for_each(|_| async {}));
 
     // Parents appear and change in quick succession.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kache_controller::{Action, Config as ControllerConfig, Controller, Metrics, Recorded, Retry};
+use kache_controller::{Action, Config as ControllerConfig, Controller, Metrics, Recorded};
 use kache_examples::exposition::Exposition;
 use kache_examples::one_child::{
     CHILD, OnServer, PARENT, child_of, create_parents, follow, owner_uid, value_of,
@@ -43,15 +43,6 @@ async fn reconcile(parent: Arc<ConfigMap>, op: Arc<Operator>) -> kube_client::Re
             .await?;
     }
     Ok(Action::await_change())
-}
-
-fn error_policy(
-    _: Arc<ConfigMap>,
-    _: &kube_client::Error,
-    _: Arc<Operator>,
-    retry: Retry,
-) -> Action {
-    Action::requeue(retry.backoff)
 }
 
 /// A running operator in `api`'s namespace: two stores (parents, children), one controller.
@@ -100,7 +91,7 @@ fn start_reporting(
     }
     let controller = Controller::new(parents_store.clone(), config)
         .owns(children_store.clone())
-        .run(reconcile, error_policy, operator);
+        .run(reconcile, kache_controller::backoff, operator);
     tasks.push(tokio::spawn(controller.for_each(|_| async {})));
     Running {
         parents: parents_store,

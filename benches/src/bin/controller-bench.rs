@@ -541,15 +541,6 @@ async fn one_child_kache(parent: Arc<ConfigMap>, op: Arc<Operator>) -> kube_clie
     Ok(Action::await_change())
 }
 
-fn retry_kache(
-    _: Arc<ConfigMap>,
-    _: &kube_client::Error,
-    _: Arc<Operator>,
-    retry: Retry,
-) -> Action {
-    Action::requeue(retry.backoff)
-}
-
 async fn one_child_kr(parent: Arc<ConfigMap>, op: Arc<Operator>) -> kube_client::Result<KrAction> {
     one_child(&parent, &op).await?;
     Ok(KrAction::await_change())
@@ -617,7 +608,7 @@ fn start_operator(variant: StaleVariant, api: &Api<ConfigMap>) -> (Arc<Operator>
                 .name("one-child");
             let controller = Controller::new(parents_store, config)
                 .owns(children_store)
-                .run(one_child_kache, retry_kache, Arc::clone(&op));
+                .run(one_child_kache, kache_controller::backoff, Arc::clone(&op));
             tasks.push(tokio::spawn(controller.for_each(|_| ready(()))));
             (op, Tasks(tasks))
         }

@@ -1,5 +1,6 @@
 //! What a reconcile asks for next.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What the controller does with a key after its reconcile, as kube-runtime's `Action`.
@@ -39,4 +40,39 @@ impl Action {
     pub const fn requeue_after(&self) -> Option<Duration> {
         self.requeue_after
     }
+}
+
+/// What the error policy learns of a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retry {
+    /// This failure's number among the object's consecutive failures: 1 for the first; a
+    /// success resets it.
+    pub attempt: u32,
+    /// The object's backoff for this attempt (see [`Config::backoff`](crate::Config::backoff)):
+    /// `Action::requeue(retry.backoff)` retries with it.
+    pub backoff: Duration,
+}
+
+/// The error policy most controllers want: retry the object after its backoff, which grows with
+/// its consecutive failures and resets on a success ([`Retry`]).
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use futures::StreamExt;
+/// # use k8s_openapi::api::core::v1::ConfigMap;
+/// # use kache_controller::{Action, Config, Controller};
+/// # async fn reconcile(_: Arc<ConfigMap>, _: Arc<()>) -> kube_client::Result<Action> {
+/// #     Ok(Action::await_change())
+/// # }
+/// # async fn run(store: kache_store::Store<ConfigMap>) {
+/// Controller::new(store, Config::default())
+///     .run(reconcile, kache_controller::backoff, Arc::new(()))
+///     .for_each(|_| async {})
+///     .await;
+/// # }
+/// ```
+#[must_use]
+pub fn backoff<K, E, Ctx>(_: Arc<K>, _: &E, _: Arc<Ctx>, retry: Retry) -> Action {
+    Action::requeue(retry.backoff)
 }

@@ -17,7 +17,7 @@ use kube_client::core::{ClusterResourceScope, NamespaceResourceScope};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::action::Action;
+use crate::action::{Action, Retry};
 use crate::config::Config;
 use crate::error::Error;
 use crate::fence::{self, Fenced, Written};
@@ -62,18 +62,6 @@ const TRIGGER_BATCH: usize = 255;
 enum Trigger {
     Key(ObjectKey, Priority),
     All(Priority),
-}
-
-/// What the error policy learns of a failure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Retry {
-    /// This failure's number among the object's consecutive failures: 1 for the first; a
-    /// success resets it.
-    pub attempt: u32,
-    /// The object's backoff for this attempt (see [`Config::backoff`]):
-    /// `Action::requeue(retry.backoff)` retries with it.
-    pub backoff: Duration,
 }
 
 /// A reconcile loop over a kache [`Store`]: it subscribes to the store (and to the stores of

@@ -99,9 +99,9 @@ mod fence;
 mod metrics;
 mod queue;
 
-pub use action::Action;
+pub use action::{Action, Retry, backoff};
 pub use config::Config;
-pub use controller::{Controller, Retry};
+pub use controller::Controller;
 pub use error::Error;
 pub use fence::{Recorded, record, record_deletion};
 #[cfg(feature = "metrics")]

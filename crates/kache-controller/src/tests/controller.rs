@@ -438,3 +438,13 @@ async fn a_child_deleted_while_its_store_overflowed_still_reconciles_its_owner()
         "the deleted child's owner"
     );
 }
+
+#[test]
+fn the_backoff_policy_requeues_after_the_objects_backoff() {
+    let retry = Retry {
+        attempt: 3,
+        backoff: Duration::from_millis(20),
+    };
+    let action = crate::backoff(Arc::new(cm("a", 1)), &Failed, Arc::new(()), retry);
+    assert_eq!(action.requeue_after(), Some(Duration::from_millis(20)));
+}
