@@ -23,7 +23,9 @@ use crate::error::Error;
 use crate::fence::{self, Fenced, Written};
 #[cfg(feature = "metrics")]
 use crate::metrics::Reporter;
+use crate::ownership::Ownership;
 use crate::queue::{Outcome, Popped, Priority, Queue};
+use crate::replicas::Ranges;
 
 /// Without the `metrics` feature, nothing is reported.
 #[cfg(not(feature = "metrics"))]
@@ -53,6 +55,9 @@ impl Reporter {
     fn fence_timed_out(&self) {
         match *self {}
     }
+    fn refused(&self) {
+        match *self {}
+    }
 }
 
 /// Triggers taken in one pass of the driver beyond the first.
@@ -79,6 +84,7 @@ pub struct Controller<K> {
     triggers: Vec<BoxStream<'static, Trigger>>,
     fence_stores: Vec<Fenced>,
     shutdown: Option<BoxFuture<'static, ()>>,
+    ownership: Option<Ownership>,
 }
 
 impl<K> fmt::Debug for Controller<K> {
@@ -124,6 +130,7 @@ where
             config,
             triggers: vec![triggers],
             shutdown: None,
+            ownership: None,
         }
     }
 
@@ -265,6 +272,18 @@ where
         self
     }
 
+    /// Reconciles only the objects whose uid hash is in a range `ownership` holds: a replica's
+    /// share of the work ([`Replica::ownership`](crate::replicas::Replica::ownership)). An
+    /// object is reconciled only while its range is held and the replica's authority is
+    /// current; a reconcile running when its range is revoked is stopped (its future dropped).
+    /// Queued objects whose range left are dropped at their turn; the objects of a range that
+    /// arrives are queued (as background work).
+    #[must_use]
+    pub fn within(mut self, ownership: Ownership) -> Self {
+        self.ownership = Some(ownership);
+        self
+    }
+
     /// Shuts down when `signal` resolves: no reconcile starts after it, those running may
     /// finish within [`Config::shutdown_timeout`], then [`run`](Self::run)'s stream ends.
     #[must_use]
@@ -300,6 +319,7 @@ where
             triggers,
             fence_stores,
             shutdown,
+            ownership,
         } = self;
         let mut triggers: SelectAll<_> = triggers.into_iter().collect();
         if let Some(period) = config.resync {
@@ -322,6 +342,12 @@ where
             shutdown: shutdown.unwrap_or_else(|| futures::future::pending().boxed()),
             stopping: None,
             starts: HashMap::default(),
+            shard: ownership.map(|ownership| Sharded {
+                changes: ownership.changes(),
+                ownership,
+                allowed: Ranges::empty(),
+                running: HashMap::default(),
+            }),
             reporter: config.reporter(),
             reconcile,
             error_policy,
@@ -335,6 +361,16 @@ where
     }
 }
 
+/// Resolves when a replica's ownership changes; never without one.
+async fn ownership_changed(shard: Option<&mut Sharded>) {
+    if let Some(shard) = shard
+        && shard.changes.changed().await.is_ok()
+    {
+        return;
+    }
+    futures::future::pending::<()>().await;
+}
+
 /// An interval as a stream of ticks.
 fn tokio_stream_interval(mut ticks: tokio::time::Interval) -> impl Stream<Item = ()> + Send {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -344,10 +380,38 @@ fn tokio_stream_interval(mut ticks: tokio::time::Interval) -> impl Stream<Item =
     })
 }
 
+/// A replica's share of the work, as the driver follows it.
+struct Sharded {
+    ownership: Ownership,
+    changes: tokio::sync::watch::Receiver<u64>,
+    /// The ranges held at the last look: a range that arrives is queued.
+    allowed: Ranges,
+    /// The uid hash of each running reconcile, and how to stop it.
+    running: HashMap<ObjectKey, (u64, futures::future::AbortHandle)>,
+}
+
+impl Drop for Sharded {
+    /// A controller dropped with reconciles running stops them: they no longer hold their
+    /// ranges (a replica leaving can release them).
+    fn drop(&mut self) {
+        for (hash, _) in self.running.values() {
+            self.ownership.ended(*hash);
+        }
+    }
+}
+
+/// How a reconcile ended.
+enum Ending<E> {
+    Returned(Result<Action, E>),
+    Panicked(String),
+    /// Stopped: its range was revoked.
+    Revoked,
+}
+
 /// A reconcile's end, as the driver learns it.
 struct Ended<E> {
     key: ObjectKey,
-    result: Result<Result<Action, E>, String>,
+    result: Ending<E>,
     object: Arc<dyn std::any::Any + Send + Sync>,
     writes: Vec<Written>,
 }
@@ -368,6 +432,7 @@ struct Run<K, Ctx, R, E, P> {
     stopping: Option<Instant>,
     /// When each running reconcile started.
     starts: HashMap<ObjectKey, Instant>,
+    shard: Option<Sharded>,
     reporter: Option<Reporter>,
     reconcile: R,
     error_policy: P,
@@ -414,6 +479,18 @@ where
                     futures::future::pending::<()>().await;
                 }
             };
+            // A replica's authority lapses at a known instant: its running reconciles stop then.
+            let lapse = self
+                .shard
+                .as_ref()
+                .filter(|shard| !shard.running.is_empty())
+                .and_then(|shard| shard.ownership.valid_until());
+            let lapse = async move {
+                match lapse {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => futures::future::pending().await,
+                }
+            };
             let wakeup = self.queue.next_wakeup();
             let sleep = async move {
                 match wakeup {
@@ -453,6 +530,8 @@ where
                     }
                     None => self.triggers_open = false,
                 },
+                () = ownership_changed(self.shard.as_mut()) => self.follow_ownership(),
+                () = lapse => self.follow_ownership(),
                 () = sleep => {}
                 () = gauges => {}
                 () = &mut self.shutdown => {
@@ -487,13 +566,27 @@ where
         let now = Instant::now();
         match trigger {
             Trigger::Key(key, priority) => {
+                if !self.in_share(&key) {
+                    // Another replica's: queued if its range arrives.
+                    return;
+                }
                 self.queue.add(key, priority, now);
                 if let Some(reporter) = &self.reporter {
                     reporter.added(self.queue.depth());
                 }
             }
             Trigger::All(priority) => {
+                let allowed = self
+                    .shard
+                    .as_ref()
+                    .map(|shard| shard.ownership.held_at(now));
                 for object in self.store.state() {
+                    if allowed
+                        .as_ref()
+                        .is_some_and(|allowed| !allowed.contains(uid_hash(&*object)))
+                    {
+                        continue;
+                    }
                     self.queue
                         .add(ObjectKey::from_object(&*object), priority, now);
                     if let Some(reporter) = &self.reporter {
@@ -501,6 +594,49 @@ where
                     }
                 }
             }
+        }
+    }
+
+    /// Whether `key` is this controller's to reconcile: always without an ownership; with one,
+    /// if its object is in a held range (an object not in the store yet is let through, and
+    /// checked at its turn).
+    fn in_share(&self, key: &ObjectKey) -> bool {
+        let Some(shard) = &self.shard else {
+            return true;
+        };
+        self.store
+            .get_key(key)
+            .is_none_or(|object| shard.allowed.contains(uid_hash(&*object)))
+    }
+
+    /// After the ownership changed: queues the objects of the ranges that arrived, and stops
+    /// the reconciles whose range was revoked.
+    fn follow_ownership(&mut self) {
+        let now = Instant::now();
+        let Some(shard) = &mut self.shard else {
+            return;
+        };
+        let held = shard.ownership.held_at(now);
+        let arrived = held.minus(&shard.allowed);
+        shard.allowed = held;
+        for (key, (hash, stop)) in &shard.running {
+            if !shard.ownership.may_run(*hash, now) {
+                debug!(controller = %self.config.name, object = %key, "its range was revoked: the reconcile stops");
+                stop.abort();
+            }
+        }
+        if arrived.is_empty() {
+            return;
+        }
+        debug!(controller = %self.config.name, ranges = %arrived, "ranges arrived: their objects are queued");
+        for object in self.store.state() {
+            if arrived.contains(uid_hash(&*object)) {
+                self.queue
+                    .add(ObjectKey::from_object(&*object), Priority::Background, now);
+            }
+        }
+        if let Some(reporter) = &self.reporter {
+            reporter.added(self.queue.depth());
         }
     }
 
@@ -528,6 +664,18 @@ where
             self.queue.done(&key, Outcome::Success(None), false, now);
             return;
         };
+        let hash = uid_hash(&*object);
+        if let Some(shard) = &self.shard
+            && !shard.ownership.try_start(hash, now)
+        {
+            // The range left this replica (or its authority lapsed) since the key was queued.
+            debug!(controller = %self.config.name, object = %key, "not in this replica's ranges any more; dropped");
+            if let Some(reporter) = &self.reporter {
+                reporter.refused();
+            }
+            self.queue.done(&key, Outcome::Success(None), false, now);
+            return;
+        }
         let mut stale = false;
         if let Some(writes) = self.writes.remove(&key)
             && !fence::visible(&self.fence_stores, &writes)
@@ -552,12 +700,18 @@ where
             Ok(future) => AssertUnwindSafe(future).catch_unwind().boxed(),
             Err(panic) => futures::future::ready(Err(panic)).boxed(),
         };
-        let run = fence::recording(future);
+        let (run, stop) = futures::future::abortable(fence::recording(future));
+        if let Some(shard) = &mut self.shard {
+            shard.running.insert(key.clone(), (hash, stop));
+        }
         let erased: Arc<dyn std::any::Any + Send + Sync> = object;
         self.running.push(
             async move {
-                let (result, writes) = run.await;
-                let result = result.map_err(|panic| panic_message(&*panic));
+                let (result, writes) = match run.await {
+                    Ok((Ok(returned), writes)) => (Ending::Returned(returned), writes),
+                    Ok((Err(panic), writes)) => (Ending::Panicked(panic_message(&*panic)), writes),
+                    Err(futures::future::Aborted) => (Ending::Revoked, Vec::new()),
+                };
                 Ended {
                     key,
                     result,
@@ -591,12 +745,24 @@ where
             fence
         };
         let fenced = fence.is_some();
+        if let Some(shard) = &mut self.shard
+            && let Some((hash, _)) = shard.running.remove(&key)
+        {
+            shard.ownership.ended(hash);
+        }
         let (outcome, item) = match result {
-            Ok(Ok(action)) => (
+            Ending::Revoked => {
+                debug!(controller = %self.config.name, object = %key, "reconcile stopped: its range was revoked");
+                (
+                    Outcome::Success(None),
+                    Err(Error::Revoked { key: key.clone() }),
+                )
+            }
+            Ending::Returned(Ok(action)) => (
                 Outcome::Success(action.requeue_after()),
                 Ok((key.clone(), action)),
             ),
-            Ok(Err(err)) => {
+            Ending::Returned(Err(err)) => {
                 let object = object.downcast::<K>().expect("the reconciled object");
                 let attempt = self.queue.failures_of(&key) + 1;
                 let retry = Retry {
@@ -620,7 +786,7 @@ where
                     }),
                 )
             }
-            Err(message) => {
+            Ending::Panicked(message) => {
                 warn!(controller = %self.config.name, object = %key, %message, "reconcile panicked; retried with backoff");
                 let attempt = self.queue.failures_of(&key) + 1;
                 (
@@ -638,6 +804,7 @@ where
             let result = match &item {
                 Ok(_) => "success",
                 Err(Error::ReconcilePanicked { .. }) => "panic",
+                Err(Error::Revoked { .. }) => "revoked",
                 Err(_) => "error",
             };
             let retry = matches!(outcome, Outcome::Failure(Some(_)));
@@ -657,6 +824,11 @@ where
         }
         item
     }
+}
+
+/// An object's uid hash, as shards use it.
+fn uid_hash<K: Resource>(object: &K) -> u64 {
+    kache_watch::uid_hash(object.meta().uid.as_deref().unwrap_or_default())
 }
 
 /// A panic's message, if it is a string.

@@ -25,4 +25,11 @@ pub enum Error<E: std::error::Error + 'static> {
         /// The panic's message.
         message: String,
     },
+    /// The replica lost the object's range while the reconcile ran, and stopped it: the
+    /// object's new owner reconciles it.
+    #[error("reconciling {key} stopped: its range was revoked")]
+    Revoked {
+        /// The object.
+        key: ObjectKey,
+    },
 }

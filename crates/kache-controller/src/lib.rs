@@ -97,7 +97,9 @@ mod error;
 mod fence;
 #[cfg(feature = "metrics")]
 mod metrics;
+mod ownership;
 mod queue;
+pub mod replicas;
 
 pub use action::{Action, Retry, backoff};
 pub use config::Config;
@@ -106,6 +108,7 @@ pub use error::Error;
 pub use fence::{Recorded, record, record_deletion};
 #[cfg(feature = "metrics")]
 pub use metrics::Metrics;
+pub use ownership::Ownership;
 pub use queue::Priority;
 
 #[cfg(test)]

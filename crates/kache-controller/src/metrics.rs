@@ -44,6 +44,41 @@ struct Families {
     fence_waits: Family<Labels, Counter>,
     fence_timeouts: Family<Labels, Counter>,
     stale: Family<Labels, Counter>,
+    refused: Family<Labels, Counter>,
+    held_share: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    held_ranges: Family<Labels, Gauge>,
+    handoffs: Family<Labels, Counter>,
+    unowned: Family<Labels, Histogram>,
+}
+
+/// The families of replicas, and the controller's refusals.
+fn register_replicas(registry: &mut Registry, f: &Families) {
+    registry.register(
+            "kache_controller_refused_reconciles",
+            "Queued objects dropped at their turn because their range is not held (it moved to another replica)",
+            f.refused.clone(),
+        );
+    registry.register(
+        "kache_replica_held_share",
+        "The share of the uid-hash space this replica holds, 0 to 1",
+        f.held_share.clone(),
+    );
+    registry.register(
+        "kache_replica_held_ranges",
+        "Ranges of uid hashes this replica holds",
+        f.held_ranges.clone(),
+    );
+    registry.register(
+        "kache_replica_handoffs",
+        "Ranges taken and released by this replica, by direction",
+        f.handoffs.clone(),
+    );
+    registry.register_with_unit(
+            "kache_replica_unowned",
+            "Time a range this replica took had no owner: from its release (or its last owner's last renewal) to the take",
+            Unit::Seconds,
+            f.unowned.clone(),
+        );
 }
 
 fn seconds() -> Family<Labels, Histogram> {
@@ -67,6 +102,14 @@ impl Metrics {
             fence_waits: Family::default(),
             fence_timeouts: Family::default(),
             stale: Family::default(),
+            refused: Family::default(),
+            held_share: Family::default(),
+            held_ranges: Family::default(),
+            handoffs: Family::default(),
+            unowned: Family::new_with_constructor(|| {
+                // 10 ms to about 5 min.
+                Histogram::new(exponential_buckets(0.01, 2.0, 15))
+            }),
         };
         let f = &families;
         registry.register(
@@ -106,7 +149,7 @@ impl Metrics {
         );
         registry.register(
             "kache_controller_reconciles",
-            "Reconciles by result: success, error or panic",
+            "Reconciles by result: success, error, panic, or revoked (stopped: the replica lost its range)",
             f.reconciles.clone(),
         );
         registry.register(
@@ -129,8 +172,26 @@ impl Metrics {
             "Reconciles that started on a cache older than their object's last writes",
             f.stale.clone(),
         );
+        register_replicas(registry, f);
         Self {
             families: Arc::new(families),
+        }
+    }
+
+    /// The series of the replica group `group`.
+    pub(crate) fn replica(&self, group: &str) -> ReplicaReporter {
+        let labels = vec![("group", group.to_owned())];
+        let f = &self.families;
+        drop(f.held_share.get_or_create(&labels));
+        drop(f.held_ranges.get_or_create(&labels));
+        for direction in ["taken", "released"] {
+            let mut labels = labels.clone();
+            labels.push(("direction", direction.to_owned()));
+            drop(f.handoffs.get_or_create(&labels));
+        }
+        ReplicaReporter {
+            families: Arc::clone(&self.families),
+            labels,
         }
     }
 
@@ -146,9 +207,10 @@ impl Metrics {
         drop(f.fence_waits.get_or_create(&labels));
         drop(f.fence_timeouts.get_or_create(&labels));
         drop(f.stale.get_or_create(&labels));
+        drop(f.refused.get_or_create(&labels));
         drop(f.unfinished.get_or_create(&labels));
         drop(f.longest.get_or_create(&labels));
-        for result in ["success", "error", "panic"] {
+        for result in ["success", "error", "panic", "revoked"] {
             let mut labels = labels.clone();
             labels.push(("result", result.to_owned()));
             drop(f.reconciles.get_or_create(&labels));
@@ -226,6 +288,10 @@ impl Reporter {
             .set(longest.as_secs_f64());
     }
 
+    pub(crate) fn refused(&self) {
+        self.families.refused.get_or_create(&self.labels).inc();
+    }
+
     pub(crate) fn fenced(&self) {
         self.families.fence_waits.get_or_create(&self.labels).inc();
     }
@@ -235,5 +301,40 @@ impl Reporter {
             .fence_timeouts
             .get_or_create(&self.labels)
             .inc();
+    }
+}
+
+/// One replica's series.
+#[derive(Debug)]
+pub(crate) struct ReplicaReporter {
+    families: Arc<Families>,
+    labels: Labels,
+}
+
+impl ReplicaReporter {
+    pub(crate) fn held(&self, held: &crate::replicas::Ranges) {
+        let f = &self.families;
+        f.held_share.get_or_create(&self.labels).set(held.share());
+        f.held_ranges
+            .get_or_create(&self.labels)
+            .set(i64::try_from(held.shard_ranges().len()).unwrap_or(i64::MAX));
+    }
+
+    fn handoff(&self, direction: &str) {
+        let mut labels = self.labels.clone();
+        labels.push(("direction", direction.to_owned()));
+        self.families.handoffs.get_or_create(&labels).inc();
+    }
+
+    pub(crate) fn taken(&self, unowned: Duration) {
+        self.handoff("taken");
+        self.families
+            .unowned
+            .get_or_create(&self.labels)
+            .observe(unowned.as_secs_f64());
+    }
+
+    pub(crate) fn released(&self) {
+        self.handoff("released");
     }
 }
