@@ -343,7 +343,12 @@ where
             stopping: None,
             starts: HashMap::default(),
             shard: ownership.map(|ownership| Sharded {
-                changes: ownership.changes(),
+                changes: {
+                    // The ranges held before the controller started arrive at its first pass.
+                    let mut changes = ownership.changes();
+                    changes.mark_changed();
+                    changes
+                },
                 ownership,
                 allowed: Ranges::empty(),
                 running: HashMap::default(),

@@ -1,2 +1,3 @@
 mod controller;
 mod queue;
+mod within;
