@@ -5,13 +5,11 @@
 //!
 //! [`probes`] serves an operator's `/metrics` and `/readyz` and scrapes them, and
 //! [`exposition`] reads a scrape; the end-to-end tests use both. [`one_child`] holds the objects of
-//! the one-child operator (its example, test and benchmark). [`replicas`] splits a
-//! collection between replicas through Leases.
+//! the one-child operator (its example, test and benchmark).
 
 pub mod exposition;
 pub mod one_child;
 pub mod probes;
-pub mod replicas;
 
 use std::{future::Future, io::IsTerminal, time::Duration};
 

@@ -1,129 +1,88 @@
-//! Replicas that split a collection through Leases (`kache_examples::replicas`): three
-//! replicas with clients of their own shard 3,000 objects; one is killed; the survivors take
-//! over its range within a bound, together holding every object exactly once, equal to a
-//! fresh LIST, while creates and deletes go on. Each replica's bytes from the server are
-//! reported, with the server sharding and with the replicas filtering on the client.
+//! Replicas that divide a collection through Leases (`kache_controller::replicas`): three
+//! replicas with clients of their own share 3,000 objects; one is killed; the survivors take
+//! over its ranges within a bound, each then caching exactly the objects of the ranges it
+//! holds, together every object exactly once, equal to a fresh LIST, while creates and deletes
+//! go on. Each replica's bytes from the server are reported, with the server sharding and with
+//! the replicas filtering on the client.
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kache_examples::replicas::{Replica, namespaced_replica};
+use kache_controller::replicas::{Ranges, Replica, Replicas};
 use kache_tests::{
-    Server, TestEnv, create_configmaps, key_of, listed_versions, on_each_server, version_of,
+    Proxy, Server, TestEnv, create_configmaps, key_of, listed_versions, on_each_server, version_of,
 };
+use kache_watch::{Shard, uid_hash};
 use kube_client::{Api, api::DeleteParams, api::PostParams};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::RwLock,
-    task::JoinHandle,
-    time::Instant,
-};
+use tokio::{sync::RwLock, task::JoinHandle, time::Instant};
 
 const OBJECTS: usize = 3_000;
 const REPLICAS: usize = 3;
 const LEASE: Duration = Duration::from_secs(3);
+const DEADLINE: Duration = Duration::from_secs(2);
 const RENEW: Duration = Duration::from_millis(500);
-/// How long the survivors may take to cover the killed replica's range: the lease must go
-/// stale (3 s), then a renewal round (0.5 s), a sharded list and the retirement of old ranges.
+/// How long the survivors may take to cover the killed replica's ranges: its Lease must go
+/// stale (3 s on their clocks), then a round lists the new ranges, claims them once synced and
+/// confirms the claims, and the segments outside the new ranges retire.
 const TAKEOVER_BOUND: Duration = Duration::from_secs(30);
-
-/// A loopback TCP proxy that counts the bytes the server sends through it (TLS included).
-struct CountingProxy {
-    addr: SocketAddr,
-    received: Arc<AtomicU64>,
-    accept: JoinHandle<()>,
-}
-
-impl Drop for CountingProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-impl CountingProxy {
-    async fn start(server_url: &str) -> Self {
-        let target: SocketAddr = server_url
-            .trim_start_matches("https://")
-            .trim_end_matches('/')
-            .parse()
-            .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let received = Arc::new(AtomicU64::new(0));
-        let accept = tokio::spawn({
-            let received = Arc::clone(&received);
-            async move {
-                while let Ok((inbound, _)) = listener.accept().await {
-                    let received = Arc::clone(&received);
-                    tokio::spawn(async move {
-                        let Ok(outbound) = TcpStream::connect(target).await else {
-                            return;
-                        };
-                        let (mut from_client, mut to_client) = inbound.into_split();
-                        let (mut from_server, mut to_server) = outbound.into_split();
-                        let up = tokio::io::copy(&mut from_client, &mut to_server);
-                        let down = async {
-                            let mut buf = vec![0_u8; 64 * 1024];
-                            loop {
-                                let n = from_server.read(&mut buf).await?;
-                                if n == 0 {
-                                    return Ok::<_, std::io::Error>(());
-                                }
-                                received.fetch_add(n as u64, Ordering::Relaxed);
-                                to_client.write_all(&buf[..n]).await?;
-                            }
-                        };
-                        let _ = tokio::join!(up, down);
-                    });
-                }
-            }
-        });
-        Self {
-            addr,
-            received,
-            accept,
-        }
-    }
-
-    fn client(&self, env: &TestEnv) -> kube_client::Client {
-        let mut config = env.config().clone();
-        config.cluster_url = format!("https://{}", self.addr).parse().unwrap();
-        kube_client::Client::try_from(config).unwrap()
-    }
-}
 
 struct Running {
     replica: Replica<ConfigMap>,
     task: JoinHandle<()>,
-    proxy: CountingProxy,
+    /// Its own way to the server, counting the bytes it receives.
+    proxy: Proxy,
 }
 
-/// Every object the replicas hold, counting duplicates: `None` when one is held twice.
+/// Every object the replicas cache, once they have settled: `None` unless their held ranges
+/// are disjoint and cover the hash space, and each caches only objects of the ranges it holds
+/// (so no object twice).
 fn union(replicas: &[&Running]) -> Option<BTreeMap<String, String>> {
     let mut all = BTreeMap::new();
+    let mut covered = Ranges::empty();
     for running in replicas {
-        for cm in running.replica.store.state() {
-            if all
-                .insert(key_of(cm.as_ref()), version_of(cm.as_ref()))
-                .is_some()
+        let held = running.replica.ownership().held();
+        if held.overlaps(&covered) {
+            return None;
+        }
+        covered = covered.union(&held);
+        for cm in running.replica.store().state() {
+            let uid = cm.metadata.uid.as_deref()?;
+            if !held.contains(uid_hash(uid))
+                || all
+                    .insert(key_of(cm.as_ref()), version_of(cm.as_ref()))
+                    .is_some()
             {
                 return None;
             }
         }
     }
-    Some(all)
+    (covered == Ranges::full()).then_some(all)
 }
 
-/// Waits, at most `bound`, until the replicas together hold a fresh LIST exactly once.
+/// Each replica's cache size and held ranges, for a failure message.
+fn describe(replicas: &[&Running]) -> Vec<String> {
+    replicas
+        .iter()
+        .map(|running| {
+            format!(
+                "{} objects, holds {}",
+                running.replica.store().len(),
+                running.replica.ownership().held()
+            )
+        })
+        .collect()
+}
+
+/// Waits, at most `bound`, until the replicas together hold a fresh LIST exactly once, each
+/// the objects of its held ranges.
 ///
 /// Each check holds `churn` (the writers take it shared for each create and delete) from the
 /// LIST until the replicas have caught up with it, for at most 250 ms (a watch delivers in
@@ -149,9 +108,9 @@ async fn until_covered(
         drop(paused);
         assert!(
             start.elapsed() < bound,
-            "the replicas did not cover the LIST exactly once within {bound:?}: {} listed, {:?} held",
+            "the replicas did not cover the LIST exactly once within {bound:?}: {} listed; {:?}",
             listed.len(),
-            union(replicas).map(|held| held.len())
+            describe(replicas)
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -170,15 +129,21 @@ async fn kill_one_of_three(server: Server, server_side: bool) -> Vec<u64> {
 
     let mut replicas = Vec::new();
     for i in 0..REPLICAS {
-        let proxy = CountingProxy::start(env.server_url()).await;
-        let (replica, run) = namespaced_replica(
-            proxy.client(&env),
-            &ns,
+        let proxy = Proxy::start(env.server_url()).await.expect("proxy");
+        // Its Lease and its watches both through its proxy, as a replica process's would be.
+        let client = proxy.client(env.config()).expect("client");
+        let (replica, membership) = Replicas::new(
+            Api::<Lease>::namespaced(client.clone(), &ns),
             "cms",
             &format!("replica-{i}"),
-            (LEASE, RENEW),
-        );
-        let task = tokio::spawn(run);
+        )
+        .timing(LEASE, DEADLINE, RENEW)
+        .start(
+            Api::<ConfigMap>::namespaced(client, &ns),
+            kache_watch::Config::default(),
+        )
+        .expect("valid settings");
+        let task = tokio::spawn(membership);
         replicas.push(Running {
             replica,
             task,
@@ -213,16 +178,19 @@ async fn kill_one_of_three(server: Server, server_side: bool) -> Vec<u64> {
         }
     });
 
-    // Killed: no renewal, no goodbye; its Lease goes stale.
+    // Killed: no renewal, no goodbye; its Lease goes stale. Its task is gone before its
+    // `Replica` is dropped: a dropped `Replica` would leave in order instead.
     let killed = replicas.pop().unwrap();
     killed.task.abort();
-    let killed_bytes = killed.proxy.received.load(Ordering::Relaxed);
-    drop(killed);
+    let _ = killed.task.await;
+    let killed_bytes = killed.proxy.bytes_from_server();
+    drop((killed.replica, killed.proxy));
     let survivors: Vec<&Running> = replicas.iter().collect();
     let takeover = until_covered(&api, &survivors, &churn_lock, TAKEOVER_BOUND).await;
-    for running in &survivors {
-        let shard = running.replica.shard.borrow().clone().unwrap();
-        assert_eq!(shard.ranges().len(), 1);
+    // Ranks among the two live identities: replica-0 the first half, replica-1 the second.
+    for (i, running) in (0..).zip(&survivors) {
+        let half = Ranges::of(Shard::nth(i, 2).unwrap().ranges());
+        assert_eq!(running.replica.ownership().held(), half, "replica-{i}");
     }
     churning.store(false, Ordering::Relaxed);
     let changes = churn.await.unwrap();
@@ -239,7 +207,7 @@ async fn kill_one_of_three(server: Server, server_side: bool) -> Vec<u64> {
     );
     let mut bytes: Vec<u64> = survivors
         .iter()
-        .map(|running| running.proxy.received.load(Ordering::Relaxed))
+        .map(|running| running.proxy.bytes_from_server())
         .collect();
     bytes.push(killed_bytes);
     for running in &replicas {

@@ -194,6 +194,7 @@ pub(super) fn claim_changes(
     api: Api<Lease>,
     group: &str,
     identity: &str,
+    renew_every: Duration,
 ) -> impl futures::Stream<Item = ()> + Send + 'static {
     use futures::StreamExt;
     use kache_watch::{Event, WatchStreamExt};
@@ -201,8 +202,13 @@ pub(super) fn claim_changes(
     let selector = format!("{GROUP_LABEL}={group}");
     let own = format!("{group}-{identity}");
     let mut claims: HashMap<String, Option<String>> = HashMap::new();
+    // After an outage (an API server restart), the hints come back within two renewal
+    // intervals: the default backoff could leave them off for tens of seconds.
+    let backoff = kache_watch::Backoff::default()
+        .initial(renew_every.min(Duration::from_millis(800)))
+        .max(renew_every * 2);
     kache_watch::watcher(api, kache_watch::Config::default().labels(&selector))
-        .default_backoff()
+        .backoff(backoff)
         .filter_map(move |event| {
             let hint = match event {
                 Ok(Event::Apply(lease) | Event::InitApply(lease)) => {

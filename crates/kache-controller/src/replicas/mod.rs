@@ -323,7 +323,9 @@ impl<K> Replica<K> {
 
     /// Leaves the group in order: the replica releases every range (its running reconciles
     /// get the drain timeout), deletes its Lease, and its membership future ends. The others
-    /// take its ranges at their next round, rather than after the lease duration.
+    /// take its ranges at once, rather than after the lease duration. Dropping the `Replica`
+    /// does not leave; aborting the membership future's task stops the replica without a
+    /// goodbye (the others take over once its Lease expires).
     pub fn leave(&self) {
         self.leave.send_replace(true);
     }
@@ -353,6 +355,8 @@ struct Rounds<K, F> {
     /// What the Lease said at the last successful write.
     last_written: Option<Ranges>,
     last_renewal: Option<Instant>,
+    /// When this replica's Lease was first written.
+    first_written: Option<Instant>,
     /// When this replica first saw each part of its claims without an owner.
     unowned_since: Vec<(Ranges, Instant)>,
     leaving: bool,
@@ -402,6 +406,7 @@ where
             written: Ranges::empty(),
             last_written: None,
             last_renewal: None,
+            first_written: None,
             unowned_since: Vec::new(),
             leaving: false,
             #[cfg(feature = "metrics")]
@@ -417,9 +422,11 @@ where
             self.settings.leases.clone(),
             &self.settings.group,
             &identity,
+            self.settings.renew_every,
         ));
         let mut next_renewal = Instant::now();
         let mut wake_at = Instant::now();
+        let mut handle_dropped = false;
         loop {
             let (ownership, draining) = (self.ownership.clone(), self.draining.clone());
             let drained = async move { ownership.idle_in(&draining).await };
@@ -432,8 +439,11 @@ where
                 }
                 () = drained, if !self.draining.is_empty() => {}
                 () = self.wait_synced(&mut synced), if !self.synced() => {}
-                changed = leave.changed(), if !self.leaving => {
-                    if changed.is_err() || *leave.borrow() {
+                changed = leave.changed(), if !self.leaving && !handle_dropped => {
+                    if changed.is_err() {
+                        // The `Replica` was dropped: the replica goes on (only `leave` leaves).
+                        handle_dropped = true;
+                    } else if *leave.borrow() {
                         info!(replica = %identity, "replica leaves its group");
                         self.leaving = true;
                     }
@@ -457,6 +467,11 @@ where
             // The next round: the next renewal, or sooner when a Lease would expire (so that a
             // dead replica's ranges are taken as soon as it counts as gone).
             wake_at = next_expiry.map_or(next_renewal, |expiry| expiry.min(next_renewal));
+            if let Some(first) = self.first_written
+                && !self.settled()
+            {
+                wake_at = wake_at.min(first + self.settings.renew_every);
+            }
             if !self.draining.is_empty()
                 && let Some(deadline) = self.drain_deadline
             {
@@ -655,7 +670,7 @@ where
                 .fold(Ranges::empty(), |all, (claims, _)| all.union(claims));
             self.unowned_since.push((new.minus(&expired), now));
         }
-        if self.synced() {
+        if self.settled() && self.synced() {
             self.claiming = self.claiming.union(&free);
         } else if !free.is_empty() {
             debug!(replica = %self.membership.identity(), "free ranges wait for the cache to sync");
@@ -682,6 +697,13 @@ where
         }
     }
 
+    /// Whether a renewal interval has passed since this replica's Lease was first written:
+    /// by then the replicas that started with it see it, and it sees them.
+    fn settled(&self) -> bool {
+        self.first_written
+            .is_some_and(|first| Instant::now() >= first + self.settings.renew_every)
+    }
+
     /// Whether every live segment of the cache has synced.
     fn synced(&self) -> bool {
         self.segments
@@ -692,6 +714,11 @@ where
 
     /// Caches the target and what is still held; retires old segments once the new synced.
     fn cache(&mut self) {
+        if !self.settled() {
+            // Replicas that start together see one another only after a renewal round: a
+            // target chosen before that would list too much and move at once.
+            return;
+        }
         let want = self
             .target
             .union(&self.held)
@@ -730,6 +757,7 @@ where
         match self.membership.renew(&claims).await {
             Ok(()) => {
                 self.last_renewal = Some(sent);
+                self.first_written.get_or_insert_with(Instant::now);
                 self.ownership.extend(sent + self.settings.renew_deadline);
                 self.written = self.written.union(&self.claiming);
                 self.claiming = Ranges::empty();
