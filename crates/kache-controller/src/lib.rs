@@ -84,6 +84,13 @@
 //! `List` wait for every pending write of the kind. kache waits per object, for exactly its
 //! own writes, woken when the cache catches up.
 //!
+//! # Replicas
+//!
+//! [`replicas`] divides the work between replicas of an operator through Leases: each caches
+//! and reconciles only the uid-hash ranges it holds ([`Controller::within`]), and a range moves
+//! between replicas only through an ordered hand-off, so that no object is ever reconciled by
+//! two replicas at once.
+//!
 //! # Shutdown and panics
 //!
 //! After [`Controller::graceful_shutdown_on`]'s signal no reconcile starts; those running get

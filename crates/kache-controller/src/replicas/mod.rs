@@ -503,7 +503,6 @@ where
             && self.draining.is_empty()
             && self.claiming.is_empty()
             && self.written.is_empty()
-            && self.last_written.as_ref().is_none_or(Ranges::is_empty)
     }
 
     /// One round: observe, release, confirm, claim, cache, write. Returns when the next Lease
@@ -751,6 +750,10 @@ where
             .union(&self.claiming)
             .union(&self.written);
         if !renew && self.last_written.as_ref() == Some(&claims) {
+            return;
+        }
+        if self.leaving && claims.is_empty() {
+            // Deleting the Lease, next, releases everything at once.
             return;
         }
         let sent = Instant::now();
