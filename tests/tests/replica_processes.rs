@@ -67,6 +67,9 @@ impl Replica {
             .env("REPLICA_GROUP", "workers")
             .env("REPLICA_IDENTITY", identity)
             .env("REPLICA_LOG", &log)
+            // Every object again every 2 s: a replica that reconciled outside its ranges
+            // (after its Lease expired, or before a range was released) would overlap.
+            .env("REPLICA_REQUEUE_MS", "2000")
             .env(
                 "REPLICA_TIMING_MS",
                 format!(
@@ -122,12 +125,19 @@ impl Replica {
         parse(&std::fs::read_to_string(&self.log).unwrap_or_default())
     }
 
+    /// The `held` lines, in a file of their own (the reconcile log grows fast).
+    fn held_lines(&self) -> Vec<Line> {
+        let mut path = self.log.clone().into_os_string();
+        path.push(".held");
+        parse(&std::fs::read_to_string(path).unwrap_or_default())
+    }
+
     /// Its ranges now, as its log says; empty once gone.
     fn held(&self) -> Ranges {
         if self.gone_at.is_some() {
             return Ranges::empty();
         }
-        self.lines()
+        self.held_lines()
             .into_iter()
             .rev()
             .find_map(|line| match line {
@@ -208,7 +218,7 @@ async fn covered(replicas: &[&Replica], all_hold: bool, what: &str) -> u128 {
 fn covered_at(replicas: &[&Replica], from: u128) -> Option<u128> {
     let mut events: Vec<(u128, usize, Ranges)> = Vec::new();
     for (i, replica) in replicas.iter().enumerate() {
-        for line in replica.lines() {
+        for line in replica.held_lines() {
             if let Line::Held(ranges, at) = line {
                 events.push((at, i, ranges));
             }
@@ -418,7 +428,7 @@ on_each_server! {
         let cut = now_us();
         covered(&[&replicas[1]], false, "r1 alone").await;
         let lapsed = replicas[0]
-            .lines()
+            .held_lines()
             .into_iter()
             .find_map(|line| match line {
                 Line::Held(ranges, at) if at > cut && ranges.is_empty() => Some(at),
@@ -426,7 +436,7 @@ on_each_server! {
             })
             .expect("the cut-off replica gave up its ranges");
         let taken = replicas[1]
-            .lines()
+            .held_lines()
             .into_iter()
             .find_map(|line| match line {
                 Line::Held(ranges, at) if at > cut && ranges.overlaps(&old) => Some(at),
@@ -523,7 +533,7 @@ fn longest_unowned(replicas: &[&Replica], from: u128, to: u128) -> u128 {
     let mut events: Vec<(u128, usize, Ranges)> = Vec::new();
     let mut bounds = vec![0u128, 1 << 64];
     for (i, replica) in replicas.iter().enumerate() {
-        for line in replica.lines() {
+        for line in replica.held_lines() {
             if let Line::Held(ranges, at) = line {
                 for range in ranges.shard_ranges() {
                     bounds.push(u128::from(range.start()));

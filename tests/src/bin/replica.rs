@@ -9,12 +9,14 @@
 //! - `REPLICA_NAMESPACE`, `REPLICA_GROUP`, `REPLICA_IDENTITY`, `REPLICA_LOG`.
 //! - `REPLICA_TIMING_MS`: `lease,deadline,renew,drain` (default `3000,2000,500,2000`);
 //!   `REPLICA_WORK_MS`: the time a reconcile waits, as for I/O (default 20);
-//!   `REPLICA_CONCURRENCY` (default 4).
+//!   `REPLICA_CONCURRENCY` (default 4); `REPLICA_REQUEUE_MS`: reconcile every object again this
+//!   long after its last reconcile (default: only on changes).
 //!
 //! The log's lines, times in microseconds since the Unix epoch:
 //! - `start ID KEY GEN T` / `end ID T ok|stopped`: a reconcile of KEY that saw data `gen` GEN;
 //!   `end` is written when the reconcile's future is dropped: `ok` if it returned.
-//! - `held RANGES T`: the ranges it may reconcile, each time they change (empty: `-`).
+//! - `held RANGES T`, in `REPLICA_LOG` + `.held`: the ranges it may reconcile, each time they
+//!   change (empty: `-`).
 //! - `left T`: after an orderly leave, its Lease deleted.
 
 use std::fs::{File, OpenOptions};
@@ -72,6 +74,7 @@ impl Drop for Running {
 struct Context {
     log: Arc<Log>,
     work: Duration,
+    requeue: Option<Duration>,
 }
 
 async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action, kube_client::Error> {
@@ -95,7 +98,9 @@ async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action, kube
     };
     tokio::time::sleep(ctx.work).await;
     running.completed = true;
-    Ok(Action::await_change())
+    Ok(ctx
+        .requeue
+        .map_or_else(Action::await_change, Action::requeue))
 }
 
 fn var(name: &str) -> Result<String, BoxError> {
@@ -122,15 +127,14 @@ async fn main() -> Result<(), BoxError> {
         var("REPLICA_GROUP")?,
         var("REPLICA_IDENTITY")?,
     );
-    let log = Arc::new(Log {
-        file: Mutex::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(var("REPLICA_LOG")?)?,
-        ),
-        ids: AtomicU64::new(0),
-    });
+    let open = |path: String| -> Result<Arc<Log>, BoxError> {
+        Ok(Arc::new(Log {
+            file: Mutex::new(OpenOptions::new().create(true).append(true).open(path)?),
+            ids: AtomicU64::new(0),
+        }))
+    };
+    let log = open(var("REPLICA_LOG")?)?;
+    let held_log = open(format!("{}.held", var("REPLICA_LOG")?))?;
     let timing = millis(
         &std::env::var("REPLICA_TIMING_MS").unwrap_or_else(|_| "3000,2000,500,2000".into()),
     )?;
@@ -140,6 +144,10 @@ async fn main() -> Result<(), BoxError> {
     let work =
         Duration::from_millis(std::env::var("REPLICA_WORK_MS").map_or(Ok(20), |ms| ms.parse())?);
     let concurrency = std::env::var("REPLICA_CONCURRENCY").map_or(Ok(4), |n| n.parse())?;
+    let requeue = match std::env::var("REPLICA_REQUEUE_MS") {
+        Ok(ms) => Some(Duration::from_millis(ms.parse()?)),
+        Err(_) => None,
+    };
 
     let kubeconfig = Kubeconfig::read_from(var("KUBECONFIG")?)?;
     let mut config =
@@ -165,7 +173,6 @@ async fn main() -> Result<(), BoxError> {
 
     // Each change of the ranges it may reconcile, as the controller sees them.
     let ownership = replica.ownership();
-    let held_log = Arc::clone(&log);
     tokio::spawn(async move {
         let mut last = None;
         loop {
@@ -186,6 +193,7 @@ async fn main() -> Result<(), BoxError> {
     let context = Arc::new(Context {
         log: Arc::clone(&log),
         work,
+        requeue,
     });
     let controller = Controller::new(
         replica.store(),
