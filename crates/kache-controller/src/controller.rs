@@ -458,18 +458,10 @@ where
     async fn next(&mut self) -> Option<Result<(ObjectKey, Action), Error<E>>> {
         loop {
             if let Some(deadline) = self.stopping {
-                if self.running.is_empty() {
-                    info!(controller = %self.config.name, "controller shut down");
-                    return None;
+                match self.while_stopping(deadline).await {
+                    Some(done) => return done,
+                    None => continue,
                 }
-                return match tokio::time::timeout_at(deadline, self.running.next()).await {
-                    Ok(Some(ended)) => Some(self.finish(ended)),
-                    Ok(None) => None,
-                    Err(_) => {
-                        warn!(controller = %self.config.name, abandoned = self.running.len(), "shutdown deadline passed; abandoning running reconciles");
-                        None
-                    }
-                };
             }
             self.start_ready();
             self.report_running();
@@ -485,11 +477,7 @@ where
                 }
             };
             // A replica's authority lapses at a known instant: its running reconciles stop then.
-            let lapse = self
-                .shard
-                .as_ref()
-                .filter(|shard| !shard.running.is_empty())
-                .and_then(|shard| shard.ownership.valid_until());
+            let lapse = self.lapse_instant();
             let lapse = async move {
                 match lapse {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -551,6 +539,45 @@ where
         }
     }
 
+    /// One step of a shutdown: the next result (`Some`), or `None` to look again.
+    async fn while_stopping(
+        &mut self,
+        deadline: Instant,
+    ) -> Option<Option<Result<(ObjectKey, Action), Error<E>>>> {
+        if self.running.is_empty() {
+            info!(controller = %self.config.name, "controller shut down");
+            return Some(None);
+        }
+        // A replica's ranges can still be revoked, or its authority lapse, while its
+        // reconciles finish.
+        let lapse = self.lapse_instant();
+        let lapse = async move {
+            match lapse {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => futures::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            ended = tokio::time::timeout_at(deadline, self.running.next()) => Some(match ended {
+                Ok(Some(ended)) => Some(self.finish(ended)),
+                Ok(None) => None,
+                Err(_) => {
+                    warn!(controller = %self.config.name, abandoned = self.running.len(), "shutdown deadline passed; abandoning running reconciles");
+                    None
+                }
+            }),
+            () = ownership_changed(self.shard.as_mut()) => {
+                self.follow_ownership();
+                None
+            }
+            () = lapse => {
+                self.follow_ownership();
+                None
+            }
+        }
+    }
+
     fn report_running(&self) {
         let Some(reporter) = &self.reporter else {
             return;
@@ -600,6 +627,14 @@ where
                 }
             }
         }
+    }
+
+    /// When a replica's authority lapses, while reconciles run.
+    fn lapse_instant(&self) -> Option<Instant> {
+        self.shard
+            .as_ref()
+            .filter(|shard| !shard.running.is_empty())
+            .and_then(|shard| shard.ownership.valid_until())
     }
 
     /// Whether `key` is this controller's to reconcile: always without an ownership; with one,
@@ -706,6 +741,22 @@ where
             Err(panic) => futures::future::ready(Err(panic)).boxed(),
         };
         let (run, stop) = futures::future::abortable(fence::recording(future));
+        // Each poll of a replica's reconcile first checks that its range is still held and the
+        // authority current: a reconcile is never polled (and sends nothing) past either, even
+        // when the driver is late to stop it.
+        let gate = self.shard.as_ref().map(|shard| shard.ownership.clone());
+        let run = async move {
+            let mut run = std::pin::pin!(run);
+            futures::future::poll_fn(|cx| {
+                if let Some(ownership) = &gate
+                    && !ownership.may_run(hash, Instant::now())
+                {
+                    return std::task::Poll::Ready(Err(futures::future::Aborted));
+                }
+                run.as_mut().poll(cx)
+            })
+            .await
+        };
         if let Some(shard) = &mut self.shard {
             shard.running.insert(key.clone(), (hash, stop));
         }

@@ -1,7 +1,7 @@
 //! A replica's Lease and its view of the group's: liveness judged on the observer's own clock,
 //! and the ranges each live replica claims.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -19,19 +19,59 @@ pub const GROUP_LABEL: &str = "kache.rs/replica-group";
 pub const CLAIM_ANNOTATION: &str = "kache.rs/claimed-ranges";
 /// The annotation that tells one process from another using the same identity.
 pub const INSTANCE_ANNOTATION: &str = "kache.rs/instance";
+/// The annotation of a replica that is leaving: it claims nothing and is no member any more.
+pub const LEAVING_ANNOTATION: &str = "kache.rs/leaving";
+
+/// The name of the Lease of `identity` in `group`: the group is a DNS label (no dot), so the
+/// name tells both apart.
+pub(super) fn lease_name(group: &str, identity: &str) -> String {
+    format!("{group}.{identity}")
+}
 
 /// The group's Leases as one replica sees them, at one linearizable LIST.
 #[derive(Debug, Default)]
 pub(super) struct View {
-    /// The live replicas (this one included if its Lease is live), with their claims.
-    pub(super) live: BTreeMap<String, Ranges>,
-    /// What the replicas whose Leases expired in this replica's eyes still claim, with when
-    /// this replica last saw each of their Leases change.
+    /// The identities of the live members, this replica's included if its Lease is live.
+    pub(super) members: BTreeSet<String>,
+    /// What the other live Leases claim, including Leases that vanished (deleted by someone
+    /// else) less than a lease duration after they last changed: their holder may not know.
+    pub(super) others: Ranges,
+    /// What the Leases that expired in this replica's eyes still claim, with when this replica
+    /// last saw each of them change.
     pub(super) expired: Vec<(Ranges, Instant)>,
     /// When the next live Lease (other than this replica's) would expire if not renewed.
     pub(super) next_expiry: Option<Instant>,
-    /// Another process writes this replica's Lease: the same identity twice in one group.
-    pub(super) impostor: Option<String>,
+    /// This replica's own Lease as listed.
+    pub(super) own: Option<Own>,
+}
+
+/// This replica's Lease as the server has it.
+#[derive(Debug)]
+pub(super) struct Own {
+    /// Written by this process (its nonce).
+    pub(super) ours: bool,
+    /// Until when another process that wrote it counts as alive (its nonce, changed recently).
+    pub(super) foreign_until: Option<Instant>,
+}
+
+/// What this replica remembers of a Lease.
+#[derive(Debug)]
+struct Seen {
+    version: String,
+    changed: Instant,
+    holder: String,
+    claims: Ranges,
+    leaving: bool,
+}
+
+/// Why a write of the Lease failed.
+#[derive(Debug)]
+pub(super) enum WriteError {
+    /// The Lease is not what this replica last wrote (changed or deleted by someone else, or
+    /// an earlier write of its own landed late): it holds nothing until it writes afresh.
+    Lost(kube_client::Error),
+    /// The request failed or timed out: it may still land (then the next write is `Lost`).
+    Failed(String),
 }
 
 /// One replica's Lease, and its record of when it saw each Lease of its group change.
@@ -40,10 +80,15 @@ pub(super) struct Membership {
     api: Api<Lease>,
     group: String,
     identity: String,
+    name: String,
     instance: String,
     lease_duration: Duration,
-    /// Each Lease's last resourceVersion, and when this replica saw it change.
-    seen: HashMap<String, (String, Instant)>,
+    /// The bound on each request: a request that hangs must not hold the replica's rounds.
+    timeout: Duration,
+    seen: HashMap<String, Seen>,
+    /// The resourceVersion of this replica's Lease after its last acknowledged write: the
+    /// precondition of the next, so that no write lands after a newer one.
+    acked: Option<String>,
 }
 
 impl Membership {
@@ -52,14 +97,18 @@ impl Membership {
         group: &str,
         identity: &str,
         lease_duration: Duration,
+        timeout: Duration,
     ) -> Self {
         Self {
             api,
             group: group.to_owned(),
             identity: identity.to_owned(),
+            name: lease_name(group, identity),
             instance: instance_nonce(),
             lease_duration,
+            timeout,
             seen: HashMap::new(),
+            acked: None,
         }
     }
 
@@ -67,23 +116,25 @@ impl Membership {
         &self.identity
     }
 
-    fn lease_name(&self) -> String {
-        format!("{}-{}", self.group, self.identity)
-    }
-
-    /// Creates or renews this replica's Lease, claiming `claims` (one server-side apply).
-    pub(super) async fn renew(&self, claims: &Ranges) -> Result<(), kube_client::Error> {
+    /// Writes this replica's Lease, claiming `claims` (one server-side apply, conditional on
+    /// the last acknowledged write once there is one).
+    pub(super) async fn renew(&mut self, claims: &Ranges, leaving: bool) -> Result<(), WriteError> {
+        let mut annotations = BTreeMap::from([
+            (CLAIM_ANNOTATION.to_owned(), claims.to_string()),
+            (INSTANCE_ANNOTATION.to_owned(), self.instance.clone()),
+        ]);
+        if leaving {
+            annotations.insert(LEAVING_ANNOTATION.to_owned(), "true".to_owned());
+        }
         let lease = Lease {
             metadata: ObjectMeta {
-                name: Some(self.lease_name()),
+                name: Some(self.name.clone()),
                 labels: Some(BTreeMap::from([(
                     GROUP_LABEL.to_owned(),
                     self.group.clone(),
                 )])),
-                annotations: Some(BTreeMap::from([
-                    (CLAIM_ANNOTATION.to_owned(), claims.to_string()),
-                    (INSTANCE_ANNOTATION.to_owned(), self.instance.clone()),
-                ])),
+                annotations: Some(annotations),
+                resource_version: self.acked.clone(),
                 ..ObjectMeta::default()
             },
             spec: Some(LeaseSpec {
@@ -97,33 +148,51 @@ impl Membership {
             }),
         };
         let params = PatchParams::apply("kache-replica").force();
-        self.api
-            .patch(&self.lease_name(), &params, &Patch::Apply(&lease))
-            .await?;
-        Ok(())
+        let conditional = self.acked.is_some();
+        let patch = Patch::Apply(&lease);
+        let write = self.api.patch(&self.name, &params, &patch);
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(Ok(written)) => {
+                self.acked = written.metadata.resource_version;
+                Ok(())
+            }
+            Ok(Err(kube_client::Error::Api(status)))
+                if conditional && matches!(status.code, 404 | 409 | 422) =>
+            {
+                self.acked = None;
+                Err(WriteError::Lost(kube_client::Error::Api(status)))
+            }
+            Ok(Err(err)) => Err(WriteError::Failed(err.to_string())),
+            Err(_) => Err(WriteError::Failed(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
+        }
     }
 
     /// Deletes this replica's Lease: it claims nothing and is no member any more.
-    pub(super) async fn leave(&self) -> Result<(), kube_client::Error> {
-        match self
-            .api
-            .delete(&self.lease_name(), &DeleteParams::default())
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube_client::Error::Api(status)) if status.code == 404 => Ok(()),
-            Err(err) => Err(err),
+    pub(super) async fn leave(&self) -> Result<(), String> {
+        let params = DeleteParams::default();
+        let delete = self.api.delete(&self.name, &params);
+        match tokio::time::timeout(self.timeout, delete).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(kube_client::Error::Api(status))) if status.code == 404 => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         }
     }
 
     /// Lists the group's Leases (a LIST without a resourceVersion: a linearizable read, which
     /// sees every write acknowledged before it started).
-    pub(super) async fn observe(&mut self) -> Result<View, kube_client::Error> {
+    pub(super) async fn observe(&mut self) -> Result<View, String> {
         let selector = format!("{GROUP_LABEL}={}", self.group);
-        let leases = self
-            .api
-            .list(&ListParams::default().labels(&selector))
-            .await?;
+        let params = ListParams::default().labels(&selector);
+        let request = self.api.list(&params);
+        let leases = match tokio::time::timeout(self.timeout, request).await {
+            Ok(Ok(leases)) => leases,
+            Ok(Err(err)) => return Err(err.to_string()),
+            Err(_) => return Err(format!("no answer within {:?}", self.timeout)),
+        };
         let now = Instant::now();
         let mut view = View::default();
         let mut seen = HashMap::new();
@@ -135,11 +204,10 @@ impl Membership {
                 continue;
             };
             let changed = match self.seen.remove(&name) {
-                Some((last, when)) if last == version => when,
+                Some(last) if last.version == version => last.changed,
                 // New to this replica, or renewed since: alive as of now.
                 _ => now,
             };
-            seen.insert(name.clone(), (version, changed));
             let annotations = lease.metadata.annotations.unwrap_or_default();
             let claims = match annotations.get(CLAIM_ANNOTATION) {
                 None => Ranges::empty(),
@@ -149,31 +217,71 @@ impl Membership {
                     Ranges::full()
                 }),
             };
-            let Some(holder) = lease.spec.and_then(|spec| spec.holder_identity) else {
-                continue;
-            };
-            if name == self.lease_name()
-                && annotations
-                    .get(INSTANCE_ANNOTATION)
-                    .is_some_and(|instance| *instance != self.instance)
-            {
-                view.impostor = annotations.get(INSTANCE_ANNOTATION).cloned();
+            // A Lease without a holder still claims what it claims, under its name.
+            let holder = lease
+                .spec
+                .and_then(|spec| spec.holder_identity)
+                .unwrap_or_else(|| name.clone());
+            let leaving = annotations.contains_key(LEAVING_ANNOTATION);
+            if name == self.name {
+                let ours = annotations.get(INSTANCE_ANNOTATION) == Some(&self.instance);
+                view.own = Some(Own {
+                    ours,
+                    foreign_until: (!ours).then_some(changed + self.lease_duration),
+                });
             }
-            let expires = changed + self.lease_duration;
+            seen.insert(
+                name,
+                Seen {
+                    version,
+                    changed,
+                    holder,
+                    claims,
+                    leaving,
+                },
+            );
+        }
+        // A Lease deleted by someone else: its holder may not know yet and go on for up to a
+        // lease duration. Its last claims stand until then (a replica that leaves in order
+        // writes empty claims before it deletes its Lease).
+        for (name, mut last) in self.seen.drain() {
+            if now < last.changed + self.lease_duration && !last.claims.is_empty() {
+                VANISHED.clone_into(&mut last.version);
+                seen.insert(name, last);
+            }
+        }
+        for (name, lease) in &seen {
+            let expires = lease.changed + self.lease_duration;
+            let present = lease.version != VANISHED;
             if now < expires {
-                if holder != self.identity {
+                if *name != self.name {
+                    view.others = view.others.union(&lease.claims);
                     view.next_expiry = Some(view.next_expiry.map_or(expires, |e| e.min(expires)));
                 }
-                let entry = view.live.entry(holder).or_default();
-                *entry = entry.union(&claims);
-            } else if !claims.is_empty() {
-                view.expired.push((claims, changed));
+                if present && !lease.leaving {
+                    view.members.insert(lease.holder.clone());
+                }
+            } else if !lease.claims.is_empty() {
+                view.expired.push((lease.claims.clone(), lease.changed));
             }
         }
         self.seen = seen;
         Ok(view)
     }
+
+    /// Whether this replica has a write acknowledged since it last lost its Lease.
+    pub(super) fn has_written(&self) -> bool {
+        self.acked.is_some()
+    }
+
+    /// Forgets the last write: the next is unconditional (its Lease is gone).
+    pub(super) fn forget_write(&mut self) {
+        self.acked = None;
+    }
 }
+
+/// The version of a Lease that was listed before and is not any more.
+const VANISHED: &str = "";
 
 /// A value that tells this process's Lease writes from another's with the same identity.
 fn instance_nonce() -> String {
@@ -200,7 +308,7 @@ pub(super) fn claim_changes(
     use kache_watch::{Event, WatchStreamExt};
 
     let selector = format!("{GROUP_LABEL}={group}");
-    let own = format!("{group}-{identity}");
+    let own = lease_name(group, identity);
     let mut claims: HashMap<String, Option<String>> = HashMap::new();
     // After an outage (an API server restart), the hints come back within two renewal
     // intervals: the default backoff could leave them off for tens of seconds.
@@ -213,10 +321,17 @@ pub(super) fn claim_changes(
             let hint = match event {
                 Ok(Event::Apply(lease) | Event::InitApply(lease)) => {
                     let name = lease.metadata.name.clone().unwrap_or_default();
-                    let claim = lease
-                        .metadata
-                        .annotations
-                        .and_then(|mut a| a.remove(CLAIM_ANNOTATION));
+                    let annotations = lease.metadata.annotations.unwrap_or_default();
+                    let claim = annotations.get(CLAIM_ANNOTATION).cloned().map(|c| {
+                        format!(
+                            "{c}{}",
+                            if annotations.contains_key(LEAVING_ANNOTATION) {
+                                "!"
+                            } else {
+                                ""
+                            }
+                        )
+                    });
                     name != own && claims.insert(name, claim.clone()) != Some(claim)
                 }
                 Ok(Event::Delete(lease)) => {

@@ -49,7 +49,9 @@
 //!
 //! # Hand-offs
 //!
-//! A replica's Lease claims the ranges it holds or is taking ([`CLAIM_ANNOTATION`]).
+//! A replica's Lease claims the ranges it holds or is taking ([`CLAIM_ANNOTATION`]). Each write
+//! of it is conditional on the replica's previous one: a late write never lands over a newer
+//! one, and a replica whose Lease changed under it gives up its ranges and claims anew.
 //!
 //! - **Release.** A range leaving a replica's target stops taking new reconciles at once
 //!   (queued keys there are dropped); the running ones get the drain timeout to finish, then
@@ -64,8 +66,17 @@
 //! - **Renew deadline.** A replica holds its ranges only while its last successful renewal was
 //!   sent less than the renew deadline ago (on its own clock). Past it, it starts no
 //!   reconcile, stops the running ones, and gives up every range: after it reaches the API
-//!   server again it claims anew, as any replica does. The others take its ranges only after
-//!   its Lease has been unchanged for the lease duration on their clocks, which is longer.
+//!   server again it claims anew, as any replica does (a renewal acknowledged only after the
+//!   deadline restores nothing). The others take its ranges only after its Lease has been
+//!   unchanged for the lease duration on their clocks, which is longer. Each poll of a
+//!   reconcile checks its range and the authority first.
+//! - **Leaving.** [`Replica::leave`] drains, writes the Lease without claims and marked
+//!   [`LEAVING_ANNOTATION`], then deletes it. A Lease deleted by anyone else keeps its last
+//!   claims for a lease duration in the others' eyes.
+//! - **One identity, two processes.** A replica that finds another process's nonce
+//!   ([`INSTANCE_ANNOTATION`]) in its own Lease, changed within a lease duration, writes and
+//!   holds nothing until that Lease expires (a restart under the same name after a crash waits
+//!   out its predecessor's Lease).
 //!
 //! The one clock assumption is **bounded rate drift**: while one replica's clock measures the
 //! renew deadline, another's must measure less than the lease duration. With client-go's
@@ -102,12 +113,28 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-pub use membership::{CLAIM_ANNOTATION, GROUP_LABEL, INSTANCE_ANNOTATION};
+pub use membership::{CLAIM_ANNOTATION, GROUP_LABEL, INSTANCE_ANNOTATION, LEAVING_ANNOTATION};
 pub use ranges::Ranges;
 
 use crate::ownership::Ownership;
-use membership::{Membership, View};
+use membership::{Membership, View, WriteError};
 use ranges::{MAX_SEGMENTS, Segments};
+
+/// The longest lease duration and drain timeout accepted: longer ones are mistakes (and would
+/// overflow the clock's arithmetic).
+const MAX_DURATION: Duration = Duration::from_secs(3600);
+
+/// Whether `s` is a DNS label (RFC 1123): 1 to 63 lowercase letters, digits and '-',
+/// starting and ending with a letter or digit.
+fn is_label(s: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.iter().all(|b| alnum(*b) || *b == b'-')
+        && alnum(bytes[0])
+        && alnum(bytes[bytes.len() - 1])
+}
 
 /// A replica's settings that cannot work: see [`Replicas::start`].
 #[derive(Debug, thiserror::Error)]
@@ -181,22 +208,17 @@ impl Replicas {
     }
 
     fn check(&self) -> Result<(), InvalidReplica> {
-        let name = format!("{}-{}", self.group, self.identity);
-        let dns = |s: &str| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        };
-        if !dns(&self.group) || !dns(&self.identity) || name.len() > 253 {
+        let name = membership::lease_name(&self.group, &self.identity);
+        if !is_label(&self.group) {
             return Err(InvalidReplica(format!(
-                "the group {:?} and identity {:?} must be lowercase DNS names, {name:?} at most 253 characters",
-                self.group, self.identity
+                "the group {:?} must be a DNS label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit",
+                self.group
             )));
         }
-        if self.group.len() > 63 {
+        if !self.identity.split('.').all(is_label) || name.len() > 253 {
             return Err(InvalidReplica(format!(
-                "the group {:?} is a label value: at most 63 characters",
-                self.group
+                "the identity {:?} must be a DNS name (labels joined by '.'), and the Lease name {name:?} at most 253 characters",
+                self.identity
             )));
         }
         if !(self.renew_every < self.renew_deadline && self.renew_deadline < self.lease_duration)
@@ -205,6 +227,12 @@ impl Replicas {
             return Err(InvalidReplica(format!(
                 "need 0 < renew interval ({:?}) < renew deadline ({:?}) < lease duration ({:?})",
                 self.renew_every, self.renew_deadline, self.lease_duration
+            )));
+        }
+        if self.lease_duration > MAX_DURATION || self.drain_timeout > MAX_DURATION {
+            return Err(InvalidReplica(format!(
+                "the lease duration ({:?}) and the drain timeout ({:?}) must be at most {MAX_DURATION:?}",
+                self.lease_duration, self.drain_timeout
             )));
         }
         Ok(())
@@ -331,6 +359,16 @@ impl<K> Replica<K> {
     }
 }
 
+/// Ranges given up by the reconcilers but still claimed until their reconciles end.
+#[derive(Debug)]
+struct Drain {
+    ranges: Ranges,
+    /// When the reconciles still running there are stopped.
+    deadline: Instant,
+    /// Past the deadline: the reconciles there are being stopped.
+    revoked: bool,
+}
+
 /// The membership's state between rounds.
 struct Rounds<K, F> {
     settings: Replicas,
@@ -345,21 +383,25 @@ struct Rounds<K, F> {
     cached: Ranges,
     /// Ranges held: reconciles may start there.
     held: Ranges,
-    /// Ranges released by the reconcilers but still claimed until the running ones end.
-    draining: Ranges,
-    drain_deadline: Option<Instant>,
+    drains: Vec<Drain>,
     /// Claims not yet written.
     claiming: Ranges,
     /// Claims written, to be confirmed by the next list.
     written: Ranges,
     /// What the Lease said at the last successful write.
     last_written: Option<Ranges>,
+    /// When the last renewal that holds was sent.
     last_renewal: Option<Instant>,
     /// When this replica's Lease was first written.
     first_written: Option<Instant>,
     /// When this replica first saw each part of its claims without an owner.
     unowned_since: Vec<(Ranges, Instant)>,
     leaving: bool,
+    /// Its leaving write (no claims, marked leaving) was acknowledged.
+    announced_leaving: bool,
+    /// Another process writes this replica's Lease (the same identity twice): this one holds
+    /// and writes nothing meanwhile.
+    blocked: bool,
     #[cfg(feature = "metrics")]
     reporter: Option<crate::metrics::ReplicaReporter>,
 }
@@ -382,6 +424,8 @@ where
             &settings.group,
             &settings.identity,
             settings.lease_duration,
+            // A request still unanswered at the renew deadline is of no use.
+            settings.renew_deadline,
         );
         #[cfg(feature = "metrics")]
         let reporter = settings
@@ -400,8 +444,7 @@ where
             target: Ranges::empty(),
             cached: Ranges::empty(),
             held: Ranges::empty(),
-            draining: Ranges::empty(),
-            drain_deadline: None,
+            drains: Vec::new(),
             claiming: Ranges::empty(),
             written: Ranges::empty(),
             last_written: None,
@@ -409,14 +452,38 @@ where
             first_written: None,
             unowned_since: Vec::new(),
             leaving: false,
+            announced_leaving: false,
+            blocked: false,
             #[cfg(feature = "metrics")]
             reporter,
             settings,
         }
     }
 
+    fn id(&self) -> &str {
+        self.membership.identity()
+    }
+
+    /// The ranges draining.
+    fn draining(&self) -> Ranges {
+        self.drains
+            .iter()
+            .fold(Ranges::empty(), |all, drain| all.union(&drain.ranges))
+    }
+
+    /// Tells the controllers what they may start (the held ranges) and what may go on running
+    /// (those and the drains not yet revoked).
+    fn publish(&self) {
+        let run = self
+            .drains
+            .iter()
+            .filter(|drain| !drain.revoked)
+            .fold(self.held.clone(), |all, drain| all.union(&drain.ranges));
+        self.ownership.set(self.held.clone(), &run);
+    }
+
     async fn run(mut self, mut leave: watch::Receiver<bool>) {
-        let identity = self.membership.identity().to_owned();
+        let identity = self.id().to_owned();
         info!(replica = %identity, group = %self.settings.group, "replica starts");
         let mut hints = std::pin::pin!(membership::claim_changes(
             self.settings.leases.clone(),
@@ -428,7 +495,7 @@ where
         let mut wake_at = Instant::now();
         let mut handle_dropped = false;
         loop {
-            let (ownership, draining) = (self.ownership.clone(), self.draining.clone());
+            let (ownership, draining) = (self.ownership.clone(), self.draining());
             let drained = async move { ownership.idle_in(&draining).await };
             let mut synced = self.set.clone();
             tokio::select! {
@@ -437,7 +504,7 @@ where
                     // Hints that arrive together make one round.
                     while let Some(Some(())) = hints.next().now_or_never() {}
                 }
-                () = drained, if !self.draining.is_empty() => {}
+                () = drained, if !self.drains.is_empty() => {}
                 () = self.wait_synced(&mut synced), if !self.synced() => {}
                 changed = leave.changed(), if !self.leaving && !handle_dropped => {
                     if changed.is_err() {
@@ -455,29 +522,32 @@ where
                 next_renewal = Instant::now() + self.settings.renew_every;
             }
             if self.leaving && self.done_leaving() {
+                // The others see the Lease without claims, marked leaving, within a round;
+                // deleting it before they do would make them wait a lease duration.
+                tokio::time::sleep(self.settings.renew_every).await;
                 match self.membership.leave().await {
                     Ok(()) => info!(replica = %identity, "replica left its group"),
                     Err(err) => {
-                        warn!(replica = %identity, error = %err, "could not delete the replica's Lease; the others take over after the lease duration");
+                        warn!(replica = %identity, error = %err, "could not delete the replica's Lease; it claims nothing, and expires");
                     }
                 }
                 self.report();
                 return;
             }
             // The next round: the next renewal, or sooner when a Lease would expire (so that a
-            // dead replica's ranges are taken as soon as it counts as gone).
+            // dead replica's ranges are taken as soon as it counts as gone), a drain's
+            // deadline passes, or the replica settles.
+            let now = Instant::now();
             wake_at = next_expiry.map_or(next_renewal, |expiry| expiry.min(next_renewal));
             if let Some(first) = self.first_written
                 && !self.settled()
             {
                 wake_at = wake_at.min(first + self.settings.renew_every);
             }
-            if !self.draining.is_empty()
-                && let Some(deadline) = self.drain_deadline
-            {
-                wake_at = wake_at.min(deadline);
+            for drain in self.drains.iter().filter(|drain| !drain.revoked) {
+                wake_at = wake_at.min(drain.deadline);
             }
-            wake_at = wake_at.max(Instant::now() + Duration::from_millis(10));
+            wake_at = wake_at.max(now + Duration::from_millis(10));
         }
     }
 
@@ -499,8 +569,9 @@ where
     }
 
     fn done_leaving(&self) -> bool {
-        self.held.is_empty()
-            && self.draining.is_empty()
+        self.announced_leaving
+            && self.held.is_empty()
+            && self.drains.is_empty()
             && self.claiming.is_empty()
             && self.written.is_empty()
     }
@@ -508,37 +579,68 @@ where
     /// One round: observe, release, confirm, claim, cache, write. Returns when the next Lease
     /// would expire.
     async fn round(&mut self, renew: bool) -> Option<Instant> {
-        let identity = self.membership.identity().to_owned();
         self.check_authority();
         let view = match self.membership.observe().await {
             Ok(view) => Some(view),
             Err(err) => {
-                warn!(replica = %identity, error = %err, "could not list the group's Leases");
+                warn!(replica = %self.id(), error = %err, "could not list the group's Leases");
                 None
             }
         };
         let next_expiry = view.as_ref().and_then(|view| view.next_expiry);
-        if let Some(view) = &view {
-            if let Some(other) = &view.impostor {
-                error!(replica = %identity, other_instance = %other, "another process renews this replica's Lease: two replicas share one identity; this one holds nothing until that stops");
-                self.lapse();
-            } else {
-                self.decide(view);
-            }
+        if let Some(view) = &view
+            && self.own_lease_is_sound(view)
+        {
+            self.decide(view);
         }
         self.finish_drain();
         self.cache();
-        self.write(renew).await;
-        if !self.claiming.is_empty() || !self.written.is_empty() {
-            // Confirm at once: a list that started after the claim's write.
-            if let Ok(view) = self.membership.observe().await
-                && view.impostor.is_none()
-            {
-                self.confirm(&view);
+        if !self.blocked {
+            self.write(renew).await;
+        }
+        if !self.written.is_empty() && !self.blocked {
+            // Confirm at once: a list that started after the claim's write was acknowledged.
+            match self.membership.observe().await {
+                Ok(view) if self.own_lease_is_sound(&view) => self.confirm(&view),
+                Ok(_) => {}
+                Err(err) => {
+                    debug!(replica = %self.id(), error = %err, "could not list the Leases to confirm a claim");
+                }
             }
         }
         self.report();
         next_expiry
+    }
+
+    /// Checks this replica's own Lease in `view`: written by another process with the same
+    /// identity (recently), or deleted by someone else, the replica holds nothing.
+    fn own_lease_is_sound(&mut self, view: &View) -> bool {
+        match &view.own {
+            Some(own)
+                if !own.ours
+                    && own
+                        .foreign_until
+                        .is_some_and(|until| Instant::now() < until) =>
+            {
+                if !self.blocked {
+                    error!(replica = %self.id(), "another process renews this replica's Lease: two replicas share one identity (or this one restarted within a lease duration); this one holds nothing until that Lease expires");
+                }
+                self.blocked = true;
+                self.lapse();
+                false
+            }
+            None if self.membership.has_written() => {
+                warn!(replica = %self.id(), "this replica's Lease was deleted by someone else: it holds nothing and claims anew");
+                self.membership.forget_write();
+                self.blocked = false;
+                self.lapse();
+                false
+            }
+            _ => {
+                self.blocked = false;
+                true
+            }
+        }
     }
 
     /// Past the renew deadline: stop everything and give up every range.
@@ -546,29 +648,39 @@ where
         let lapsed = self
             .last_renewal
             .is_some_and(|sent| Instant::now() >= sent + self.settings.renew_deadline);
-        if lapsed && !(self.held.is_empty() && self.claiming.is_empty() && self.written.is_empty())
-        {
-            warn!(replica = %self.membership.identity(), "no renewal within the renew deadline: the replica stops reconciling and gives up its ranges");
+        let holds = !(self.held.is_empty()
+            && self.claiming.is_empty()
+            && self.written.is_empty()
+            && self.drains.iter().all(|drain| drain.revoked));
+        if lapsed && holds {
+            warn!(replica = %self.id(), "no renewal within the renew deadline: the replica stops reconciling and gives up its ranges");
             self.lapse();
         }
     }
 
+    /// Gives up everything at once: the reconcilers stop now, and every range is claimed anew.
     fn lapse(&mut self) {
-        self.draining = self.draining.union(&self.held);
+        let all = self.held.union(&self.draining());
+        self.drains.clear();
+        if !all.is_empty() {
+            self.drains.push(Drain {
+                ranges: all,
+                deadline: Instant::now(),
+                revoked: true,
+            });
+        }
         self.held = Ranges::empty();
         self.claiming = Ranges::empty();
         self.written = Ranges::empty();
-        // Stop at once: no drain.
-        self.drain_deadline = Some(Instant::now());
-        self.ownership.set(Ranges::empty(), &Ranges::empty());
+        self.publish();
     }
 
     fn target(&self, view: &View) -> Ranges {
         if self.leaving {
             return Ranges::empty();
         }
-        let mut members: Vec<&str> = view.live.keys().map(String::as_str).collect();
-        let me = self.membership.identity();
+        let mut members: Vec<&str> = view.members.iter().map(String::as_str).collect();
+        let me = self.id();
         if !members.contains(&me) {
             members.push(me);
             members.sort_unstable();
@@ -581,29 +693,21 @@ where
         Shard::nth(rank, count).map_or_else(|_| Ranges::empty(), |shard| Ranges::of(shard.ranges()))
     }
 
-    fn others(&self, view: &View) -> Ranges {
-        view.live
-            .iter()
-            .filter(|(holder, _)| *holder != self.membership.identity())
-            .fold(Ranges::empty(), |all, (_, claims)| all.union(claims))
-    }
-
     /// Confirms the written claims that no other live Lease claims; withdraws the rest.
     fn confirm(&mut self, view: &View) {
         if self.written.is_empty() {
             return;
         }
-        let others = self.others(view);
-        let taken = self.written.minus(&others);
-        let lost = self.written.intersection(&others);
+        let taken = self.written.minus(&view.others);
+        let lost = self.written.intersection(&view.others);
         if !lost.is_empty() {
-            info!(replica = %self.membership.identity(), ranges = %lost, "another replica claims these ranges too: withdrawn");
+            info!(replica = %self.id(), ranges = %lost, "another replica claims these ranges too: withdrawn");
         }
         self.written = Ranges::empty();
         if taken.is_empty() {
             return;
         }
-        info!(replica = %self.membership.identity(), ranges = %taken, "ranges taken");
+        info!(replica = %self.id(), ranges = %taken, "ranges taken");
         let (ended, open): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unowned_since)
             .into_iter()
             .partition(|(ranges, _)| ranges.overlaps(&taken));
@@ -617,25 +721,24 @@ where
         }
         drop(ended);
         self.held = self.held.union(&taken);
-        self.ownership
-            .set(self.held.clone(), &self.held.union(&self.draining));
+        self.publish();
     }
 
     fn decide(&mut self, view: &View) {
         self.confirm(view);
         let target = self.target(view);
         let now = Instant::now();
-        // Release what left the target.
+        // Release what left the target: no new reconciles there; the running ones drain.
         let leaving = self.held.minus(&target);
         if !leaving.is_empty() {
-            info!(replica = %self.membership.identity(), ranges = %leaving, "releasing ranges: no new reconciles there");
+            info!(replica = %self.id(), ranges = %leaving, "releasing ranges: no new reconciles there");
             self.held = self.held.minus(&leaving);
-            self.draining = self.draining.union(&leaving);
-            if self.drain_deadline.is_none() {
-                self.drain_deadline = Some(now + self.settings.drain_timeout);
-            }
-            self.ownership
-                .set(self.held.clone(), &self.held.union(&self.draining));
+            self.drains.push(Drain {
+                ranges: leaving,
+                deadline: now + self.settings.drain_timeout,
+                revoked: false,
+            });
+            self.publish();
             #[cfg(feature = "metrics")]
             if let Some(reporter) = &self.reporter {
                 reporter.released();
@@ -644,12 +747,14 @@ where
         self.claiming = self.claiming.intersection(&target);
         self.target = target.clone();
         // Claim the free parts of the target, once the cache of the target has synced.
-        let others = self.others(view);
         let free = target
             .minus(&self.held)
-            .minus(&self.draining)
+            .minus(&self.draining())
             .minus(&self.written)
-            .minus(&others);
+            .minus(&view.others);
+        // Only what stays unowned counts: a part claimed again by someone is no longer free.
+        self.unowned_since
+            .retain(|(ranges, _)| ranges.overlaps(&free));
         let noted = self
             .unowned_since
             .iter()
@@ -672,27 +777,35 @@ where
         if self.settled() && self.synced() {
             self.claiming = self.claiming.union(&free);
         } else if !free.is_empty() {
-            debug!(replica = %self.membership.identity(), "free ranges wait for the cache to sync");
+            debug!(replica = %self.id(), "free ranges wait for the cache to sync");
         }
     }
 
-    /// Releases the draining ranges once no reconcile runs there; past the drain deadline,
-    /// stops those reconciles.
+    /// Releases the drained ranges; past a drain's deadline, stops its reconciles.
     fn finish_drain(&mut self) {
-        if self.draining.is_empty() {
+        if self.drains.is_empty() {
             return;
         }
-        if self.ownership.running_in(&self.draining) == 0 {
-            debug!(replica = %self.membership.identity(), ranges = %self.draining, "ranges drained");
-            self.draining = Ranges::empty();
-            self.drain_deadline = None;
-            self.ownership.set(self.held.clone(), &self.held);
-        } else if self
-            .drain_deadline
-            .is_some_and(|deadline| Instant::now() >= deadline)
-        {
-            warn!(replica = %self.membership.identity(), running = self.ownership.running_in(&self.draining), "drain timeout: stopping the reconciles still running in released ranges");
-            self.ownership.set(self.held.clone(), &self.held);
+        let now = Instant::now();
+        let before = self.drains.len();
+        let ownership = self.ownership.clone();
+        self.drains.retain(|drain| {
+            let idle = ownership.running_in(&drain.ranges) == 0;
+            if idle {
+                debug!(ranges = %drain.ranges, "ranges drained");
+            }
+            !idle
+        });
+        let mut revoked = false;
+        for drain in &mut self.drains {
+            if !drain.revoked && now >= drain.deadline {
+                warn!(ranges = %drain.ranges, running = ownership.running_in(&drain.ranges), "drain timeout: stopping the reconciles still running in released ranges");
+                drain.revoked = true;
+                revoked = true;
+            }
+        }
+        if revoked || self.drains.len() != before {
+            self.publish();
         }
     }
 
@@ -721,7 +834,7 @@ where
         let want = self
             .target
             .union(&self.held)
-            .union(&self.draining)
+            .union(&self.draining())
             .union(&self.claiming)
             .union(&self.written);
         if want != self.cached {
@@ -746,28 +859,41 @@ where
     async fn write(&mut self, renew: bool) {
         let claims = self
             .held
-            .union(&self.draining)
+            .union(&self.draining())
             .union(&self.claiming)
             .union(&self.written);
         if !renew && self.last_written.as_ref() == Some(&claims) {
             return;
         }
-        if self.leaving && claims.is_empty() {
-            // Deleting the Lease, next, releases everything at once.
-            return;
-        }
         let sent = Instant::now();
-        match self.membership.renew(&claims).await {
+        match self.membership.renew(&claims, self.leaving).await {
             Ok(()) => {
+                let acked = Instant::now();
+                if self
+                    .ownership
+                    .valid_until()
+                    .is_some_and(|until| acked >= until)
+                {
+                    // The authority lapsed before this write was acknowledged: the others may
+                    // have taken the ranges meanwhile. Hold nothing; claim anew.
+                    warn!(replica = %self.id(), "renewal acknowledged after the renew deadline: the replica gives up its ranges and claims anew");
+                    self.lapse();
+                }
                 self.last_renewal = Some(sent);
-                self.first_written.get_or_insert_with(Instant::now);
+                self.first_written.get_or_insert(acked);
                 self.ownership.extend(sent + self.settings.renew_deadline);
                 self.written = self.written.union(&self.claiming);
                 self.claiming = Ranges::empty();
+                self.announced_leaving = self.leaving && claims.is_empty();
                 self.last_written = Some(claims);
             }
-            Err(err) => {
-                warn!(replica = %self.membership.identity(), error = %err, "lease renewal failed");
+            Err(WriteError::Lost(err)) => {
+                warn!(replica = %self.id(), error = %err, "the replica's Lease is not what it last wrote: it gives up its ranges and claims anew");
+                self.lapse();
+                self.last_written = None;
+            }
+            Err(WriteError::Failed(err)) => {
+                warn!(replica = %self.id(), error = %err, "lease renewal failed");
             }
         }
     }
@@ -781,5 +907,22 @@ where
         if let Some(reporter) = &self.reporter {
             reporter.held(&self.held);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_label, membership::lease_name};
+
+    #[test]
+    fn groups_are_dns_labels_and_lease_names_tell_group_and_identity_apart() {
+        for good in ["a", "config-maps", "a1", &"x".repeat(63)] {
+            assert!(is_label(good), "{good}");
+        }
+        for bad in ["", "-a", "a-", "A", "a.b", "a_b", &"x".repeat(64)] {
+            assert!(!is_label(bad), "{bad}");
+        }
+        // The group has no dot: "a-b" + "c" and "a" + "b-c" are two Leases.
+        assert_ne!(lease_name("a-b", "c"), lease_name("a", "b-c"));
     }
 }

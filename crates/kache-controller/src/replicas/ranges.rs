@@ -210,6 +210,9 @@ impl Segments {
         }
         let added = gaps(&keep);
         keep.extend(added.iter().copied());
+        // A segment added again is live, not retiring: removing its source once the new ones
+        // synced would drop its objects.
+        self.retiring.retain(|segment| !keep.contains(segment));
         self.live = keep;
         added
     }
@@ -304,5 +307,23 @@ mod tests {
         assert_eq!(segments.move_to(&set(&[half(0)])), [half(0)]);
         assert_eq!(segments.retiring, [third(0)]);
         assert_eq!(segments.live, [half(0)]);
+    }
+
+    #[test]
+    fn a_segment_listed_again_is_never_also_retiring() {
+        let mut segments = Segments {
+            max: 1,
+            ..Segments::default()
+        };
+        segments.move_to(&set(&[third(2)]));
+        // Two disjoint ranges with one segment at most: everything is listed again.
+        let added = segments.move_to(&set(&[half(0), third(2)]));
+        assert_eq!(added, [half(0), third(2)]);
+        assert!(
+            segments.retiring.iter().all(|s| !segments.live.contains(s)),
+            "live {:?}, retiring {:?}",
+            segments.live,
+            segments.retiring
+        );
     }
 }
