@@ -256,6 +256,7 @@ impl CacheMetrics {
             synced: state.synced,
             replaying: state.replaying,
             consecutive_errors: state.consecutive_errors,
+            retry_after: state.retry_after,
             subscribers: state.subscribers,
             named,
         }
@@ -271,6 +272,8 @@ pub(crate) struct StateFigures {
     pub(crate) synced: bool,
     pub(crate) replaying: bool,
     pub(crate) consecutive_errors: u64,
+    /// Seconds.
+    pub(crate) retry_after: f64,
     pub(crate) subscribers: u64,
 }
 
@@ -291,6 +294,7 @@ pub(crate) struct Snapshot {
     pub(crate) synced: bool,
     pub(crate) replaying: bool,
     pub(crate) consecutive_errors: u64,
+    pub(crate) retry_after: f64,
     pub(crate) subscribers: u64,
     /// Named subscribers: name, lag, resyncs.
     pub(crate) named: Vec<(String, u64, u64)>,

@@ -70,6 +70,9 @@ pub struct Failing {
     pub since: Instant,
     /// How many errors in a row, with no successful item in between.
     pub attempts: u64,
+    /// How long the server asked to wait before the next request (`Retry-After`, on a 429 or
+    /// 503 of an overloaded server), if it did: the watcher waits at least that long.
+    pub retry_after: Option<Duration>,
 }
 
 impl Health {
@@ -132,7 +135,11 @@ impl fmt::Display for Failing {
         if let Some(class) = self.class {
             write!(f, " ({class})")?;
         }
-        write!(f, ", the last: {}", self.error)
+        write!(f, ", the last: {}", self.error)?;
+        if let Some(wait) = self.retry_after {
+            write!(f, " (the server asked to wait {} s)", wait.as_secs())?;
+        }
+        Ok(())
     }
 }
 
@@ -204,6 +211,12 @@ impl HealthState {
     #[cfg(feature = "metrics")]
     pub(crate) fn attempts(&self) -> u64 {
         self.failing.borrow().as_ref().map_or(0, |f| f.attempts)
+    }
+
+    /// What the server asked to wait, while the watch is failing.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code, reason = "read by metrics"))]
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        self.failing.borrow().as_ref().and_then(|f| f.retry_after)
     }
 
     /// The errors of the current streak, if the watch is failing.

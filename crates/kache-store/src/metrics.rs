@@ -117,6 +117,10 @@ impl<K: Send + Sync + 'static> Probe for Shared<K> {
             synced,
             replaying: self.health.replaying(),
             consecutive_errors: self.health.attempts(),
+            retry_after: self
+                .health
+                .retry_after()
+                .map_or(0.0, |wait| wait.as_secs_f64()),
             subscribers: self.hub.subscribers() as u64,
         };
         self.metrics.snapshot(self.name(), figures)
@@ -311,6 +315,13 @@ fn gauges(caches: &[Snapshot]) -> Vec<Family> {
                 "Errors in a row since the watch last made progress (0 when it is not failing).",
             )
             .per_cache(caches, |c| int(c.consecutive_errors)),
+            Family::new(
+                "kache_retry_after",
+                MetricType::Gauge,
+                "What an overloaded server asked the failing watch to wait before its next request (Retry-After); 0 when it asked nothing or the watch is not failing.",
+            )
+            .seconds()
+            .per_cache(caches, |c| Some(Value::Float(c.retry_after))),
             Family::new(
                 "kache_initial_sync_duration",
                 MetricType::Gauge,

@@ -4,7 +4,7 @@
 //! count.
 
 use std::any::Any;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kache_watch::ErrorClass;
 use kache_watch::plumbing::Activity;
@@ -61,7 +61,7 @@ impl Observer {
     /// [`WARN_AFTER`]th error) logs the streak's one warning.
     #[cold]
     pub(crate) fn on_error<K, E: 'static>(&mut self, err: &E, shared: &Shared<K>) {
-        let (class, error) = describe(err);
+        let (class, error, retry_after) = describe(err);
         #[cfg(feature = "metrics")]
         self.metrics.on_error(class, &shared.metrics);
         self.streak += 1;
@@ -103,17 +103,19 @@ impl Observer {
             error,
             since,
             attempts,
+            retry_after,
         }));
     }
 }
 
-/// The class and text of a stream's error, when it is the watcher's.
-fn describe<E: 'static>(err: &E) -> (Option<ErrorClass>, String) {
+/// The class, text and `Retry-After` of a stream's error, when it is the watcher's.
+fn describe<E: 'static>(err: &E) -> (Option<ErrorClass>, String, Option<Duration>) {
     match (err as &dyn Any).downcast_ref::<kache_watch::Error>() {
-        Some(err) => (Some(err.class()), err.to_string()),
+        Some(err) => (Some(err.class()), err.to_string(), err.retry_after()),
         None => (
             None,
             format!("an error of type {}", std::any::type_name::<E>()),
+            None,
         ),
     }
 }

@@ -112,6 +112,21 @@ impl Backoff {
         self.next_delay()
     }
 
+    /// `delay`, or the server's `Retry-After` if that is longer, at most the longest delay.
+    pub(crate) fn at_least(&self, delay: Duration, retry_after: Option<Duration>) -> Duration {
+        match retry_after {
+            Some(asked) if asked > delay => {
+                let wait = asked.min(self.max.max(delay));
+                tracing::debug!(
+                    ?wait,
+                    "the server asked to wait before retrying (Retry-After)"
+                );
+                wait
+            }
+            _ => delay,
+        }
+    }
+
     /// The next delay in the sequence.
     pub fn next_delay(&mut self) -> Duration {
         let base = match self.current {
@@ -168,6 +183,17 @@ thread_local! {
 
     /// How many `StreamBackoff`s are polling their inner stream on this thread.
     static SPACING: Cell<u32> = const { Cell::new(0) };
+
+    /// The `Retry-After` of the error a watcher polled by a `StreamBackoff` just yielded.
+    static RETRY_AFTER: Cell<Option<Duration>> = const { Cell::new(None) };
+}
+
+/// Tells the enclosing [`StreamBackoff`], if any, that the server asked to wait `wait` before
+/// the next request.
+pub(crate) fn hint_retry_after(wait: Duration) {
+    if spaced_by_adapter() {
+        RETRY_AFTER.set(Some(wait));
+    }
 }
 
 /// Whether a [`StreamBackoff`] encloses the current poll: it waits after each error before it
@@ -205,8 +231,10 @@ impl<S: TryStream> Stream for StreamBackoff<S> {
             let _spacing = Spacing::enter();
             ready!(this.stream.try_poll_next(cx))
         };
+        let retry_after = RETRY_AFTER.take();
         if let Some(Err(_)) = &item {
             let delay = this.backoff.delay_after_error(Instant::now());
+            let delay = this.backoff.at_least(delay, retry_after);
             tracing::debug!(?delay, "backing off after a watcher error");
             this.sleep.set(Some(tokio::time::sleep(delay)));
         }

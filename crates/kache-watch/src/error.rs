@@ -88,6 +88,27 @@ impl Error {
         }
     }
 
+    /// How long the server asked to wait before the next request, if it did: the
+    /// `Retry-After` of an overloaded server (429 Too Many Requests, 503), or a status's
+    /// `retryAfterSeconds`. The watcher and [`StreamBackoff`](crate::StreamBackoff) wait at
+    /// least this long, at most the backoff's maximum.
+    ///
+    /// ```
+    /// use kache_watch::Error;
+    /// assert_eq!(Error::NoResourceVersion.retry_after(), None);
+    /// ```
+    #[must_use]
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::InitialListFailed(kube_client::Error::Api(status))
+            | Self::WatchStartFailed(kube_client::Error::Api(status))
+            | Self::WatchFailed(kube_client::Error::Api(status))
+            | Self::ServerQueryFailed(kube_client::Error::Api(status))
+            | Self::WatchError(status) => crate::retry::hint(status),
+            _ => None,
+        }
+    }
+
     /// The name of this error's variant, such as `"WatchStartFailed"`: a short, stable label
     /// for logs, metrics and test assertions.
     ///

@@ -83,6 +83,7 @@ mod error;
 mod event;
 mod ext;
 mod progress;
+mod retry;
 mod server;
 mod shard;
 mod watcher;

@@ -302,6 +302,37 @@ scenarios! {
         ..Scenario::default()
     };
 
+    /// "Too large resource version" (an API server behind a load balancer whose watch cache
+    /// lags the one that served the version) is answered again and again at one point: each
+    /// time the watch resumes from it, never a relist (another error twice at one point
+    /// relists), and the store never goes back.
+    too_large_resource_version => Scenario {
+        script: vec![
+            list(vec![cm("x", "1")], Some("5"), None),
+            Reply::Stream(
+                vec![event("ERROR", status(504, "Timeout", "Too large resource version: 5, current: 3"))],
+                End::Hang,
+            ),
+            Reply::Stream(
+                vec![event("ERROR", status(504, "Timeout", "Too large resource version: 5, current: 4"))],
+                End::Hang,
+            ),
+            Reply::Stream(
+                vec![event("ERROR", status(504, "Timeout", "Too large resource version: 5, current: 4"))],
+                End::Hang,
+            ),
+            Reply::Stream(vec![event("ADDED", cm("b", "7"))], End::Hang),
+        ],
+        items: &[
+            "Init", "InitApply(x)", "InitDone", "WatchError 504", "WatchError 504",
+            "WatchError 504", "Apply(b)",
+        ],
+        resumes: &[(2, "5"), (3, "5"), (4, "5")],
+        requests: Some(5),
+        store: &[("b", "7"), ("x", "1")],
+        ..Scenario::default()
+    };
+
     /// Objects without a name (listed or watched) are skipped with an error item; a watched
     /// object without a resourceVersion makes the watcher relist.
     objects_without_name_or_resource_version => Scenario {

@@ -240,13 +240,48 @@ async fn decode_list<V: Clone + DeserializeOwned>(
     client: Client,
     request: http::Request<Vec<u8>>,
 ) -> kube_client::Result<Page<V>> {
-    let list: ShardedList<V> = client.request(request).await?;
+    let list: ShardedList<V> = request_json(client, request).await?;
     Ok(Page {
         items: list.items,
         resource_version: list.metadata.resource_version,
         continue_token: list.metadata.continue_token,
         shard_echo: list.metadata.shard_info.map(|info| info.selector),
     })
+}
+
+/// As `Client::request`, but an error answer keeps the server's `Retry-After` header in its
+/// status (`details.retryAfterSeconds`): kube-client drops headers, and an overloaded server
+/// answers 429 with a plain-text body.
+async fn request_json<T: DeserializeOwned>(
+    client: Client,
+    request: http::Request<Vec<u8>>,
+) -> kube_client::Result<T> {
+    use http_body_util::BodyExt;
+
+    let response = client
+        .send(request.map(kube_client::client::Body::from))
+        .await?;
+    let code = response.status();
+    let retry_after = crate::retry::header_seconds(response.headers());
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|err| kube_client::Error::Service(Box::new(err)))?
+        .to_bytes();
+    if code.is_client_error() || code.is_server_error() {
+        let status =
+            serde_json::from_slice::<kube_client::core::Status>(&body).unwrap_or_else(|_| {
+                kube_client::core::Status::failure(
+                    String::from_utf8_lossy(&body).trim(),
+                    "Failed to parse error data",
+                )
+                .with_code(code.as_u16())
+            });
+        let status = crate::retry::with_header(status, retry_after);
+        return Err(kube_client::Error::Api(Box::new(status)));
+    }
+    serde_json::from_slice(&body).map_err(kube_client::Error::SerdeError)
 }
 
 /// Sends a WATCH request and decodes its events, objects without `managedFields` unless

@@ -122,6 +122,8 @@ struct Watcher<A: ApiMode> {
     after_error: bool,
     /// How long to wait before that request; `None` when [`Config::retry_backoff`] is off.
     retry: Option<Backoff>,
+    /// What the server asked that wait to be at least (`Retry-After`).
+    retry_after: Option<std::time::Duration>,
     /// The next WATCH from `State::Listed` follows a completed paged list (a start), not a
     /// dropped watch (a resume). For [`activity`] only.
     after_list: bool,
@@ -173,6 +175,7 @@ where
         streaming: Streaming::Untried,
         list_next: false,
         failed_resume: None,
+        retry_after: None,
         yielded: 0,
         after_error: false,
         after_list: false,
@@ -185,6 +188,11 @@ where
             let (item, state) = watcher.step(state).await;
             watcher.yielded += u64::from(item.is_ok());
             watcher.after_error = item.is_err();
+            watcher.retry_after = item.as_ref().err().and_then(Error::retry_after);
+            if let Some(wait) = watcher.retry_after {
+                // For a `StreamBackoff` that polls this watcher and waits in its stead.
+                backoff::hint_retry_after(wait);
+            }
             Some((item, (watcher, state)))
         }),
     )
@@ -221,6 +229,7 @@ impl<A: ApiMode> Watcher<A> {
             // A backoff adapter polling this watcher has waited after the error already.
             Some(backoff) if after_error && !backoff::spaced_by_adapter() => {
                 let delay = backoff.delay_after_error(Instant::now());
+                let delay = backoff.at_least(delay, self.retry_after.take());
                 debug!(?delay, "waiting before a retry after an error");
                 tokio::time::sleep(delay).await;
             }
@@ -536,6 +545,12 @@ impl<A: ApiMode> Watcher<A> {
                         let next = if status.code == 410 {
                             debug!("watch expired (410 Gone); relisting");
                             State::Empty
+                        } else if crate::retry::is_too_large(&status) {
+                            // An API server whose watch cache is behind the one that served
+                            // this version (behind a load balancer): it will get there.
+                            // Resume from the same version, never relist, never go back.
+                            info!(%resource_version, "the API server has not reached the watch's resourceVersion yet; retrying the watch from it");
+                            State::Listed { resource_version }
                         } else if self.failed_resume.as_deref() == Some(resource_version.as_str()) {
                             // The same answer twice at the same point: resuming cannot get
                             // past it (a 1.36 server says 500 "PrevKv=nil" when a delete at

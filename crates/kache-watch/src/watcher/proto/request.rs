@@ -45,13 +45,17 @@ pub(super) async fn send(
         .unwrap_or_default()
         .to_owned();
     if code.is_client_error() || code.is_server_error() {
+        let retry_after = crate::retry::header_seconds(response.headers());
         let body = response
             .into_body()
             .collect()
             .await
             .map_err(|err| kube_client::Error::Service(Box::new(err)))?
             .to_bytes();
-        let status = error_status(code.as_u16(), &content_type, &body);
+        let status = crate::retry::with_header(
+            error_status(code.as_u16(), &content_type, &body),
+            retry_after,
+        );
         return Err(kube_client::Error::Api(Box::new(status)));
     }
     if !is_protobuf(&content_type) {
