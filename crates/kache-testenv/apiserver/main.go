@@ -52,6 +52,11 @@ type options struct {
 	serving   *genericoptions.SecureServingOptionsWithLoopback
 	etcd      *genericoptions.EtcdOptions
 	tokenFile string
+	// kube-apiserver's limits on requests in flight (its non-APF filter, which this server
+	// uses: it serves no flowcontrol API). Past them a request is answered 429 with a
+	// Retry-After, as an overloaded cluster does.
+	maxRequestsInFlight         int
+	maxMutatingRequestsInFlight int
 }
 
 func newOptions() *options {
@@ -77,6 +82,10 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.serving.BindPort, "secure-port", o.serving.BindPort, "The port on which to serve HTTPS.")
 	fs.StringVar(&o.serving.ServerCert.CertDirectory, "cert-dir", o.serving.ServerCert.CertDirectory,
 		"The directory where the self-signed serving certificate is kept (generated there if missing).")
+	fs.IntVar(&o.maxRequestsInFlight, "max-requests-inflight", 400,
+		"The maximum number of non-mutating requests in flight at a given time (0: no limit).")
+	fs.IntVar(&o.maxMutatingRequestsInFlight, "max-mutating-requests-inflight", 200,
+		"The maximum number of mutating requests in flight at a given time (0: no limit).")
 	fs.StringVar(&o.tokenFile, "token-auth-file", "",
 		"The file of bearer tokens that authenticate users: lines token,user,uid[,\"group1,group2\"].")
 	utilfeature.DefaultMutableFeatureGate.AddFlag(fs)
@@ -108,6 +117,8 @@ func (o *options) config() (*genericapiserver.Config, error) {
 	c := genericapiserver.NewConfig(codecs)
 	c.PublicAddress = publicAddress
 	c.EffectiveVersion = compatibility.NewEffectiveVersionFromString(binaryVersion, "", "")
+	c.MaxRequestsInFlight = o.maxRequestsInFlight
+	c.MaxMutatingRequestsInFlight = o.maxMutatingRequestsInFlight
 	if err := o.serving.ApplyTo(&c.SecureServing, &c.LoopbackClientConfig); err != nil {
 		return nil, err
 	}

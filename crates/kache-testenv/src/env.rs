@@ -54,6 +54,7 @@ pub struct Builder {
     apiserver_args: Vec<String>,
     ready_timeout: Duration,
     use_existing_cluster: Option<bool>,
+    second_apiserver: bool,
 }
 
 impl Default for Builder {
@@ -65,6 +66,7 @@ impl Default for Builder {
             apiserver_args: Vec::new(),
             ready_timeout: Duration::from_secs(60),
             use_existing_cluster: None,
+            second_apiserver: false,
         }
     }
 }
@@ -109,6 +111,17 @@ impl Builder {
         self
     }
 
+    /// Also starts a second API server of the same version, flags and certificate over the
+    /// same etcd: a highly available control plane, as production clusters run. Its URL is the
+    /// second of [`TestEnv::server_urls`]; put [`Proxy::balance`](crate::Proxy::balance) in
+    /// front of both as the load balancer. It reaches etcd through a link of its own, so that
+    /// [`TestEnv::lag_second_apiserver`] can make its watch cache fall behind while it keeps
+    /// serving. Only for a control plane this crate starts.
+    pub fn second_apiserver(mut self) -> Self {
+        self.second_apiserver = true;
+        self
+    }
+
     /// Uses the cluster of `KUBECONFIG` (or `~/.kube/config`) instead of starting one,
     /// overriding the `KACHE_USE_EXISTING_CLUSTER` environment variable.
     pub fn use_existing_cluster(mut self, existing: bool) -> Self {
@@ -143,6 +156,15 @@ impl Builder {
     }
 }
 
+/// The second API server of a highly available control plane.
+#[derive(Debug)]
+struct Second {
+    url: String,
+    args: Vec<String>,
+    /// Its link to etcd.
+    link: crate::Proxy,
+}
+
 /// The processes and files of a control plane this crate started.
 #[derive(Debug)]
 struct Local {
@@ -151,6 +173,7 @@ struct Local {
     assets: Assets,
     etcd: Etcd,
     apiserver_args: Vec<String>,
+    second: Option<Second>,
     ready_timeout: Duration,
     /// A tokio mutex: stop/start await while holding it, and it is not tied to a runtime.
     processes: Mutex<Processes>,
@@ -161,6 +184,7 @@ struct Local {
 /// Fields drop in order: the API server stops before the etcd it talks to.
 #[derive(Debug, Default)]
 struct Processes {
+    second_apiserver: Option<Supervised>,
     apiserver: Option<Supervised>,
     etcd: Option<Supervised>,
 }
@@ -272,6 +296,52 @@ impl TestEnv {
     #[must_use]
     pub fn server_url(&self) -> &str {
         &self.server_url
+    }
+
+    /// The URLs of the API servers: the first is [`server_url`](Self::server_url), the second
+    /// that of [`Builder::second_apiserver`] if there is one.
+    #[must_use]
+    pub fn server_urls(&self) -> Vec<&str> {
+        let second = self
+            .local
+            .as_ref()
+            .and_then(|local| local.second.as_ref())
+            .map(|second| second.url.as_str());
+        std::iter::once(self.server_url.as_str())
+            .chain(second)
+            .collect()
+    }
+
+    /// Makes the second API server's watch cache fall behind: its link to etcd holds back
+    /// every answer and event (connections stay open) until
+    /// [`catch_up_second_apiserver`](Self::catch_up_second_apiserver). It keeps answering
+    /// what needs no etcd: a WATCH from a version its cache has not reached waits (and, on
+    /// recent servers, is answered "Too large resource version"), as an API server behind a
+    /// load balancer that lags the one a client left.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] without a second API server.
+    pub fn lag_second_apiserver(&self) -> Result<()> {
+        self.second("lag_second_apiserver")?.link.pause();
+        Ok(())
+    }
+
+    /// Lets the second API server's link to etcd through again: its cache catches up.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] without a second API server.
+    pub fn catch_up_second_apiserver(&self) -> Result<()> {
+        self.second("catch_up_second_apiserver")?.link.resume();
+        Ok(())
+    }
+
+    fn second(&self, operation: &'static str) -> Result<&Second> {
+        self.require_local(operation)?
+            .second
+            .as_ref()
+            .ok_or(Error::NoSecondApiserver { operation })
     }
 
     /// The API server this environment started, or `None` on an existing cluster.
@@ -506,12 +576,13 @@ impl TestEnv {
             extra: &options.apiserver_args,
         }
         .args();
-        let local = Local {
+        let mut local = Local {
             server,
             dir,
             assets,
             etcd,
             apiserver_args,
+            second: None,
             ready_timeout: options.ready_timeout,
             processes: Mutex::new(Processes::default()),
             _janitor: janitor,
@@ -525,6 +596,27 @@ impl TestEnv {
         // restarts: from now on clients trust it instead of skipping verification.
         write_kubeconfig(Some(&local.dir.join("certs").join("apiserver.crt")))?;
         let admin = load_context(&kubeconfig, ADMIN_CONTEXT).await?;
+        if options.second_apiserver {
+            // Started now that the first made the certificate: both serve it (it names
+            // 127.0.0.1, whatever the port), so one kubeconfig trusts either.
+            let link = crate::Proxy::start(&local.etcd.endpoint()).await?;
+            let [port] = workdir::free_ports()?;
+            let args = apiserver::Flags {
+                server,
+                dir: &local.dir,
+                port,
+                etcd_endpoint: format!("http://{}", link.addr()),
+                watch_cache: options.watch_cache,
+                feature_gates: &options.feature_gates,
+                extra: &options.apiserver_args,
+            }
+            .args();
+            let url = format!("https://127.0.0.1:{port}");
+            local.second = Some(Second { url, args, link });
+            let second = local.spawn_second()?;
+            local.processes.lock().await.second_apiserver = Some(second);
+            local.wait_second(&admin).await?;
+        }
         let unprivileged = load_context(&kubeconfig, UNPRIVILEGED_CONTEXT).await?;
         Client::try_from(admin.clone()).map_err(|source| Error::Client { source })?;
         tracing::info!(elapsed = ?started.elapsed(), server = %server_url, %server, "control plane ready");
@@ -562,6 +654,45 @@ impl Local {
             &apiserver::log_path(&self.dir),
         )
         .map_err(|source| Error::Spawn { component, source })
+    }
+
+    fn spawn_second(&self) -> Result<Supervised> {
+        let component = component(self.server);
+        let args = self
+            .second
+            .as_ref()
+            .map_or(&self.apiserver_args, |s| &s.args);
+        Supervised::spawn(
+            component,
+            &self.assets.apiserver,
+            args,
+            &self.dir.join("kube-apiserver-2.log"),
+        )
+        .map_err(|source| Error::Spawn { component, source })
+    }
+
+    async fn wait_second(&self, admin: &Config) -> Result<()> {
+        let Some(second) = &self.second else {
+            return Ok(());
+        };
+        let mut config = admin.clone();
+        config.cluster_url = second.url.parse().map_err(|e| Error::Setup {
+            step: format!("the second API server's URL {}: {e}", second.url),
+            source: None,
+        })?;
+        let deadline = Instant::now() + self.ready_timeout;
+        while !apiserver::is_ready(&config).await {
+            if Instant::now() >= deadline || self.exited(|p| &mut p.second_apiserver).await {
+                return Err(Error::NotReady {
+                    component: component(self.server),
+                    timeout: self.ready_timeout,
+                    log_tail: log_tail(&self.dir.join("kube-apiserver-2.log"), LOG_TAIL_LINES),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracing::debug!("the second {} is ready", component(self.server));
+        Ok(())
     }
 
     async fn wait_etcd(&self) -> Result<()> {

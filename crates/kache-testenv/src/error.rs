@@ -124,6 +124,13 @@ pub enum Error {
         operation: &'static str,
     },
 
+    /// The operation needs a second API server ([`Builder::second_apiserver`](crate::Builder::second_apiserver)).
+    #[error("{operation} needs a second API server (TestEnv::builder().second_apiserver())")]
+    NoSecondApiserver {
+        /// The operation that was refused.
+        operation: &'static str,
+    },
+
     /// The process-wide shared control plane failed to start; every caller gets this error.
     #[error("the shared control plane failed to start")]
     Shared {

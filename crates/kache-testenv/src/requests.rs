@@ -78,6 +78,7 @@ pub struct RecordedRequest {
     method: String,
     path: String,
     query: String,
+    sent: std::time::Instant,
 }
 
 impl RecordedRequest {
@@ -106,6 +107,12 @@ impl RecordedRequest {
         query_params(&self.query)
             .find(|(key, _)| key == name)
             .map(|(_, value)| value)
+    }
+
+    /// When the client sent it (on the test's monotonic clock): the spacing of retries.
+    #[must_use]
+    pub fn sent(&self) -> std::time::Instant {
+        self.sent
     }
 
     /// What the request asked for.
@@ -180,6 +187,7 @@ impl RequestLog {
                 method: request.method().as_str().to_owned(),
                 path: request.uri().path().to_owned(),
                 query: request.uri().query().unwrap_or_default().to_owned(),
+                sent: std::time::Instant::now(),
             };
             requests
                 .lock()
