@@ -25,7 +25,7 @@ use crate::fence::{self, Fenced, Written};
 use crate::metrics::Reporter;
 use crate::ownership::Ownership;
 use crate::queue::{Outcome, Popped, Priority, Queue};
-use crate::replicas::Ranges;
+use crate::ranges::Ranges;
 
 /// Without the `metrics` feature, nothing is reported.
 #[cfg(not(feature = "metrics"))]

@@ -106,6 +106,7 @@ mod fence;
 mod metrics;
 mod ownership;
 mod queue;
+mod ranges;
 pub mod replicas;
 
 pub use action::{Action, Retry, backoff};

@@ -312,7 +312,7 @@ pub(crate) struct ReplicaReporter {
 }
 
 impl ReplicaReporter {
-    pub(crate) fn held(&self, held: &crate::replicas::Ranges) {
+    pub(crate) fn held(&self, held: &crate::ranges::Ranges) {
         let f = &self.families;
         f.held_share.get_or_create(&self.labels).set(held.share());
         f.held_ranges

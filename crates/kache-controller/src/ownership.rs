@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::replicas::Ranges;
+use crate::ranges::Ranges;
 
 /// What a replica may reconcile, shared by its membership and its controllers (cheap to
 /// clone). Give it to a controller with [`Controller::within`](crate::Controller::within).

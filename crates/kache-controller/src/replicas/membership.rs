@@ -11,7 +11,7 @@ use kube_client::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams}
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::Ranges;
+use crate::ranges::Ranges;
 
 /// The label that marks the Leases of one group of replicas.
 pub const GROUP_LABEL: &str = "kache.rs/replica-group";

@@ -98,7 +98,7 @@
 //! and the watcher filters; a replica then keeps one source and relists on each move.
 
 mod membership;
-mod ranges;
+mod segments;
 
 use std::future::Future;
 use std::time::Duration;
@@ -113,12 +113,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+pub use crate::ranges::Ranges;
 pub use membership::{CLAIM_ANNOTATION, GROUP_LABEL, INSTANCE_ANNOTATION, LEAVING_ANNOTATION};
-pub use ranges::Ranges;
 
 use crate::ownership::Ownership;
 use membership::{Membership, View, WriteError};
-use ranges::{MAX_SEGMENTS, Segments};
+use segments::{MAX_SEGMENTS, Segments};
 
 /// The longest lease duration and drain timeout accepted: longer ones are mistakes (and would
 /// overflow the clock's arithmetic).

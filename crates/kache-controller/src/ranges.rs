@@ -1,5 +1,6 @@
 //! Sets of uid-hash ranges: what a replica holds, claims, caches and releases, and how a
-//! claim is written on its Lease.
+//! claim is written on its Lease. Below the replicas and the controller's ownership, which
+//! both speak of them.
 
 use std::fmt;
 
@@ -155,7 +156,7 @@ impl fmt::Display for Ranges {
 }
 
 /// A range's bounds, the end of the space as `2^64`.
-pub(super) fn bounds(range: &ShardRange) -> (u128, u128) {
+pub(crate) fn bounds(range: &ShardRange) -> (u128, u128) {
     (
         u128::from(range.start()),
         range.end().map_or(END, u128::from),
@@ -163,7 +164,7 @@ pub(super) fn bounds(range: &ShardRange) -> (u128, u128) {
 }
 
 /// The shard range `[start, end)`, if it is one.
-pub(super) fn range_of(start: u128, end: u128) -> Option<ShardRange> {
+pub(crate) fn range_of(start: u128, end: u128) -> Option<ShardRange> {
     let start = u64::try_from(start).ok()?;
     match u64::try_from(end) {
         Ok(end) => ShardRange::new(start, end).ok(),
@@ -172,55 +173,11 @@ pub(super) fn range_of(start: u128, end: u128) -> Option<ShardRange> {
     }
 }
 
-/// The ranges a replica watches, one source each. Moving to a new set keeps every segment
-/// inside it (no relist of what the replica keeps) and adds sources only for the gaps; the
-/// segments outside it retire once the new ones have synced.
-///
-/// Where the server does not shard, every watch receives every object: there a replica keeps
-/// one source (`max` 1), and each move relists its new set in full.
-#[derive(Debug, Default)]
-pub(super) struct Segments {
-    pub(super) live: Vec<ShardRange>,
-    pub(super) retiring: Vec<ShardRange>,
-    /// Past this many segments a replica starts over with one source per range of its set:
-    /// each move may cut a range in two, and a watch per sliver costs more than one relist.
-    pub(super) max: usize,
-}
-
-/// The most segments a replica watches where the server shards.
-pub(super) const MAX_SEGMENTS: usize = 4;
-
-impl Segments {
-    /// Moves to `target`; returns the segments to add as sources.
-    pub(super) fn move_to(&mut self, target: &Ranges) -> Vec<ShardRange> {
-        let inside = |seg: &ShardRange| Ranges::of(&[*seg]).minus(target).is_empty();
-        let mut keep = Vec::new();
-        let mut all = std::mem::take(&mut self.live);
-        all.append(&mut self.retiring);
-        for seg in all {
-            if inside(&seg) && !keep.contains(&seg) {
-                keep.push(seg);
-            } else {
-                self.retiring.push(seg);
-            }
-        }
-        let gaps = |keep: &[ShardRange]| target.minus(&Ranges::of(keep)).shard_ranges();
-        if keep.len() + gaps(&keep).len() > self.max.max(1) {
-            self.retiring.append(&mut keep);
-        }
-        let added = gaps(&keep);
-        keep.extend(added.iter().copied());
-        // A segment added again is live, not retiring: removing its source once the new ones
-        // synced would drop its objects.
-        self.retiring.retain(|segment| !keep.contains(segment));
-        self.live = keep;
-        added
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{MAX_SEGMENTS, Ranges, Segments, ShardRange};
+    use kache_watch::ShardRange;
+
+    use super::Ranges;
 
     fn third(i: u32) -> ShardRange {
         ShardRange::nth(i, 3).unwrap()
@@ -271,59 +228,5 @@ mod tests {
         for bad in ["x", "10-5", "0-20000000000000000", "0-", "-5", "1-2,,3-4"] {
             assert_eq!(Ranges::parse(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn moving_keeps_the_segments_inside_the_new_set() {
-        let mut segments = Segments {
-            max: MAX_SEGMENTS,
-            ..Segments::default()
-        };
-        assert_eq!(segments.move_to(&set(&[third(0)])), [third(0)]);
-        // From the first third to the first half: only the gap is new.
-        let added = segments.move_to(&set(&[half(0)]));
-        assert_eq!(
-            added,
-            [ShardRange::new(third(1).start(), half(1).start()).unwrap()]
-        );
-        assert!(segments.retiring.is_empty());
-        assert_eq!(segments.live.len(), 2);
-        // To the second half: nothing is inside it, everything retires.
-        assert_eq!(segments.move_to(&set(&[half(1)])), [half(1)]);
-        assert_eq!(segments.retiring.len(), 2);
-        assert_eq!(segments.live, [half(1)]);
-        // Back to the first third: a retiring segment comes back without a relist.
-        assert!(segments.move_to(&set(&[third(0)])).is_empty());
-        assert_eq!(segments.live, [third(0)]);
-    }
-
-    #[test]
-    fn with_one_segment_at_most_a_move_lists_the_whole_new_set() {
-        let mut segments = Segments {
-            max: 1,
-            ..Segments::default()
-        };
-        segments.move_to(&set(&[third(0)]));
-        assert_eq!(segments.move_to(&set(&[half(0)])), [half(0)]);
-        assert_eq!(segments.retiring, [third(0)]);
-        assert_eq!(segments.live, [half(0)]);
-    }
-
-    #[test]
-    fn a_segment_listed_again_is_never_also_retiring() {
-        let mut segments = Segments {
-            max: 1,
-            ..Segments::default()
-        };
-        segments.move_to(&set(&[third(2)]));
-        // Two disjoint ranges with one segment at most: everything is listed again.
-        let added = segments.move_to(&set(&[half(0), third(2)]));
-        assert_eq!(added, [half(0), third(2)]);
-        assert!(
-            segments.retiring.iter().all(|s| !segments.live.contains(s)),
-            "live {:?}, retiring {:?}",
-            segments.live,
-            segments.retiring
-        );
     }
 }
