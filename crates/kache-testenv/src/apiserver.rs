@@ -3,12 +3,14 @@
 use std::path::Path;
 use std::time::Duration;
 
-use kube_client::core::Request;
-use kube_client::core::params::GetParams;
+use kube_client::core::params::{GetParams, PostParams};
+use kube_client::core::{DynamicObject, Request};
 use kube_client::{Client, Config};
 use tracing::instrument::WithSubscriber;
 
+use crate::error::{Error, Result};
 use crate::server::Server;
+use crate::workdir::OPERATORS_GROUP;
 
 /// Where the API server's inputs are and which ports it talks on.
 #[derive(Debug)]
@@ -109,4 +111,37 @@ pub(crate) async fn is_ready(config: &Config) -> bool {
         tokio::time::timeout(Duration::from_secs(5), probe).await,
         Ok(Some(_))
     )
+}
+
+/// Binds the operators' group to `cluster-admin` on kube-apiserver (whose RBAC would refuse it
+/// everything otherwise); the modern server allows the group by a rule of its own. Already
+/// bound (a restart over the same etcd) is fine.
+pub(crate) async fn bind_operators(client: Client) -> Result<()> {
+    let binding = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": { "name": "kache-operators" },
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "cluster-admin"
+        },
+        "subjects": [{
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Group",
+            "name": OPERATORS_GROUP
+        }]
+    });
+    let api_error = |source| Error::Api {
+        context: format!("bind {OPERATORS_GROUP} to cluster-admin"),
+        source,
+    };
+    let request = Request::new("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings")
+        .create(&PostParams::default(), binding.to_string().into_bytes())
+        .map_err(|e| api_error(kube_client::Error::BuildRequest(e)))?;
+    match client.request::<DynamicObject>(request).await {
+        Ok(_) => Ok(()),
+        Err(kube_client::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(e) => Err(api_error(e)),
+    }
 }

@@ -16,7 +16,9 @@ use crate::error::{Error, Result};
 use crate::etcd::{self, Etcd};
 use crate::process::{Janitor, Supervised, log_tail};
 use crate::server::Server;
-use crate::workdir::{self, ADMIN_CONTEXT, UNPRIVILEGED_CONTEXT, UNPRIVILEGED_USER};
+use crate::workdir::{
+    self, ADMIN_CONTEXT, OPERATOR_USER, OPERATORS_GROUP, UNPRIVILEGED_CONTEXT, UNPRIVILEGED_USER,
+};
 
 /// Lines of a log quoted in a [`Error::NotReady`].
 const LOG_TAIL_LINES: usize = 30;
@@ -30,6 +32,7 @@ const LOG_TAIL_LINES: usize = 30;
 pub struct TestEnv {
     admin: Config,
     unprivileged: Config,
+    operator: Config,
     kubeconfig: PathBuf,
     server_url: String,
     /// `None` for an existing cluster.
@@ -279,6 +282,20 @@ impl TestEnv {
             .expect("this configuration built a client at start")
     }
 
+    /// The configuration of a client acting as `kache-operator` (group `kache:operators`):
+    /// allowed everything, like an operator's service account bound to `cluster-admin`, but,
+    /// unlike the [admin](Self::config), not in `system:masters`, so the server's limits on
+    /// requests in flight (`--max-requests-inflight`, and API Priority and Fairness on
+    /// kube-apiserver) apply to it as they do to every operator in a real cluster. Tests of
+    /// an overloaded server use it; the admin stays exempt and can still set the scene.
+    ///
+    /// It impersonates that user with the admin's credentials. On an existing cluster it is
+    /// the kubeconfig's own user, whatever its rights and limits.
+    #[must_use]
+    pub fn operator_config(&self) -> &Config {
+        &self.operator
+    }
+
     /// The admin client configuration, for building clients with other settings.
     #[must_use]
     pub fn config(&self) -> &Config {
@@ -522,6 +539,7 @@ impl TestEnv {
             .to_owned();
         tracing::info!(server = %server_url, "using an existing cluster");
         Ok(Self {
+            operator: admin.clone(),
             admin,
             unprivileged,
             kubeconfig,
@@ -618,11 +636,17 @@ impl TestEnv {
             local.wait_second(&admin).await?;
         }
         let unprivileged = load_context(&kubeconfig, UNPRIVILEGED_CONTEXT).await?;
-        Client::try_from(admin.clone()).map_err(|source| Error::Client { source })?;
+        let admin_client =
+            Client::try_from(admin.clone()).map_err(|source| Error::Client { source })?;
+        if server == Server::Legacy {
+            apiserver::bind_operators(admin_client).await?;
+        }
+        let operator = as_operator(&admin);
         tracing::info!(elapsed = ?started.elapsed(), server = %server_url, %server, "control plane ready");
         Ok(Self {
             admin,
             unprivileged,
+            operator,
             kubeconfig,
             server_url,
             local: Some(local),
@@ -733,6 +757,17 @@ impl Local {
             .as_mut()
             .is_none_or(Supervised::has_exited)
     }
+}
+
+/// `admin` impersonating the operator user: see [`TestEnv::operator_config`].
+fn as_operator(admin: &Config) -> Config {
+    let mut operator = admin.clone();
+    operator.auth_info.impersonate = Some(OPERATOR_USER.to_owned());
+    operator.auth_info.impersonate_groups = Some(vec![
+        OPERATORS_GROUP.to_owned(),
+        "system:authenticated".to_owned(),
+    ]);
+    operator
 }
 
 async fn load_context(path: &Path, context: &str) -> Result<Config> {

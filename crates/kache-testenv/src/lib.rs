@@ -59,7 +59,9 @@
 //! (a self-signed serving certificate; kube-apiserver with RBAC authorization, the modern
 //! server letting `system:masters` do anything and other users only discovery) on free
 //! loopback ports. It returns once `/readyz` answers `ok` and the `default` namespace exists:
-//! a few seconds.
+//! a few seconds. The group `kache:operators` may do anything too (bound to `cluster-admin` on
+//! kube-apiserver) without being exempt from the server's limits on requests in flight, as
+//! `system:masters` is: [`TestEnv::operator_config`] acts as its member `kache-operator`.
 //!
 //! There is no controller manager, scheduler or kubelet: objects are stored and watched but
 //! nothing acts on them (no pods run, deleted namespaces stay `Terminating`, no

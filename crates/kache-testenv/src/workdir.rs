@@ -15,6 +15,11 @@ pub(crate) const ADMIN_CONTEXT: &str = "kache-admin";
 pub(crate) const UNPRIVILEGED_CONTEXT: &str = "kache-unprivileged";
 /// Name of the user behind [`UNPRIVILEGED_CONTEXT`].
 pub(crate) const UNPRIVILEGED_USER: &str = "kache-unprivileged";
+/// The user an operator client impersonates: allowed everything, yet not in `system:masters`.
+pub(crate) const OPERATOR_USER: &str = "kache-operator";
+/// The group that gives [`OPERATOR_USER`] its rights (a binding to `cluster-admin` on
+/// kube-apiserver, a rule of its own on the modern server).
+pub(crate) const OPERATORS_GROUP: &str = "kache:operators";
 
 fn setup_error(step: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     let step = step.into();
