@@ -677,3 +677,52 @@ on_each_server! {
         assert_eq!((json.data.clone(), json.immutable), (cm.data.clone(), Some(true)));
     }
 }
+
+/// The finalizers of `cm`, their number and the room their `Vec` has.
+fn finalizers(cm: &ConfigMap) -> (usize, usize) {
+    cm.metadata
+        .finalizers
+        .as_ref()
+        .map_or((0, 0), |f| (f.len(), f.capacity()))
+}
+
+/// The first `InitApply` (or `Apply`, when `live`) of `wanted` the watcher yields.
+async fn applied(events: &mut Events, wanted: &str, live: bool) -> ConfigMap {
+    loop {
+        match next(events).await {
+            Ok(Event::InitApply(cm)) if !live && name(&cm) == wanted => return cm,
+            Ok(Event::Apply(cm)) if live && name(&cm) == wanted => return cm,
+            _ => {}
+        }
+    }
+}
+
+on_each_server_and_wire! {
+    /// Decoding grows a list by doubling: three finalizers get room for four. The watcher
+    /// yields each object copied into exactly sized allocations, equal to a plain decode.
+    async fn objects_come_without_the_room_decoding_left(server: Server, wire: Wire) {
+        let (_, _, api) = shared_env(server, "watch-compact").await;
+        let mut cm = configmap("held", &[], 16);
+        cm.metadata.finalizers = Some((0..3).map(|i| format!("kache.rs/hold-{i}")).collect());
+        api.create(&PostParams::default(), &cm).await.expect("create");
+
+        let mut events = watch(api.clone(), Config::default(), wire);
+        let listed = applied(&mut events, "held", false).await;
+        assert_eq!(finalizers(&listed), (3, 3), "listed with spare room");
+        let patch = Patch::Merge(json!({"data": {"changed": "yes"}}));
+        api.patch("held", &PatchParams::default(), &patch).await.expect("patch");
+        let changed = applied(&mut events, "held", true).await;
+        assert_eq!(finalizers(&changed), (3, 3), "changed with spare room");
+        let mut plain = api.get("held").await.expect("get");
+        plain.metadata.managed_fields = None;
+        assert_eq!(changed, plain, "the copy equals a plain decode");
+
+        if wire == Wire::Json {
+            // Without the copy, the room is there: what the test above would catch.
+            let mut events = watch(api.clone(), Config::default().keep_decoded_capacity(), wire);
+            let listed = applied(&mut events, "held", false).await;
+            assert_eq!(finalizers(&listed).0, 3);
+            assert!(finalizers(&listed).1 > 3, "a plain decode has spare room");
+        }
+    }
+}

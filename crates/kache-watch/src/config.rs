@@ -35,6 +35,10 @@ pub enum InitialListStrategy {
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent switches, each set by a method of its own"
+)]
 pub struct Config {
     /// Label selector applied by the server, like `app=web,tier!=db`. `None` selects all.
     pub label_selector: Option<String>,
@@ -93,6 +97,18 @@ pub struct Config {
     /// watched objects, for instance to see which manager owns a field before a server-side
     /// apply. Applying itself needs nothing from the cache: the server keeps the record.
     pub keep_managed_fields: bool,
+    /// Copy each object the stream yields for a store (`InitApply`, `Apply`) once into
+    /// allocations of exactly its size. Default on.
+    ///
+    /// Decoding grows each list in an object (a Pod's containers, their env, ports and
+    /// mounts, its conditions) by doubling, so the decoded object keeps room it will never
+    /// use: about a fifth of a Pod's heap (4.4 KiB of 20 KiB for a Pod with two containers
+    /// and a status, docs/benchmarks.md). A cache holds every object for its life, so the
+    /// watcher copies each one into exact allocations and frees the decoded one: a `clone`,
+    /// equal to it, that costs a copy of the object per event. Deletes are passed on as
+    /// decoded. Turn it off ([`Config::keep_decoded_capacity()`]) for a stream whose objects
+    /// are not kept.
+    pub compact: bool,
 }
 
 impl Default for Config {
@@ -109,6 +125,7 @@ impl Default for Config {
             shard: None,
             resume_from: None,
             keep_managed_fields: false,
+            compact: true,
         }
     }
 }
@@ -233,6 +250,21 @@ impl Config {
     #[must_use]
     pub fn keep_managed_fields(mut self) -> Self {
         self.keep_managed_fields = true;
+        self
+    }
+
+    /// Yields objects as decoded, with the spare capacity decoding left in their lists: see
+    /// [`Config::compact`].
+    ///
+    /// ```
+    /// use kache_watch::Config;
+    ///
+    /// assert!(Config::default().compact);
+    /// assert!(!Config::default().keep_decoded_capacity().compact);
+    /// ```
+    #[must_use]
+    pub fn keep_decoded_capacity(mut self) -> Self {
+        self.compact = false;
         self
     }
 

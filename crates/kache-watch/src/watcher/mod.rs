@@ -215,6 +215,17 @@ impl<A: ApiMode> Watcher<A> {
         }
     }
 
+    /// `obj` copied into allocations of exactly its size, unless [`Config::compact`] is off.
+    fn compacted(&self, obj: A::Value) -> A::Value {
+        if self.config.compact {
+            // A clone allocates each `Vec` and `String` at its length; the decoded object,
+            // with the room its lists grew into, is freed.
+            obj.clone()
+        } else {
+            obj
+        }
+    }
+
     /// Returns to the runtime before each request, after waiting if the request follows an
     /// error (see [`Config::retry_backoff`]).
     ///
@@ -361,7 +372,7 @@ impl<A: ApiMode> Watcher<A> {
                         return (None, state);
                     }
                     let item = match check_name(&obj, "InitApply") {
-                        Ok(()) => Ok(Event::InitApply(obj)),
+                        Ok(()) => Ok(Event::InitApply(self.compacted(obj))),
                         Err(err) => Err(err),
                     };
                     return (
@@ -417,7 +428,8 @@ impl<A: ApiMode> Watcher<A> {
                         | WatchEvent::Deleted(obj),
                     )) if !self.in_shard(&obj) => (None, State::StreamingList { stream, deadline }),
                     Some(Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj))) => {
-                        let item = check_name(&obj, "InitApply").map(|()| Event::InitApply(obj));
+                        let item = check_name(&obj, "InitApply")
+                            .map(|()| Event::InitApply(self.compacted(obj)));
                         (Some(item), State::StreamingList { stream, deadline })
                     }
                     Some(Ok(WatchEvent::Deleted(obj))) => {
@@ -523,6 +535,7 @@ impl<A: ApiMode> Watcher<A> {
                         )
                     }
                     Some(Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj))) => {
+                        let obj = self.compacted(obj);
                         watched(obj, "Apply", Event::Apply, &resource_version, stream)
                     }
                     Some(Ok(WatchEvent::Deleted(obj))) => {
