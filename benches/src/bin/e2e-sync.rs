@@ -114,13 +114,16 @@ enum Variant {
     KacheProtobufAuto,
     /// kache in protobuf, `ListWatch` with pages.
     KacheProtobufListWatch(Option<u32>),
+    /// kache's default, or in protobuf (`true`), with the decoded objects kept as they are
+    /// (`Config::keep_decoded_capacity`): what the watcher's exact copy of each costs.
+    KacheDecodedCapacity(bool),
     /// client-go's shared informer, in its own process.
     ClientGo(Encoding),
 }
 
 impl Variant {
     /// Every variant, in table order.
-    const ALL: [Self; 14] = [
+    const ALL: [Self; 16] = [
         Self::RawList,
         Self::RawBytes(Encoding::Json),
         Self::RawBytes(Encoding::Protobuf),
@@ -133,6 +136,8 @@ impl Variant {
         Self::KubeRuntimeListWatch(None),
         Self::KacheProtobufAuto,
         Self::KacheProtobufListWatch(Some(500)),
+        Self::KacheDecodedCapacity(false),
+        Self::KacheDecodedCapacity(true),
         Self::ClientGo(Encoding::Protobuf),
         Self::ClientGo(Encoding::Json),
     ];
@@ -170,6 +175,10 @@ impl Variant {
             Self::KacheProtobufListWatch(page) => {
                 format!("kache protobuf, ListWatch page {}", pages(page))
             }
+            Self::KacheDecodedCapacity(false) => "kache Auto, decoded capacity kept".to_owned(),
+            Self::KacheDecodedCapacity(true) => {
+                "kache protobuf, Auto, decoded capacity kept".to_owned()
+            }
             Self::ClientGo(Encoding::Protobuf) => {
                 "client-go informer, protobuf (its default)".to_owned()
             }
@@ -192,6 +201,8 @@ impl Variant {
             Self::KacheProtobufListWatch(page) => {
                 format!("kache-protobuf-listwatch-{}", pages(page))
             }
+            Self::KacheDecodedCapacity(false) => "kache-auto-decoded-capacity".to_owned(),
+            Self::KacheDecodedCapacity(true) => "kache-protobuf-auto-decoded-capacity".to_owned(),
             Self::ClientGo(encoding) => format!("client-go-{}", encoding.name()),
         }
     }
@@ -203,10 +214,13 @@ impl Variant {
     /// The encoding of a kache variant's sync, whose raw bytes it is compared with.
     fn kache_encoding(self) -> Option<Encoding> {
         match self {
-            Self::KacheAuto | Self::KacheStreamingList | Self::KacheListWatch(_) => {
-                Some(Encoding::Json)
-            }
-            Self::KacheProtobufAuto | Self::KacheProtobufListWatch(_) => Some(Encoding::Protobuf),
+            Self::KacheAuto
+            | Self::KacheStreamingList
+            | Self::KacheListWatch(_)
+            | Self::KacheDecodedCapacity(false) => Some(Encoding::Json),
+            Self::KacheProtobufAuto
+            | Self::KacheProtobufListWatch(_)
+            | Self::KacheDecodedCapacity(true) => Some(Encoding::Protobuf),
             _ => None,
         }
     }
@@ -396,10 +410,16 @@ async fn sync<K: Object>(variant: Variant, target: &Target<'_, K>) -> Result<Syn
     let synced = match variant {
         Variant::RawList => Synced::List(api.list(&ListParams::default()).await?),
         Variant::RawBytes(encoding) => Synced::Bytes(raw_bytes(api, encoding).await?),
-        Variant::KacheAuto | Variant::KacheStreamingList | Variant::KacheListWatch(_) => {
+        Variant::KacheAuto
+        | Variant::KacheStreamingList
+        | Variant::KacheListWatch(_)
+        | Variant::KacheDecodedCapacity(false) => {
             let config = match variant {
                 Variant::KacheStreamingList => kache_watch::Config::default().streaming_lists(),
                 Variant::KacheListWatch(page) => kache_list_watch(page),
+                Variant::KacheDecodedCapacity(_) => {
+                    kache_watch::Config::default().keep_decoded_capacity()
+                }
                 _ => kache_watch::Config::default(),
             };
             let (store, driver) = kache(config);
@@ -407,9 +427,14 @@ async fn sync<K: Object>(variant: Variant, target: &Target<'_, K>) -> Result<Syn
             store.wait_synced().await?;
             synced
         }
-        Variant::KacheProtobufAuto | Variant::KacheProtobufListWatch(_) => {
+        Variant::KacheProtobufAuto
+        | Variant::KacheProtobufListWatch(_)
+        | Variant::KacheDecodedCapacity(true) => {
             let config = match variant {
                 Variant::KacheProtobufListWatch(page) => kache_list_watch(page),
+                Variant::KacheDecodedCapacity(_) => {
+                    kache_watch::Config::default().keep_decoded_capacity()
+                }
                 _ => kache_watch::Config::default(),
             };
             let api: Api<Proto<K::Pb>> =
