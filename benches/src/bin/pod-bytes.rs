@@ -66,6 +66,7 @@ impl Heap {
         }
     }
 
+    /// `self - before`: what was added since `before`.
     fn since(self, before: Self) -> Self {
         Self {
             bytes: self.bytes - before.bytes,
@@ -375,6 +376,27 @@ struct PerPod {
     exact: Heap,
 }
 
+/// Decodes each of `items` with `decode`, adding what each decoded object holds to
+/// `decoded` and what an exact clone of it holds to `exact`; returns the objects and clones.
+fn decode_each<I, T: Clone>(
+    items: &[I],
+    per_pod: &mut PerPod,
+    decode: impl Fn(&I) -> Result<T, BoxError>,
+) -> Result<(Vec<T>, Vec<T>), BoxError> {
+    let mut objects = Vec::with_capacity(items.len());
+    let mut clones = Vec::with_capacity(items.len());
+    for item in items {
+        let (object, heap) = measure(|| decode(item));
+        per_pod.decoded.add(heap);
+        let object = object?;
+        let (clone, heap) = measure(|| object.clone());
+        per_pod.exact.add(heap);
+        objects.push(object);
+        clones.push(clone);
+    }
+    Ok((objects, clones))
+}
+
 fn per(total: Heap, n: usize) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let value = total.bytes as f64 / n as f64;
@@ -410,23 +432,12 @@ async fn bench_server(server: Server, n: usize, results: &mut Results) -> Result
         .map(serde_json::to_string)
         .collect::<Result<_, _>>()?;
     drop(list);
-    let mut pods = Vec::with_capacity(items.len());
-    let mut clones = Vec::with_capacity(items.len());
-    for item in &items {
-        let (pod, heap) = measure(|| {
-            serde_json::from_str::<Pod>(item).map(|mut pod| {
-                pod.metadata.managed_fields = None;
-                pod
-            })
-        });
-        json.decoded.add(heap);
-        let pod = pod?;
-        let (clone, heap) = measure(|| pod.clone());
-        json.exact.add(heap);
-        assert_eq!(clone, pod, "a clone equals its Pod");
-        pods.push(pod);
-        clones.push(clone);
-    }
+    let (pods, clones) = decode_each(&items, &mut json, |item| {
+        let mut pod = serde_json::from_str::<Pod>(item)?;
+        pod.metadata.managed_fields = None;
+        Ok(pod)
+    })?;
+    assert_eq!(clones, pods, "a clone equals its Pod");
     let (contents, map_node) = {
         let mut total = Contents::default();
         for pod in &pods {
@@ -470,36 +481,20 @@ async fn bench_server(server: Server, n: usize, results: &mut Results) -> Result
         .iter()
         .map(Message::encode_to_vec)
         .collect();
-    let mut pods = Vec::with_capacity(items.len());
-    let mut clones = Vec::with_capacity(items.len());
-    for item in &items {
-        let (pod, heap) = measure(|| -> Result<Proto<PbPod>, BoxError> {
-            let mut pod = PbPod::decode(item.as_slice())?;
-            if let Some(meta) = pod.metadata.as_mut() {
-                meta.managed_fields = Vec::new();
-            }
-            Ok(Proto::new(pod)?)
-        });
-        proto.decoded.add(heap);
-        let pod = pod?;
-        let (clone, heap) = measure(|| pod.clone());
-        proto.exact.add(heap);
-        pods.push(pod);
-        clones.push(clone);
-    }
+    let (pods, clones) = decode_each(&items, &mut proto, |item| {
+        let mut pod = PbPod::decode(item.as_slice())?;
+        if let Some(meta) = pod.metadata.as_mut() {
+            meta.managed_fields = Vec::new();
+        }
+        Ok(Proto::new(pod)?)
+    })?;
     drop((pods, clones, items, proto_store));
 
     let mut table = Table::new(&["per Pod", "kache JSON (default)", "kache protobuf"]);
     let bytes = |heap: Heap| fmt_bytes(per(heap, n));
     let row = |label: &str, json: String, proto: String| vec![label.to_owned(), json, proto];
-    let spare = |p: &PerPod| Heap {
-        bytes: p.decoded.bytes - p.exact.bytes,
-        blocks: p.decoded.blocks - p.exact.blocks,
-    };
-    let store_rest = |p: &PerPod| Heap {
-        bytes: p.stored.bytes - p.exact.bytes,
-        blocks: p.stored.blocks - p.exact.blocks,
-    };
+    let spare = |p: &PerPod| p.decoded.since(p.exact);
+    let store_rest = |p: &PerPod| p.stored.since(p.exact);
     #[allow(clippy::cast_precision_loss)]
     let floor = contents.string_bytes as f64 / n as f64;
     #[allow(clippy::cast_precision_loss)]
