@@ -180,15 +180,35 @@ on_each_server_and_wire! {
 }
 
 on_each_server_and_wire! {
-    async fn small_pages_list_every_object_exactly_once(server: Server, wire: Wire) {
-        let (_, _, api) = shared_env(server, "watch-pages").await;
+    /// Pages list every object exactly once, whether they grow or not: by default each next
+    /// page asks for twice the objects of a small one before it (the server takes a new
+    /// `limit` with each continue token); with `fixed_pages()`, or a byte target no response
+    /// stays under, every page asks for the first page's size.
+    async fn pages_list_every_object_exactly_once_growing_or_fixed(server: Server, wire: Wire) {
+        let (env, ns, api) = shared_env(server, "watch-pages").await;
         create_configmaps(&api, "cm", 100, &[]).await;
 
-        let config = Config::default()
+        let first = Config::default()
             .page_size(7)
             .initial_list_strategy(InitialListStrategy::ListWatch);
-        let mut events = watch(api, config, wire);
-        assert_eq!(initial_sync(&mut events).await, names("cm", 100));
+        let fixed = ["7"; 15].map(Some).to_vec();
+        let cases = [
+            (first.clone(), ["7", "14", "28", "56"].map(Some).to_vec()),
+            (first.clone().fixed_pages(), fixed.clone()),
+            (first.page_bytes(1), fixed),
+        ];
+        for (config, limits) in cases {
+            let (_proxy, log, recorded) = cut_off_recorded(env, &ns).await;
+            let mut events = watch(recorded, config.clone(), wire);
+            assert_eq!(initial_sync(&mut events).await, names("cm", 100), "{config:?}");
+            let asked: Vec<_> = log
+                .requests()
+                .iter()
+                .filter(|r| r.kind() == RequestKind::List)
+                .map(|r| r.param("limit"))
+                .collect();
+            assert_eq!(asked, limits.iter().map(|l| l.map(str::to_owned)).collect::<Vec<_>>(), "{config:?}");
+        }
     }
 }
 

@@ -44,8 +44,22 @@ pub struct Config {
     pub label_selector: Option<String>,
     /// Field selector applied by the server, like `metadata.name=x`. `None` selects all.
     pub field_selector: Option<String>,
-    /// Objects per LIST page (`limit`). Default 500, as client-go. `None` lists in one request.
+    /// Objects on the first LIST page (`limit`). Default 500, as client-go. `None` lists in one
+    /// request. Later pages may grow: see [`page_bytes`](Self::page_bytes).
     pub page_size: Option<u32>,
+    /// The response size, in bytes, that the pages of a paged LIST grow toward. Default 4 MiB.
+    ///
+    /// The first page asks for [`page_size`](Self::page_size) objects; each next page asks for
+    /// twice as many as the one before while that one's response was at most half of this.
+    /// Small objects are then listed in few requests, and a page of large ones stays about
+    /// this size. It matters on large collections: the server's work for each page grows with
+    /// the objects still to list (etcd counts every remaining key to answer a page), so pages
+    /// of a fixed 500 make a list's cost grow with the square of its length (docs/benchmarks.md,
+    /// "Paged lists"). The client holds one page at a time, decoded, beside the objects it
+    /// keeps.
+    ///
+    /// `None` ([`Config::fixed_pages()`]): every page asks for `page_size` objects.
+    pub page_bytes: Option<usize>,
     /// Server-side watch timeout in seconds (`timeoutSeconds`). Default 290. The watcher also
     /// gives up on a silent connection after this plus a small margin, and resumes.
     pub timeout: Option<u32>,
@@ -111,12 +125,20 @@ pub struct Config {
     pub compact: bool,
 }
 
+/// [`Config::page_bytes`]' default: 4 MiB.
+const DEFAULT_PAGE_BYTES: usize = 4 << 20;
+
+/// The most objects a page grows to, however small they are: what a page holds decoded stays
+/// bounded when the objects are far larger decoded than on the wire.
+const MAX_PAGE_SIZE: u32 = 32_000;
+
 impl Default for Config {
     fn default() -> Self {
         Self {
             label_selector: None,
             field_selector: None,
             page_size: Some(500),
+            page_bytes: Some(DEFAULT_PAGE_BYTES),
             timeout: None,
             bookmarks: true,
             initial_list_strategy: InitialListStrategy::Auto,
@@ -145,10 +167,28 @@ impl Config {
         self
     }
 
-    /// Sets the LIST page size; `0` means no paging (one request for the whole list).
+    /// Sets the first LIST page's size; `0` means no paging (one request for the whole list).
+    /// Later pages grow while small ([`Config::page_bytes`]); with
+    /// [`fixed_pages()`](Self::fixed_pages), every page has this size.
     #[must_use]
     pub fn page_size(mut self, size: u32) -> Self {
         self.page_size = (size > 0).then_some(size);
+        self
+    }
+
+    /// Sets the response size that LIST pages grow toward ([`Config::page_bytes`]); `0` means
+    /// pages that do not grow, as [`fixed_pages()`](Self::fixed_pages).
+    #[must_use]
+    pub fn page_bytes(mut self, bytes: usize) -> Self {
+        self.page_bytes = (bytes > 0).then_some(bytes);
+        self
+    }
+
+    /// Every LIST page asks for [`page_size`](Self::page_size) objects, none grows
+    /// ([`Config::page_bytes`]).
+    #[must_use]
+    pub fn fixed_pages(mut self) -> Self {
+        self.page_bytes = None;
         self
     }
 
@@ -268,11 +308,28 @@ impl Config {
         self
     }
 
-    pub(crate) fn list_params(&self, continue_token: Option<String>) -> ListParams {
+    /// The size of the page after one of `size` objects whose response had `bytes` bytes: twice
+    /// as many while the response was at most half of [`page_bytes`](Self::page_bytes), up to
+    /// [`MAX_PAGE_SIZE`].
+    pub(crate) fn next_page_size(&self, size: Option<u32>, bytes: usize) -> Option<u32> {
+        let size = size?;
+        match self.page_bytes {
+            Some(target) if bytes <= target / 2 && size < MAX_PAGE_SIZE => {
+                Some(size.saturating_mul(2).min(MAX_PAGE_SIZE))
+            }
+            _ => Some(size),
+        }
+    }
+
+    pub(crate) fn list_params(
+        &self,
+        continue_token: Option<String>,
+        size: Option<u32>,
+    ) -> ListParams {
         ListParams {
             label_selector: self.label_selector.clone(),
             field_selector: self.field_selector.clone(),
-            limit: self.page_size,
+            limit: size,
             continue_token,
             ..ListParams::default()
         }
@@ -292,5 +349,31 @@ impl Config {
     /// How long the client waits on a silent watch connection before resuming it.
     pub(crate) fn idle_timeout(&self) -> Duration {
         Duration::from_secs(u64::from(self.timeout.unwrap_or(290)) + 5)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Config, DEFAULT_PAGE_BYTES, MAX_PAGE_SIZE};
+
+    #[test]
+    fn pages_double_while_their_responses_stay_under_half_the_target() {
+        let config = Config::default();
+        let half = DEFAULT_PAGE_BYTES / 2;
+        assert_eq!(config.next_page_size(Some(500), 600_000), Some(1000));
+        assert_eq!(config.next_page_size(Some(500), half), Some(1000));
+        assert_eq!(config.next_page_size(Some(500), half + 1), Some(500));
+        assert_eq!(config.next_page_size(Some(20_000), 1), Some(MAX_PAGE_SIZE));
+        assert_eq!(
+            config.next_page_size(Some(MAX_PAGE_SIZE), 1),
+            Some(MAX_PAGE_SIZE)
+        );
+        // Unpaginated stays unpaginated; fixed pages stay as they are.
+        assert_eq!(config.next_page_size(None, 1), None);
+        assert_eq!(
+            config.clone().fixed_pages().next_page_size(Some(7), 1),
+            Some(7)
+        );
+        assert_eq!(config.page_bytes(0).page_bytes, None);
     }
 }

@@ -240,22 +240,23 @@ async fn decode_list<V: Clone + DeserializeOwned>(
     client: Client,
     request: http::Request<Vec<u8>>,
 ) -> kube_client::Result<Page<V>> {
-    let list: ShardedList<V> = request_json(client, request).await?;
+    let (list, bytes): (ShardedList<V>, _) = request_json(client, request).await?;
     Ok(Page {
         items: list.items,
         resource_version: list.metadata.resource_version,
         continue_token: list.metadata.continue_token,
         shard_echo: list.metadata.shard_info.map(|info| info.selector),
+        bytes,
     })
 }
 
 /// As `Client::request`, but an error answer keeps the server's `Retry-After` header in its
 /// status (`details.retryAfterSeconds`): kube-client drops headers, and an overloaded server
-/// answers 429 with a plain-text body.
+/// answers 429 with a plain-text body. Returns the body's length beside its value.
 async fn request_json<T: DeserializeOwned>(
     client: Client,
     request: http::Request<Vec<u8>>,
-) -> kube_client::Result<T> {
+) -> kube_client::Result<(T, usize)> {
     use http_body_util::BodyExt;
 
     let response = client
@@ -281,7 +282,8 @@ async fn request_json<T: DeserializeOwned>(
         let status = crate::retry::with_header(status, retry_after);
         return Err(kube_client::Error::Api(Box::new(status)));
     }
-    serde_json::from_slice(&body).map_err(kube_client::Error::SerdeError)
+    let value = serde_json::from_slice(&body).map_err(kube_client::Error::SerdeError)?;
+    Ok((value, body.len()))
 }
 
 /// Sends a WATCH request and decodes its events, objects without `managedFields` unless

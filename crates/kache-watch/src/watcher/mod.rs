@@ -47,6 +47,8 @@ enum State<K> {
         continue_token: Option<String>,
         resource_version: Option<String>,
         objects: VecDeque<K>,
+        /// The `limit` of the next page ([`Config::page_bytes`]).
+        next_page_size: Option<u32>,
     },
     /// A streaming list is sending its initial events; `Init` has been sent.
     StreamingList {
@@ -349,7 +351,7 @@ impl<A: ApiMode> Watcher<A> {
                     ),
                 }
             }
-            State::Empty => match self.list_page(None).await {
+            State::Empty => match self.list_page(None, self.config.page_size).await {
                 Ok(state) => {
                     debug!("list started");
                     self.list_next = false;
@@ -361,28 +363,23 @@ impl<A: ApiMode> Watcher<A> {
                 continue_token,
                 resource_version,
                 mut objects,
+                next_page_size,
             } => {
                 if let Some(obj) = objects.pop_front() {
+                    let state = State::Listing {
+                        continue_token,
+                        resource_version,
+                        objects,
+                        next_page_size,
+                    };
                     if !self.in_shard(&obj) {
-                        let state = State::Listing {
-                            continue_token,
-                            resource_version,
-                            objects,
-                        };
                         return (None, state);
                     }
                     let item = match check_name(&obj, "InitApply") {
                         Ok(()) => Ok(Event::InitApply(self.compacted(obj))),
                         Err(err) => Err(err),
                     };
-                    return (
-                        Some(item),
-                        State::Listing {
-                            continue_token,
-                            resource_version,
-                            objects,
-                        },
-                    );
+                    return (Some(item), state);
                 }
                 match (continue_token, resource_version) {
                     (None, Some(resource_version)) => {
@@ -394,7 +391,7 @@ impl<A: ApiMode> Watcher<A> {
                             State::Listed { resource_version },
                         )
                     }
-                    (Some(token), _) => match self.list_page(Some(token)).await {
+                    (Some(token), _) => match self.list_page(Some(token), next_page_size).await {
                         Ok(state) => (None, state),
                         Err(err) => {
                             // An expired continue token (410) or any failed page: the pages
@@ -607,9 +604,13 @@ impl<A: ApiMode> Watcher<A> {
         }
     }
 
-    /// Fetches one LIST page and returns the state that sends it.
-    async fn list_page(&mut self, continue_token: Option<String>) -> Result<State<A::Value>> {
-        let params = self.config.list_params(continue_token);
+    /// Fetches one LIST page of `size` objects and returns the state that sends it.
+    async fn list_page(
+        &mut self,
+        continue_token: Option<String>,
+        size: Option<u32>,
+    ) -> Result<State<A::Value>> {
+        let params = self.config.list_params(continue_token, size);
         let list = self
             .api
             .list(&params, self.shard_selector())
@@ -619,15 +620,19 @@ impl<A: ApiMode> Watcher<A> {
         let items = list.items;
         let continue_token = list.continue_token.filter(|s| !s.is_empty());
         let resource_version = list.resource_version.filter(|s| !s.is_empty());
+        let next_page_size = self.config.next_page_size(size, list.bytes);
         trace!(
             items = items.len(),
+            bytes = list.bytes,
             more = continue_token.is_some(),
+            next_page_size,
             "list page"
         );
         Ok(State::Listing {
             continue_token,
             resource_version,
             objects: items.into(),
+            next_page_size,
         })
     }
 }

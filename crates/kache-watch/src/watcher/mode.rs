@@ -39,6 +39,8 @@ pub(super) struct Page<V> {
     pub(super) continue_token: Option<String>,
     /// `metadata.shardInfo.selector`: the shard selector a server that shards echoes back.
     pub(super) shard_echo: Option<String>,
+    /// The response's length in bytes (as decoded, after any content encoding).
+    pub(super) bytes: usize,
 }
 
 impl<V> Page<V> {
@@ -48,6 +50,7 @@ impl<V> Page<V> {
             resource_version: self.resource_version,
             continue_token: self.continue_token,
             shard_echo: self.shard_echo,
+            bytes: self.bytes,
         }
     }
 }

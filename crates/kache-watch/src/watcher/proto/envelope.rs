@@ -56,6 +56,7 @@ pub(super) fn decode_list<T: ProtoObject>(
     body: Bytes,
     keep_managed_fields: bool,
 ) -> Result<Page<Proto<T>>, ProtoError> {
+    let bytes = body.len();
     let raw = unwrap_envelope(body, &format!("{}List", T::KIND))?;
     let mut list = List::<T> {
         keep_managed_fields,
@@ -73,5 +74,6 @@ pub(super) fn decode_list<T: ProtoObject>(
         resource_version: meta.resource_version,
         continue_token: meta.continue_token,
         shard_echo: meta.shard_info.and_then(|info| info.selector),
+        bytes,
     })
 }
