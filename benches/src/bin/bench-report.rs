@@ -115,6 +115,8 @@ impl Report<'_> {
             ["table", bench, id] => self.table(bench, id, &filter),
             ["e2e-table", server, kind] => self.e2e_table(server, kind, &filter),
             ["e2e-sizes", server, kind] => self.e2e_sizes(server, kind),
+            ["e2e-per-object", bench, kind] => self.e2e_per_object(bench, kind),
+            ["e2e-growth", bench, server, kind] => self.e2e_growth(bench, server, kind),
             _ => return Err(format!("unknown directive {{{{{directive}}}}}").into()),
         };
         Ok(text)
@@ -284,8 +286,13 @@ impl Report<'_> {
     }
 
     fn e2e_sizes_run(&self, server: &str, kind: &str) -> Vec<u64> {
+        self.e2e_sizes_of("e2e-sync", server, kind)
+    }
+
+    /// The object counts `bench` (an `e2e-sync` run) has records of for `server` and `kind`.
+    fn e2e_sizes_of(&self, bench: &str, server: &str, kind: &str) -> Vec<u64> {
         let mut sizes: Vec<u64> = self
-            .data("e2e-sync")
+            .data(bench)
             .iter()
             .filter(|r| r["server"] == server && r["kind"] == kind)
             .filter_map(|r| r["objects"].as_u64())
@@ -306,6 +313,120 @@ impl Report<'_> {
             &json!({"server": server, "kind": kind, "objects": n, "variant": variant}),
         )?["median_secs"]
             .as_f64()
+    }
+
+    /// One figure of an `e2e-sync` run's record; `kube-runtime` names the variant that lists as
+    /// kache's default does on `server`.
+    fn e2e_field(
+        &self,
+        bench: &str,
+        (server, kind, n): (&str, &str, u64),
+        variant: &str,
+        field: &str,
+    ) -> Option<f64> {
+        let variant = if variant == "kube-runtime" {
+            e2e_counterparts(server).1
+        } else {
+            variant
+        };
+        self.find(
+            bench,
+            &json!({"server": server, "kind": kind, "objects": n, "variant": variant}),
+        )?[field]
+            .as_f64()
+    }
+
+    /// Bytes per object once synced (RSS over the object count) for each library, beside the
+    /// objects' own bytes on the wire, for every server and size `bench` ran.
+    fn e2e_per_object(&self, bench: &str, kind: &str) -> String {
+        let mut table = Table::new(&[
+            "server",
+            "objects",
+            "on the wire, protobuf (the payload)",
+            "on the wire, JSON",
+            "kache JSON (default)",
+            "kache protobuf",
+            "kube-runtime",
+            "client-go protobuf",
+            "client-go JSON",
+            "kache JSON / client-go",
+            "kache protobuf / client-go",
+        ]);
+        for server in ["modern", "legacy"] {
+            for n in self.e2e_sizes_of(bench, server, kind) {
+                #[expect(clippy::cast_precision_loss, reason = "object counts")]
+                let per = |variant: &str, field: &str| {
+                    self.e2e_field(bench, (server, kind, n), variant, field)
+                        .map(|b| b / n as f64)
+                };
+                let rss = |variant: &str| per(variant, "synced_rss_bytes");
+                let show = |b: Option<f64>| b.map_or_else(|| "-".to_owned(), fmt_bytes);
+                table.row(vec![
+                    server.to_owned(),
+                    n.to_string(),
+                    show(per("raw-bytes-protobuf", "bytes_read")),
+                    show(per("raw-bytes-json", "bytes_read")),
+                    show(rss("kache-auto")),
+                    show(rss("kache-protobuf-auto")),
+                    show(rss("kube-runtime")),
+                    show(rss("client-go-protobuf")),
+                    show(rss("client-go-json")),
+                    ratio_of(rss("kache-auto"), rss("client-go-protobuf")),
+                    ratio_of(rss("kache-protobuf-auto"), rss("client-go-protobuf")),
+                ]);
+            }
+        }
+        if table.rows().is_empty() {
+            return Self::missing(bench);
+        }
+        table.render()
+    }
+
+    /// How each variant's sync time grows from the smallest to the largest size `bench` ran
+    /// on `server`, beside the growth of the bytes of one LIST.
+    fn e2e_growth(&self, bench: &str, server: &str, kind: &str) -> String {
+        let sizes = self.e2e_sizes_of(bench, server, kind);
+        let (Some(&small), Some(&large)) = (sizes.first(), sizes.last()) else {
+            return Self::missing(bench);
+        };
+        let mut table = Table::new(&[
+            "variant",
+            &format!("{small} objects"),
+            &format!("{large} objects"),
+            "time grew",
+            "time / raw bytes, same encoding",
+        ]);
+        let variants: Vec<(&str, &str)> = self
+            .data(bench)
+            .iter()
+            .filter(|r| r["server"] == server && r["kind"] == kind && r["objects"] == large)
+            .filter_map(|r| Some((r["variant"].as_str()?, r["label"].as_str()?)))
+            .collect();
+        for (id, label) in variants {
+            let time = |n| self.e2e_field(bench, (server, kind, n), id, "median_secs");
+            let raw = if id.contains("protobuf") {
+                "raw-bytes-protobuf"
+            } else {
+                "raw-bytes-json"
+            };
+            let raw_time = self.e2e_field(bench, (server, kind, large), raw, "median_secs");
+            let show = |t: Option<f64>| {
+                t.map_or_else(|| "-".to_owned(), |t| fmt_ns(Duration::from_secs_f64(t)))
+            };
+            let against_raw = if id.starts_with("kache") {
+                ratio_of(time(large), raw_time)
+            } else {
+                "-".to_owned()
+            };
+            table.row(vec![
+                label.to_owned(),
+                show(time(small)),
+                show(time(large)),
+                ratio_of(time(large), time(small)),
+                against_raw,
+            ]);
+        }
+        table.render()
     }
 
     fn e2e_sizes(&self, server: &str, kind: &str) -> String {

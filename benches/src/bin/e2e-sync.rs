@@ -21,7 +21,10 @@
 //! (`configmaps,pods` by default), `KACHE_BENCH_OBJECTS` (default 10000; a comma-separated
 //! list such as `1000,10000` benches each size in turn, each in a namespace of its own),
 //! `KACHE_BENCH_RUNS`
-//! (timed rounds, default 7), `KACHE_BENCH_MEMORY_RUNS` (child processes per variant, default
+//! (timed rounds, default 7), `KACHE_BENCH_VARIANTS` (variant ids, comma-separated, such as
+//! `kache-auto,kache-protobuf-auto`: only those, beside the raw list and client-go; all when
+//! unset), `KACHE_BENCH_NAME` (the name the results are written under, `e2e-sync` by
+//! default), `KACHE_BENCH_MEMORY_RUNS` (child processes per variant, default
 //! 3), `KACHE_CLIENTGO` (the client-go runner; built with `benches/clientgo/build.sh` when
 //! unset).
 
@@ -104,7 +107,7 @@ enum Variant {
     RawList,
     /// One unpaginated LIST in an encoding, its bytes read to the end and counted.
     RawBytes(Encoding),
-    /// kache's default configuration: `Auto`, pages of 500 when it lists.
+    /// kache's default configuration: `Auto`, pages from 500 (growing) when it lists.
     KacheAuto,
     KacheStreamingList,
     KacheListWatch(Option<u32>),
@@ -117,13 +120,16 @@ enum Variant {
     /// kache's default, or in protobuf (`true`), with the decoded objects kept as they are
     /// (`Config::keep_decoded_capacity`): what the watcher's exact copy of each costs.
     KacheDecodedCapacity(bool),
+    /// kache `ListWatch` in an encoding, every page of 500 (`Config::fixed_pages`): what the
+    /// pages' growth saves.
+    KacheFixedPages(Encoding),
     /// client-go's shared informer, in its own process.
     ClientGo(Encoding),
 }
 
 impl Variant {
     /// Every variant, in table order.
-    const ALL: [Self; 16] = [
+    const ALL: [Self; 18] = [
         Self::RawList,
         Self::RawBytes(Encoding::Json),
         Self::RawBytes(Encoding::Protobuf),
@@ -138,6 +144,8 @@ impl Variant {
         Self::KacheProtobufListWatch(Some(500)),
         Self::KacheDecodedCapacity(false),
         Self::KacheDecodedCapacity(true),
+        Self::KacheFixedPages(Encoding::Json),
+        Self::KacheFixedPages(Encoding::Protobuf),
         Self::ClientGo(Encoding::Protobuf),
         Self::ClientGo(Encoding::Json),
     ];
@@ -164,20 +172,30 @@ impl Variant {
                     encoding.name()
                 )
             }
-            Self::KacheAuto => "kache Auto (default; page 500 if it lists)".to_owned(),
+            Self::KacheAuto => "kache Auto (default; pages from 500 if it lists)".to_owned(),
             Self::KacheStreamingList => "kache StreamingList".to_owned(),
-            Self::KacheListWatch(page) => format!("kache ListWatch, page {}", pages(page)),
+            Self::KacheListWatch(None) => "kache ListWatch, page unlimited".to_owned(),
+            Self::KacheListWatch(Some(page)) => format!("kache ListWatch, pages from {page}"),
             Self::KubeRuntimeListWatch(page) => {
                 format!("kube-runtime ListWatch, page {}", pages(page))
             }
             Self::KubeRuntimeStreamingList => "kube-runtime StreamingList".to_owned(),
             Self::KacheProtobufAuto => "kache protobuf, Auto (default)".to_owned(),
-            Self::KacheProtobufListWatch(page) => {
-                format!("kache protobuf, ListWatch page {}", pages(page))
+            Self::KacheProtobufListWatch(None) => {
+                "kache protobuf, ListWatch unpaginated".to_owned()
+            }
+            Self::KacheProtobufListWatch(Some(page)) => {
+                format!("kache protobuf, ListWatch pages from {page}")
             }
             Self::KacheDecodedCapacity(false) => "kache Auto, decoded capacity kept".to_owned(),
             Self::KacheDecodedCapacity(true) => {
                 "kache protobuf, Auto, decoded capacity kept".to_owned()
+            }
+            Self::KacheFixedPages(Encoding::Json) => {
+                "kache ListWatch, fixed pages of 500".to_owned()
+            }
+            Self::KacheFixedPages(Encoding::Protobuf) => {
+                "kache protobuf, ListWatch, fixed pages of 500".to_owned()
             }
             Self::ClientGo(Encoding::Protobuf) => {
                 "client-go informer, protobuf (its default)".to_owned()
@@ -203,6 +221,10 @@ impl Variant {
             }
             Self::KacheDecodedCapacity(false) => "kache-auto-decoded-capacity".to_owned(),
             Self::KacheDecodedCapacity(true) => "kache-protobuf-auto-decoded-capacity".to_owned(),
+            Self::KacheFixedPages(Encoding::Json) => "kache-fixed-pages-500".to_owned(),
+            Self::KacheFixedPages(Encoding::Protobuf) => {
+                "kache-protobuf-fixed-pages-500".to_owned()
+            }
             Self::ClientGo(encoding) => format!("client-go-{}", encoding.name()),
         }
     }
@@ -211,16 +233,34 @@ impl Variant {
         Self::ALL.into_iter().find(|v| v.id() == id)
     }
 
+    /// The variants `KACHE_BENCH_VARIANTS` names (ids, comma-separated), with the raw list and
+    /// client-go in protobuf that every table is held against; `None` (all) when unset.
+    fn chosen() -> Result<Option<Vec<Self>>, BoxError> {
+        let Ok(list) = std::env::var("KACHE_BENCH_VARIANTS") else {
+            return Ok(None);
+        };
+        let mut chosen = vec![Self::RawList, Self::ClientGo(Encoding::Protobuf)];
+        for id in list.split(',').map(str::trim).filter(|id| !id.is_empty()) {
+            chosen.push(Self::from_id(id).ok_or_else(|| {
+                let ids: Vec<String> = Self::ALL.iter().map(|v| v.id()).collect();
+                format!("unknown variant {id} (one of {})", ids.join(", "))
+            })?);
+        }
+        Ok(Some(chosen))
+    }
+
     /// The encoding of a kache variant's sync, whose raw bytes it is compared with.
     fn kache_encoding(self) -> Option<Encoding> {
         match self {
             Self::KacheAuto
             | Self::KacheStreamingList
             | Self::KacheListWatch(_)
-            | Self::KacheDecodedCapacity(false) => Some(Encoding::Json),
+            | Self::KacheDecodedCapacity(false)
+            | Self::KacheFixedPages(Encoding::Json) => Some(Encoding::Json),
             Self::KacheProtobufAuto
             | Self::KacheProtobufListWatch(_)
-            | Self::KacheDecodedCapacity(true) => Some(Encoding::Protobuf),
+            | Self::KacheDecodedCapacity(true)
+            | Self::KacheFixedPages(Encoding::Protobuf) => Some(Encoding::Protobuf),
             _ => None,
         }
     }
@@ -413,10 +453,12 @@ async fn sync<K: Object>(variant: Variant, target: &Target<'_, K>) -> Result<Syn
         Variant::KacheAuto
         | Variant::KacheStreamingList
         | Variant::KacheListWatch(_)
-        | Variant::KacheDecodedCapacity(false) => {
+        | Variant::KacheDecodedCapacity(false)
+        | Variant::KacheFixedPages(Encoding::Json) => {
             let config = match variant {
                 Variant::KacheStreamingList => kache_watch::Config::default().streaming_lists(),
                 Variant::KacheListWatch(page) => kache_list_watch(page),
+                Variant::KacheFixedPages(_) => kache_list_watch(Some(500)).fixed_pages(),
                 Variant::KacheDecodedCapacity(_) => {
                     kache_watch::Config::default().keep_decoded_capacity()
                 }
@@ -429,9 +471,11 @@ async fn sync<K: Object>(variant: Variant, target: &Target<'_, K>) -> Result<Syn
         }
         Variant::KacheProtobufAuto
         | Variant::KacheProtobufListWatch(_)
-        | Variant::KacheDecodedCapacity(true) => {
+        | Variant::KacheDecodedCapacity(true)
+        | Variant::KacheFixedPages(Encoding::Protobuf) => {
             let config = match variant {
                 Variant::KacheProtobufListWatch(page) => kache_list_watch(page),
+                Variant::KacheFixedPages(_) => kache_list_watch(Some(500)).fixed_pages(),
                 Variant::KacheDecodedCapacity(_) => {
                     kache_watch::Config::default().keep_decoded_capacity()
                 }
@@ -714,9 +758,10 @@ async fn bench_kind<K: Object>(
         runner: Some(runner),
     };
 
+    let chosen = Variant::chosen()?;
     let variants: Vec<Variant> = Variant::ALL
         .into_iter()
-        .filter(|v| v.applies_to(server))
+        .filter(|v| v.applies_to(server) && chosen.as_ref().is_none_or(|c| c.contains(v)))
         .collect();
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
     let mut bytes: Vec<Option<u64>> = vec![None; variants.len()];
@@ -925,7 +970,9 @@ async fn main() -> Result<(), BoxError> {
     let kinds = Kind::from_env()?;
     // Built (or found) once, before any server starts; the runs read it from the environment.
     let runner = client_go_binary()?;
-    let mut results = Results::new("e2e-sync", "just bench-e2e");
+    // A run of large sizes keeps its results apart from the usual run's.
+    let name = std::env::var("KACHE_BENCH_NAME").unwrap_or_else(|_| "e2e-sync".to_owned());
+    let mut results = Results::new(&name, "just bench-e2e");
     results.setting("objects", serde_json::json!(sizes));
     results.setting("runs", runs);
     results.setting("memory_runs", memory_runs);
