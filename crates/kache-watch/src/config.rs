@@ -50,13 +50,13 @@ pub struct Config {
     /// The response size, in bytes, that the pages of a paged LIST grow toward. Default 4 MiB.
     ///
     /// The first page asks for [`page_size`](Self::page_size) objects; each next page asks for
-    /// twice as many as the one before while that one's response was at most half of this.
-    /// Small objects are then listed in few requests, and a page of large ones stays about
-    /// this size. It matters on large collections: the server's work for each page grows with
-    /// the objects still to list (etcd counts every remaining key to answer a page), so pages
-    /// of a fixed 500 make a list's cost grow with the square of its length (docs/benchmarks.md,
-    /// "Paged lists"). The client holds one page at a time, decoded, beside the objects it
-    /// keeps.
+    /// twice as many as the one before while that one's response was at most half of this (up
+    /// to 32,000 objects). Small objects are then listed in few requests, and pages of large
+    /// ones stay at most about this size. It matters on large collections: the server's work
+    /// for each page grows with the objects still to list (etcd counts every remaining key to
+    /// answer a page), so fixed pages of 500 make a list's cost grow with the square of its
+    /// length (docs/benchmarks.md, "Large collections"). The client holds one page at a time,
+    /// decoded, beside the objects it keeps.
     ///
     /// `None` ([`Config::fixed_pages()`]): every page asks for `page_size` objects.
     pub page_bytes: Option<usize>,
