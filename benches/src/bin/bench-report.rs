@@ -303,16 +303,7 @@ impl Report<'_> {
     }
 
     fn e2e_median(&self, server: &str, kind: &str, n: u64, variant: &str) -> Option<f64> {
-        let variant = if variant == "kube-runtime" {
-            e2e_counterparts(server).1
-        } else {
-            variant
-        };
-        self.find(
-            "e2e-sync",
-            &json!({"server": server, "kind": kind, "objects": n, "variant": variant}),
-        )?["median_secs"]
-            .as_f64()
+        self.e2e_field("e2e-sync", (server, kind, n), variant, "median_secs")
     }
 
     /// One figure of an `e2e-sync` run's record; `kube-runtime` names the variant that lists as
@@ -383,7 +374,7 @@ impl Report<'_> {
     }
 
     /// How each variant's sync time grows from the smallest to the largest size `bench` ran
-    /// on `server`, beside the growth of the bytes of one LIST.
+    /// on `server`, and a kache variant's time at the largest against the raw bytes' read.
     fn e2e_growth(&self, bench: &str, server: &str, kind: &str) -> String {
         let sizes = self.e2e_sizes_of(bench, server, kind);
         let (Some(&small), Some(&large)) = (sizes.first(), sizes.last()) else {

@@ -182,7 +182,7 @@ impl Variant {
             Self::KubeRuntimeStreamingList => "kube-runtime StreamingList".to_owned(),
             Self::KacheProtobufAuto => "kache protobuf, Auto (default)".to_owned(),
             Self::KacheProtobufListWatch(None) => {
-                "kache protobuf, ListWatch unpaginated".to_owned()
+                "kache protobuf, ListWatch, page unlimited".to_owned()
             }
             Self::KacheProtobufListWatch(Some(page)) => {
                 format!("kache protobuf, ListWatch pages from {page}")
