@@ -39,7 +39,7 @@ pub(super) struct Page<V> {
     pub(super) continue_token: Option<String>,
     /// `metadata.shardInfo.selector`: the shard selector a server that shards echoes back.
     pub(super) shard_echo: Option<String>,
-    /// The response's length in bytes (as decoded, after any content encoding).
+    /// The response body's length in bytes, as received (after any content decoding).
     pub(super) bytes: usize,
 }
 
